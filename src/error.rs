@@ -1,0 +1,229 @@
+//! Errors, in two layers.
+//!
+//! The public [`Error`] is small and classified by what the caller should do about it:
+//! fix the input, treat stored data as corrupt, look elsewhere, retry the I/O, or reopen.
+//! Each variant carries a detail type ([`InvalidInput`], [`FormatError`]) that names
+//! exactly what was wrong, so a message never needs a debugger to be understood.
+//! `Error` is `Clone` (sources live in `Arc`) because one failure may have to reach many
+//! waiters.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in walvault, classified by what the caller should do.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The caller passed something malformed. Retrying the same call will fail again.
+    #[error("invalid input: {0}")]
+    InvalidInput(#[from] InvalidInput),
+    /// Stored bytes failed verification. `what` names the object (segment key, file path).
+    #[error("corrupt {what}: {reason}")]
+    Corrupt {
+        /// The object that failed verification.
+        what: String,
+        /// What exactly is wrong with it.
+        reason: FormatError,
+    },
+    /// The thing asked for does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// An I/O operation failed; the operation may succeed if retried.
+    #[error("I/O error while {context}: {source}")]
+    Io {
+        /// What walvault was doing.
+        context: String,
+        /// The underlying error.
+        source: Arc<io::Error>,
+    },
+    /// An earlier write or fsync failed, so the on-disk state is unknown. Every later
+    /// operation on that namespace reports this until the storage is reopened.
+    #[error("namespace {namespace} is unusable after an earlier I/O failure ({cause}); reopen the storage")]
+    Poisoned {
+        /// The namespace whose state is unknown.
+        namespace: String,
+        /// The first failure.
+        cause: String,
+    },
+    /// The storage was shut down.
+    #[error("storage is shut down")]
+    Closed,
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    pub(crate) fn corrupt(what: impl fmt::Display, reason: FormatError) -> Self {
+        Error::Corrupt {
+            what: what.to_string(),
+            reason,
+        }
+    }
+
+    /// True when the error is about malformed input from the caller.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, Error::InvalidInput(_))
+    }
+
+    /// True when stored data failed verification.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, Error::Corrupt { .. })
+    }
+
+    /// True when the requested object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound(_))
+    }
+}
+
+/// Malformed input, with the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidInput {
+    /// A namespace name that is not 1–128 characters of `[A-Za-z0-9._-]`, or is `.`/`..`.
+    #[error("namespace name {name:?}: {reason}")]
+    NamespaceName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A string that is not a well-formed segment key.
+    #[error("segment key {key:?}: {reason}")]
+    SegmentKey {
+        /// The rejected key (truncated to 100 characters).
+        key: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A page size SQLite does not allow.
+    #[error("page size {0}: must be a power of two from 512 to 65536")]
+    PageSize(u32),
+    /// Page number zero (SQLite page numbers start at 1).
+    #[error("page number 0: page numbers start at 1")]
+    PageNo,
+    /// A page buffer whose length differs from the segment's page size.
+    #[error("page of {actual} bytes in a segment of {expected}-byte pages")]
+    PageLength {
+        /// The segment's page size.
+        expected: u32,
+        /// The length passed.
+        actual: usize,
+    },
+    /// A frame number that cannot be used (zero, or the log ran out of numbers).
+    #[error("frame number {frame_no}: {reason}")]
+    FrameNo {
+        /// The offending frame number.
+        frame_no: u64,
+        /// Why it cannot be used.
+        reason: &'static str,
+    },
+    /// A commit that cannot be recorded.
+    #[error("commit at frame {frame_no}: {reason}")]
+    Commit {
+        /// The commit's frame number.
+        frame_no: u64,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A timestamp outside the range walvault stores (the Unix epoch to year 262143).
+    #[error("timestamp {0}: must be at or after 1970-01-01T00:00:00Z")]
+    Timestamp(String),
+    /// A segment builder that cannot be sealed yet.
+    #[error("cannot seal: {0}")]
+    Seal(&'static str),
+    /// A segment that does not extend the namespace's log.
+    #[error("segment {key} does not extend the log of {namespace}: {reason}")]
+    OutOfOrder {
+        /// The namespace.
+        namespace: String,
+        /// The rejected segment's key.
+        key: String,
+        /// What it conflicts with.
+        reason: String,
+    },
+    /// A bad configuration value.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// What exactly is wrong with a byte sequence that failed verification.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// The magic number of a part is wrong: not a walvault file, or the wrong part.
+    #[error("bad magic number in {0}")]
+    BadMagic(Part),
+    /// A format version this build does not read.
+    #[error("unsupported format version {0}")]
+    Version(u16),
+    /// A checksum did not match.
+    #[error("checksum mismatch in {part} at byte {offset}")]
+    Checksum {
+        /// The part whose checksum failed.
+        part: Part,
+        /// Byte offset of the part in the file.
+        offset: u64,
+    },
+    /// The byte count differs from what the header describes (truncation or trailing bytes).
+    #[error("length is {actual} bytes, the header describes {expected}")]
+    Length {
+        /// Length implied by the header.
+        expected: u64,
+        /// Length found.
+        actual: u64,
+    },
+    /// A field holds a value that is not allowed or disagrees with another field.
+    #[error("{part} at byte {offset}: {reason}")]
+    Invalid {
+        /// The part holding the field.
+        part: Part,
+        /// Byte offset of the field (or of the part) in the file.
+        offset: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// A part of an encoded file, named in [`FormatError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Part {
+    /// The segment header.
+    Header,
+    /// The frame at this position (0-based) in the segment.
+    Frame(u32),
+    /// The commit table.
+    CommitTable,
+    /// The page index.
+    PageIndex,
+    /// The segment trailer.
+    Trailer,
+    /// The manifest file header.
+    ManifestHeader,
+    /// A manifest journal record.
+    ManifestRecord,
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Part::Header => f.write_str("header"),
+            Part::Frame(i) => write!(f, "frame #{i}"),
+            Part::CommitTable => f.write_str("commit table"),
+            Part::PageIndex => f.write_str("page index"),
+            Part::Trailer => f.write_str("trailer"),
+            Part::ManifestHeader => f.write_str("manifest header"),
+            Part::ManifestRecord => f.write_str("manifest record"),
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The segment builder: appends frames straight into the encoded layout, so sealing only
+//! adds the commit table, the page index and the trailer, then fills in the header.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use hashbrown::HashMap;
+use uuid::Uuid;
+
+use super::index::PageIndex;
+use super::layout::{
+    digest_add, encode_trailer, frame_crc, frm, le_u32, put_u32, put_u64, valid_page_size, Header,
+    COMMIT_LEN, FRAME_HEADER_LEN, HEADER_LEN, TRAILER_LEN,
+};
+use super::segment::{Commit, SealedSegment};
+use crate::error::{Error, InvalidInput, Result};
+
+/// Builds a [`SealedSegment`] from frames.
+///
+/// Frames get consecutive frame numbers from `start_frame_no`. A transaction is any number
+/// of [`append_frame`](Self::append_frame) calls followed by one
+/// [`append_commit`](Self::append_commit); [`seal`](Self::seal) requires the last frame
+/// to be a commit. Commit timestamps must not decrease.
+#[derive(Debug)]
+pub struct SegmentBuilder {
+    buf: Vec<u8>,
+    page_size: u32,
+    start_frame_no: u64,
+    frame_count: u32,
+    newest: HashMap<u32, u32>,
+    commits: Vec<Commit>,
+    log_id: Uuid,
+}
+
+impl SegmentBuilder {
+    /// A builder whose first frame will be `start_frame_no` (at least 1), for pages of
+    /// `page_size` bytes (a power of two from 512 to 65536).
+    pub fn new(start_frame_no: u64, page_size: u32) -> Result<Self> {
+        if !valid_page_size(page_size) {
+            return Err(InvalidInput::PageSize(page_size).into());
+        }
+        if start_frame_no == 0 {
+            return Err(InvalidInput::FrameNo {
+                frame_no: 0,
+                reason: "frame numbers start at 1",
+            }
+            .into());
+        }
+        Ok(Self {
+            buf: vec![0; HEADER_LEN],
+            page_size,
+            start_frame_no,
+            frame_count: 0,
+            newest: HashMap::new(),
+            commits: Vec::new(),
+            log_id: Uuid::nil(),
+        })
+    }
+
+    /// Records which log (writer) produced the segment. Defaults to the nil UUID.
+    pub fn with_log_id(mut self, log_id: Uuid) -> Self {
+        self.log_id = log_id;
+        self
+    }
+
+    /// Reserves room for `frames` more frames.
+    pub fn reserve(&mut self, frames: usize) {
+        let frame_len = FRAME_HEADER_LEN + self.page_size as usize;
+        self.buf.reserve(frames.saturating_mul(frame_len));
+    }
+
+    /// Appends a frame that does not end a transaction. Returns its frame number.
+    pub fn append_frame(&mut self, page_no: u32, page: &[u8]) -> Result<u64> {
+        let frame_no = self.check_frame(page_no, page)?;
+        self.push(frame_no, page_no, 0, page);
+        Ok(frame_no)
+    }
+
+    /// Appends the frame that commits a transaction: the database has `size_after` pages
+    /// after it, and it happened at `timestamp`. Returns its frame number.
+    pub fn append_commit(
+        &mut self,
+        page_no: u32,
+        page: &[u8],
+        size_after: u32,
+        timestamp: DateTime<Utc>,
+    ) -> Result<u64> {
+        let frame_no = self.check_frame(page_no, page)?;
+        let timestamp_ms = self.check_commit(frame_no, size_after, timestamp)?;
+        self.push(frame_no, page_no, size_after, page);
+        self.commits.push(Commit {
+            frame_no,
+            timestamp_ms,
+            size_after,
+        });
+        Ok(frame_no)
+    }
+
+    /// Number of frames appended since the last seal.
+    pub fn frame_count(&self) -> u32 {
+        self.frame_count
+    }
+
+    /// True when no frame was appended since the last seal.
+    pub fn is_empty(&self) -> bool {
+        self.frame_count == 0
+    }
+
+    /// The frame number the next appended frame will get.
+    pub fn next_frame_no(&self) -> u64 {
+        self.start_frame_no + u64::from(self.frame_count)
+    }
+
+    /// Bytes of frames buffered so far.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buf.len() - HEADER_LEN
+    }
+
+    /// True when the last frame appended is a commit (so the builder can be sealed).
+    pub fn ends_with_commit(&self) -> bool {
+        self.commits
+            .last()
+            .is_some_and(|c| c.frame_no + 1 == self.next_frame_no())
+    }
+
+    /// Seals the frames appended so far into a segment, recording `sealed_at`. On success
+    /// the builder is reset to start the next segment at the following frame number; on
+    /// error it is left unchanged.
+    pub fn seal(&mut self, sealed_at: DateTime<Utc>) -> Result<SealedSegment> {
+        if self.is_empty() {
+            return Err(InvalidInput::Seal("no frames").into());
+        }
+        if !self.ends_with_commit() {
+            return Err(InvalidInput::Seal("the last frame is not a commit").into());
+        }
+        let sealed_at = timestamp_ms(sealed_at)?;
+        let next = Self {
+            buf: vec![0; HEADER_LEN],
+            page_size: self.page_size,
+            start_frame_no: self.next_frame_no(),
+            frame_count: 0,
+            newest: HashMap::new(),
+            commits: Vec::new(),
+            log_id: self.log_id,
+        };
+        Ok(std::mem::replace(self, next).finish(sealed_at))
+    }
+
+    fn finish(mut self, sealed_at: u64) -> SealedSegment {
+        let mut digest = 0;
+        let frame_len = FRAME_HEADER_LEN + self.page_size as usize;
+        let mut frame_crcs = Vec::with_capacity(self.frame_count as usize);
+        for position in 0..self.frame_count as usize {
+            frame_crcs.push(le_u32(
+                &self.buf,
+                HEADER_LEN + position * frame_len + frm::CRC,
+            ));
+        }
+        let commits_off = self.buf.len();
+        for c in &self.commits {
+            let mut entry = [0u8; COMMIT_LEN];
+            put_u64(&mut entry, 0, c.frame_no);
+            put_u64(&mut entry, 8, c.timestamp_ms);
+            put_u32(&mut entry, 16, c.size_after);
+            self.buf.extend_from_slice(&entry);
+        }
+        let commit_crc = crc32c::crc32c(&self.buf[commits_off..]);
+        self.buf.extend_from_slice(&commit_crc.to_le_bytes());
+
+        let mut pages: Vec<(u32, u32)> = self.newest.drain().collect();
+        pages.sort_unstable();
+        let index = PageIndex::build(pages.iter().copied());
+        let index_bytes = index.as_bytes();
+        let index_crc = crc32c::crc32c(index_bytes);
+        self.buf.extend_from_slice(index_bytes);
+        self.buf.extend_from_slice(&index_crc.to_le_bytes());
+
+        let (first, last) = (self.commits[0], self.commits[self.commits.len() - 1]);
+        let header = Header {
+            page_size: self.page_size,
+            start_frame_no: self.start_frame_no,
+            end_frame_no: last.frame_no,
+            frame_count: self.frame_count,
+            commit_count: self.commits.len() as u32,
+            page_count: pages.len() as u32,
+            db_size: last.size_after,
+            first_commit_ts: first.timestamp_ms,
+            last_commit_ts: last.timestamp_ms,
+            sealed_at,
+            log_id: self.log_id,
+            index_len: index_bytes.len() as u64,
+        };
+        let encoded_header = header.encode();
+        self.buf[..HEADER_LEN].copy_from_slice(&encoded_header);
+        digest = digest_add(digest, le_u32(&encoded_header, super::layout::hdr::CRC));
+        for crc in frame_crcs {
+            digest = digest_add(digest, crc);
+        }
+        digest = digest_add(digest, commit_crc);
+        digest = digest_add(digest, index_crc);
+        let file_len = (self.buf.len() + TRAILER_LEN) as u64;
+        self.buf
+            .extend_from_slice(&encode_trailer(file_len, digest));
+
+        let bytes = Bytes::from(self.buf);
+        // The layout was computed by the same code that decodes it, from a header we
+        // just built; the index is rebuilt over the shared buffer so it does not hold a
+        // second copy.
+        let layout = header.layout().expect("layout of a header we built");
+        let index_at = layout.index_off as usize;
+        let index = PageIndex::parse(
+            bytes.slice(index_at..index_at + header.index_len as usize),
+            header.frame_count,
+            layout.index_off,
+        )
+        .expect("index we built parses");
+        SealedSegment::from_parts(bytes, header, layout, self.commits, index)
+    }
+
+    fn check_frame(&self, page_no: u32, page: &[u8]) -> Result<u64> {
+        if page_no == 0 {
+            return Err(InvalidInput::PageNo.into());
+        }
+        if page.len() != self.page_size as usize {
+            return Err(InvalidInput::PageLength {
+                expected: self.page_size,
+                actual: page.len(),
+            }
+            .into());
+        }
+        let frame_no = self.next_frame_no();
+        if frame_no == u64::MAX || self.frame_count == u32::MAX {
+            return Err(InvalidInput::FrameNo {
+                frame_no,
+                reason: "no frame numbers left in this segment",
+            }
+            .into());
+        }
+        Ok(frame_no)
+    }
+
+    fn check_commit(&self, frame_no: u64, size_after: u32, at: DateTime<Utc>) -> Result<u64> {
+        let reject = |reason: String| Error::from(InvalidInput::Commit { frame_no, reason });
+        if size_after == 0 {
+            return Err(reject(
+                "database size after a commit must be at least 1 page".into(),
+            ));
+        }
+        let ms = timestamp_ms(at)?;
+        if let Some(prev) = self.commits.last() {
+            if ms < prev.timestamp_ms {
+                return Err(reject(format!(
+                    "timestamp {at} is before the previous commit's ({})",
+                    prev.timestamp()
+                )));
+            }
+        }
+        Ok(ms)
+    }
+
+    fn push(&mut self, frame_no: u64, page_no: u32, size_after: u32, page: &[u8]) {
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        put_u64(&mut header, frm::FRAME_NO, frame_no);
+        put_u32(&mut header, frm::PAGE_NO, page_no);
+        put_u32(&mut header, frm::SIZE_AFTER, size_after);
+        let crc = frame_crc(&header, page);
+        put_u32(&mut header, frm::CRC, crc);
+        self.buf.extend_from_slice(&header);
+        self.buf.extend_from_slice(page);
+        self.newest.insert(page_no, self.frame_count);
+        self.frame_count += 1;
+    }
+}
+
+/// Milliseconds since the epoch, rejecting times before it.
+pub(crate) fn timestamp_ms(at: DateTime<Utc>) -> Result<u64> {
+    u64::try_from(at.timestamp_millis())
+        .map_err(|_| InvalidInput::Timestamp(at.to_rfc3339()).into())
+}

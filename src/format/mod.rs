@@ -1,0 +1,21 @@
+//! The format layer: pure and synchronous. Names, keys, frames, the segment builder, the
+//! encoded segment and its page index. Nothing here does I/O beyond byte slices.
+
+mod builder;
+mod index;
+mod key;
+mod layout;
+mod name;
+mod segment;
+
+pub(crate) use builder::timestamp_ms;
+pub use builder::SegmentBuilder;
+pub use index::{PageIndex, PageIndexIter};
+pub use key::SegmentKey;
+pub(crate) use layout::HEADER_LEN;
+pub use name::NamespaceName;
+pub(crate) use segment::{index_range, ms_to_datetime, parse_index_with_crc};
+pub use segment::{Commit, FrameRef, SealedSegment};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,488 @@
+//! Sealed segments: immutable, checksummed runs of frames with a commit table and a page
+//! index, held in their encoded form so that encoding is free and decoding is a
+//! verification pass over borrowed bytes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::index::PageIndex;
+use super::key::SegmentKey;
+use super::layout::{
+    digest_add, frame_crc, frm, invalid, le_u32, le_u64, trl, Header, Layout, COMMIT_LEN, CRC_LEN,
+    FRAME_HEADER_LEN, HEADER_LEN, TRAILER_LEN, TRAILER_MAGIC,
+};
+use crate::error::{FormatError, Part};
+
+/// One frame of a segment, borrowed from the segment's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    /// The frame number.
+    pub frame_no: u64,
+    /// The page this frame is an image of (1-based).
+    pub page_no: u32,
+    /// Database size in pages after the commit this frame ends, or 0 if it is not a commit.
+    pub size_after: u32,
+    /// The page image.
+    pub data: &'a [u8],
+}
+
+impl FrameRef<'_> {
+    /// True when this frame ends a transaction.
+    pub fn is_commit(&self) -> bool {
+        self.size_after != 0
+    }
+}
+
+/// A commit recorded in a segment's commit table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Commit {
+    /// Frame number of the commit frame.
+    pub frame_no: u64,
+    /// Commit time in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Database size in pages after the commit.
+    pub size_after: u32,
+}
+
+impl Commit {
+    /// The commit time as a date.
+    pub fn timestamp(&self) -> DateTime<Utc> {
+        ms_to_datetime(self.timestamp_ms)
+    }
+}
+
+pub(crate) fn ms_to_datetime(ms: u64) -> DateTime<Utc> {
+    i64::try_from(ms)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// An immutable, verified segment. Cloning is cheap (the bytes are shared).
+#[derive(Clone)]
+pub struct SealedSegment {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bytes: Bytes,
+    header: Header,
+    layout: Layout,
+    commits: Vec<Commit>,
+    index: PageIndex,
+}
+
+impl SealedSegment {
+    /// Decodes `bytes` and verifies every checksum and every cross-reference: header,
+    /// each frame, the commit table, the page index and the trailer. The error names the
+    /// part and byte offset that failed.
+    pub fn decode(bytes: impl Into<Bytes>) -> Result<Self, FormatError> {
+        let bytes = bytes.into();
+        let header = Header::decode(&bytes)?;
+        let layout = header.layout()?;
+        if bytes.len() as u64 != layout.file_len {
+            return Err(FormatError::Length {
+                expected: layout.file_len,
+                actual: bytes.len() as u64,
+            });
+        }
+        let mut digest = digest_add(0, le_u32(&bytes, super::layout::hdr::CRC));
+        digest = verify_frames(&bytes, &header, &layout, digest)?;
+        let (commits, commit_crc) = decode_commits(&bytes, &header, &layout)?;
+        digest = digest_add(digest, commit_crc);
+        let (index, index_crc) = decode_index(&bytes, &header, &layout)?;
+        digest = digest_add(digest, index_crc);
+        verify_trailer(&bytes, &layout, digest)?;
+        let segment = Self::from_parts(bytes, header, layout, commits, index);
+        segment.verify_references()?;
+        Ok(segment)
+    }
+
+    pub(crate) fn from_parts(
+        bytes: Bytes,
+        header: Header,
+        layout: Layout,
+        commits: Vec<Commit>,
+        index: PageIndex,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                bytes,
+                header,
+                layout,
+                commits,
+                index,
+            }),
+        }
+    }
+
+    /// Checks what checksums cannot: commits agree with their frames and with the header,
+    /// and the index points every page at its newest frame.
+    fn verify_references(&self) -> Result<(), FormatError> {
+        let h = &self.inner.header;
+        let table = |reason| {
+            invalid(
+                Part::CommitTable,
+                self.inner.layout.commits_off as usize,
+                reason,
+            )
+        };
+        let mut frame_commits = 0u32;
+        for position in 0..h.frame_count {
+            let frame = self.frame_at(position);
+            if frame.is_commit() {
+                frame_commits += 1;
+            }
+            match self.inner.index.get(frame.page_no) {
+                Some(newest) if newest >= position => {}
+                _ => {
+                    return Err(invalid(
+                        Part::PageIndex,
+                        self.inner.layout.index_off as usize,
+                        "index misses a page or points at an older frame",
+                    ))
+                }
+            }
+        }
+        if frame_commits != h.commit_count {
+            return Err(table("commit count disagrees with the frames"));
+        }
+        for commit in &self.inner.commits {
+            let frame = self.frame_at((commit.frame_no - h.start_frame_no) as u32);
+            if frame.size_after != commit.size_after {
+                return Err(table("commit disagrees with its frame"));
+            }
+        }
+        for (page_no, position) in self.inner.index.iter() {
+            if self.frame_at(position).page_no != page_no {
+                return Err(invalid(
+                    Part::PageIndex,
+                    self.inner.layout.index_off as usize,
+                    "index points at a frame of another page",
+                ));
+            }
+        }
+        if self.inner.index.len() != h.page_count as usize {
+            return Err(invalid(
+                Part::PageIndex,
+                self.inner.layout.index_off as usize,
+                "page count disagrees with the header",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The segment's key: frame range and first commit time.
+    pub fn key(&self) -> SegmentKey {
+        SegmentKey {
+            start_frame_no: self.inner.header.start_frame_no,
+            end_frame_no: self.inner.header.end_frame_no,
+            timestamp: self.inner.header.first_commit_ts,
+        }
+    }
+
+    /// First frame number.
+    pub fn start_frame_no(&self) -> u64 {
+        self.inner.header.start_frame_no
+    }
+
+    /// Last frame number (a commit).
+    pub fn end_frame_no(&self) -> u64 {
+        self.inner.header.end_frame_no
+    }
+
+    /// Page size in bytes.
+    pub fn page_size(&self) -> u32 {
+        self.inner.header.page_size
+    }
+
+    /// Database size in pages after the segment's last commit.
+    pub fn db_size(&self) -> u32 {
+        self.inner.header.db_size
+    }
+
+    /// Number of frames.
+    pub fn frame_count(&self) -> u32 {
+        self.inner.header.frame_count
+    }
+
+    /// Number of distinct pages.
+    pub fn page_count(&self) -> u32 {
+        self.inner.header.page_count
+    }
+
+    /// When the segment was sealed.
+    pub fn sealed_at(&self) -> DateTime<Utc> {
+        ms_to_datetime(self.inner.header.sealed_at)
+    }
+
+    /// Time of the first commit.
+    pub fn first_commit_timestamp(&self) -> DateTime<Utc> {
+        ms_to_datetime(self.inner.header.first_commit_ts)
+    }
+
+    /// Time of the last commit.
+    pub fn last_commit_timestamp(&self) -> DateTime<Utc> {
+        ms_to_datetime(self.inner.header.last_commit_ts)
+    }
+
+    /// Id of the log (writer) that produced the segment.
+    pub fn log_id(&self) -> Uuid {
+        self.inner.header.log_id
+    }
+
+    /// Every commit in the segment, in frame order.
+    pub fn commits(&self) -> &[Commit] {
+        &self.inner.commits
+    }
+
+    /// The page index.
+    pub fn index(&self) -> &PageIndex {
+        &self.inner.index
+    }
+
+    /// The newest frame of `page_no` in this segment.
+    pub fn read_page(&self, page_no: u32) -> Option<FrameRef<'_>> {
+        self.inner.index.get(page_no).map(|p| self.frame_at(p))
+    }
+
+    /// The frame at `position` (0-based), if there is one.
+    pub fn frame(&self, position: u32) -> Option<FrameRef<'_>> {
+        (position < self.frame_count()).then(|| self.frame_at(position))
+    }
+
+    /// All frames in frame order.
+    pub fn frames(&self) -> impl DoubleEndedIterator<Item = FrameRef<'_>> + ExactSizeIterator {
+        (0..self.frame_count()).map(|p| self.frame_at(p))
+    }
+
+    /// The encoded form (shared, not copied).
+    pub fn encoded(&self) -> &Bytes {
+        &self.inner.bytes
+    }
+
+    /// Length of the encoded form in bytes.
+    pub fn encoded_len(&self) -> u64 {
+        self.inner.bytes.len() as u64
+    }
+
+    /// Callers pass positions below `frame_count`, which `decode` proved lie in the bytes.
+    fn frame_at(&self, position: u32) -> FrameRef<'_> {
+        let off = self.inner.layout.frame_off(position) as usize;
+        let b = &self.inner.bytes[off..off + self.inner.layout.frame_len as usize];
+        FrameRef {
+            frame_no: le_u64(b, frm::FRAME_NO),
+            page_no: le_u32(b, frm::PAGE_NO),
+            size_after: le_u32(b, frm::SIZE_AFTER),
+            data: &b[FRAME_HEADER_LEN..],
+        }
+    }
+}
+
+impl std::fmt::Debug for SealedSegment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSegment")
+            .field("key", &self.key())
+            .field("page_size", &self.page_size())
+            .field("frames", &self.frame_count())
+            .field("commits", &self.commits().len())
+            .field("db_size", &self.db_size())
+            .finish()
+    }
+}
+
+fn verify_frames(b: &[u8], h: &Header, l: &Layout, mut digest: u32) -> Result<u32, FormatError> {
+    let frame_len = l.frame_len as usize;
+    for position in 0..h.frame_count {
+        let off = l.frame_off(position) as usize;
+        let frame = &b[off..off + frame_len];
+        let part = Part::Frame(position);
+        let crc = le_u32(frame, frm::CRC);
+        if frame_crc(frame, &frame[FRAME_HEADER_LEN..]) != crc {
+            return Err(FormatError::Checksum {
+                part,
+                offset: off as u64,
+            });
+        }
+        if le_u64(frame, frm::FRAME_NO) != h.start_frame_no + u64::from(position) {
+            return Err(invalid(
+                part,
+                off + frm::FRAME_NO,
+                "frame number out of sequence",
+            ));
+        }
+        if le_u32(frame, frm::PAGE_NO) == 0 {
+            return Err(invalid(part, off + frm::PAGE_NO, "page number 0"));
+        }
+        if le_u32(frame, frm::RESERVED) != 0 {
+            return Err(invalid(
+                part,
+                off + frm::RESERVED,
+                "reserved bytes not zero",
+            ));
+        }
+        digest = digest_add(digest, crc);
+    }
+    let last = l.frame_off(h.frame_count - 1) as usize;
+    if le_u32(b, last + frm::SIZE_AFTER) != h.db_size {
+        return Err(invalid(
+            Part::Frame(h.frame_count - 1),
+            last + frm::SIZE_AFTER,
+            "last frame is not the final commit",
+        ));
+    }
+    Ok(digest)
+}
+
+fn decode_commits(b: &[u8], h: &Header, l: &Layout) -> Result<(Vec<Commit>, u32), FormatError> {
+    let start = l.commits_off as usize;
+    let end = start + h.commit_count as usize * COMMIT_LEN;
+    let crc = le_u32(b, end);
+    if crc32c::crc32c(&b[start..end]) != crc {
+        return Err(FormatError::Checksum {
+            part: Part::CommitTable,
+            offset: start as u64,
+        });
+    }
+    let mut commits = Vec::with_capacity(h.commit_count as usize);
+    for entry in b[start..end].chunks_exact(COMMIT_LEN) {
+        let commit = Commit {
+            frame_no: le_u64(entry, 0),
+            timestamp_ms: le_u64(entry, 8),
+            size_after: le_u32(entry, 16),
+        };
+        let at = start + commits.len() * COMMIT_LEN;
+        check_commit(&commits, &commit, entry, h)
+            .map_err(|reason| invalid(Part::CommitTable, at, reason))?;
+        commits.push(commit);
+    }
+    let (first, last) = (commits[0], commits[commits.len() - 1]);
+    if first.timestamp_ms != h.first_commit_ts || last.timestamp_ms != h.last_commit_ts {
+        return Err(invalid(
+            Part::CommitTable,
+            start,
+            "commit times disagree with the header",
+        ));
+    }
+    if last.frame_no != h.end_frame_no {
+        return Err(invalid(
+            Part::CommitTable,
+            start,
+            "last commit is not the last frame",
+        ));
+    }
+    Ok((commits, crc))
+}
+
+fn check_commit(prev: &[Commit], c: &Commit, raw: &[u8], h: &Header) -> Result<(), &'static str> {
+    if le_u32(raw, 20) != 0 {
+        return Err("reserved bytes not zero");
+    }
+    if !(h.start_frame_no..=h.end_frame_no).contains(&c.frame_no) {
+        return Err("commit frame outside the segment");
+    }
+    if c.size_after == 0 {
+        return Err("commit with database size 0");
+    }
+    if let Some(p) = prev.last() {
+        if c.frame_no <= p.frame_no {
+            return Err("commits out of order");
+        }
+        if c.timestamp_ms < p.timestamp_ms {
+            return Err("commit time goes backwards");
+        }
+    }
+    Ok(())
+}
+
+fn decode_index(b: &Bytes, h: &Header, l: &Layout) -> Result<(PageIndex, u32), FormatError> {
+    let start = l.index_off as usize;
+    let end = start + h.index_len as usize;
+    let crc = le_u32(b, end);
+    if crc32c::crc32c(&b[start..end]) != crc {
+        return Err(FormatError::Checksum {
+            part: Part::PageIndex,
+            offset: start as u64,
+        });
+    }
+    let index = PageIndex::parse(b.slice(start..end), h.frame_count, l.index_off)?;
+    Ok((index, crc))
+}
+
+fn verify_trailer(b: &[u8], l: &Layout, digest: u32) -> Result<(), FormatError> {
+    let off = l.trailer_off as usize;
+    let t = &b[off..off + TRAILER_LEN];
+    if t[trl::MAGIC..trl::MAGIC + 8] != TRAILER_MAGIC {
+        return Err(FormatError::BadMagic(Part::Trailer));
+    }
+    if crc32c::crc32c(&t[..trl::CRC]) != le_u32(t, trl::CRC) {
+        return Err(FormatError::Checksum {
+            part: Part::Trailer,
+            offset: off as u64,
+        });
+    }
+    if le_u64(t, trl::FILE_LEN) != l.file_len {
+        return Err(invalid(
+            Part::Trailer,
+            off + trl::FILE_LEN,
+            "file length disagrees with the header",
+        ));
+    }
+    if le_u32(t, trl::DIGEST) != digest {
+        return Err(invalid(
+            Part::Trailer,
+            off + trl::DIGEST,
+            "file digest does not match the parts",
+        ));
+    }
+    if t[trl::RESERVED..trl::CRC].iter().any(|&x| x != 0) {
+        return Err(invalid(
+            Part::Trailer,
+            off + trl::RESERVED,
+            "reserved bytes not zero",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads and verifies only the header and page index of an encoded segment, for callers
+/// that fetched those two ranges without the frames. `header_bytes` is the first
+/// [`HEADER_LEN`] bytes; `read_range(start, len)` returns bytes of the file.
+pub(crate) fn index_range(
+    header_bytes: &[u8],
+) -> Result<(Header, std::ops::Range<u64>), FormatError> {
+    let header = Header::decode(header_bytes)?;
+    let layout = header.layout()?;
+    Ok((
+        header,
+        layout.index_off..layout.index_off + header.index_len + CRC_LEN as u64,
+    ))
+}
+
+/// Verifies index bytes (with their trailing checksum) fetched with [`index_range`].
+pub(crate) fn parse_index_with_crc(
+    header: &Header,
+    bytes: Bytes,
+) -> Result<PageIndex, FormatError> {
+    let layout = header.layout()?;
+    let expected = header.index_len + CRC_LEN as u64;
+    if bytes.len() as u64 != expected {
+        return Err(FormatError::Length {
+            expected,
+            actual: bytes.len() as u64,
+        });
+    }
+    let body = bytes.slice(..header.index_len as usize);
+    if crc32c::crc32c(&body) != le_u32(&bytes, header.index_len as usize) {
+        return Err(FormatError::Checksum {
+            part: Part::PageIndex,
+            offset: layout.index_off,
+        });
+    }
+    PageIndex::parse(body, header.frame_count, layout.index_off)
+}
+
+const _: () = assert!(HEADER_LEN % 8 == 0 && FRAME_HEADER_LEN % 8 == 0);

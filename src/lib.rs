@@ -1,0 +1,59 @@
+//! walvault stores the sealed segments of a SQLite-style write-ahead log, tracks which
+//! frames are durable, and restores a database to any point in time.
+//!
+//! The crate is built in layers; each module knows nothing of the ones above it:
+//!
+//! 1. **format**: [`NamespaceName`], [`SegmentKey`], the [`SegmentBuilder`] that turns
+//!    frames into an immutable, checksummed [`SealedSegment`], and its [`PageIndex`].
+//!    The byte layout is specified in `docs/FORMAT.md`.
+//! 2. **storage**: the [`Storage`] trait and its backends: [`LocalStorage`] (the embedded
+//!    default), [`MemoryStorage`] and [`NoStorage`]. Each namespace has a catalog,
+//!    persisted as a manifest journal, so lookups never list a directory.
+//!
+//! ```
+//! use chrono::{TimeZone, Utc};
+//! use walvault::{FindSegmentReq, LocalStorage, NamespaceName, SegmentBuilder, Storage};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> walvault::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let storage = LocalStorage::open(dir.path())?;
+//! let ns = NamespaceName::new("orders")?;
+//!
+//! // One transaction writing pages 1 and 2 of a 4 KiB-page database.
+//! let at = Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap();
+//! let mut builder = SegmentBuilder::new(1, 4096)?;
+//! builder.append_frame(1, &[1u8; 4096])?;
+//! builder.append_commit(2, &[2u8; 4096], 2, at)?;
+//! let segment = builder.seal(at)?;
+//!
+//! storage.store(&ns, segment, None, Box::new(|durable| Box::pin(async move {
+//!     assert_eq!(durable, 2);
+//! }))).await?;
+//!
+//! assert_eq!(storage.durable_frame_no(&ns, None).await?, 2);
+//! let key = storage.find_segment(&ns, FindSegmentReq::Containing(1), None).await?;
+//! let fetched = storage.fetch_segment_data(&ns, &key, None).await?;
+//! assert_eq!(fetched.read_page(2).unwrap().data, &[2u8; 4096][..]);
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+mod error;
+mod format;
+mod storage;
+
+pub use crate::error::{Error, FormatError, InvalidInput, Part, Result};
+pub use crate::format::{
+    Commit, FrameRef, NamespaceName, PageIndex, PageIndexIter, SealedSegment, SegmentBuilder,
+    SegmentKey,
+};
+pub use crate::storage::{
+    FindSegmentReq, LocalConfig, LocalStorage, MemoryStorage, NoStorage, OnStoreCallback,
+    RestoreOptions, RestoreSummary, SegmentInfo, Storage,
+};
+
+#[doc(hidden)]
+pub use crate::storage::write_manifest_for_bench;

@@ -1,0 +1,251 @@
+//! The in-memory catalog of one namespace's segments.
+//!
+//! Segments never overlap and are appended in frame order, and their timestamps never go
+//! backwards, so one vector sorted by end frame number is also sorted by start frame and
+//! by timestamp. Every lookup is a binary search; an entry costs 40 bytes.
+
+use chrono::{DateTime, Utc};
+
+use super::{FindSegmentReq, SegmentInfo};
+use crate::format::SegmentKey;
+
+/// One catalogued segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CatalogEntry {
+    pub key: SegmentKey,
+    pub size: u64,
+    pub last_commit_ts: u64,
+}
+
+impl CatalogEntry {
+    pub(crate) fn info(&self) -> SegmentInfo {
+        SegmentInfo {
+            key: self.key,
+            size: self.size,
+            last_commit_ts: self.last_commit_ts,
+        }
+    }
+}
+
+/// What appending an entry would do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Append {
+    /// The entry extends the log.
+    New,
+    /// The same segment is already catalogued.
+    AlreadyStored,
+    /// The entry conflicts with the log; the string says how.
+    Rejected(String),
+}
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Catalog {
+    entries: Vec<CatalogEntry>,
+}
+
+impl Catalog {
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn entries(&self) -> &[CatalogEntry] {
+        &self.entries
+    }
+
+    /// The highest catalogued frame number, or 0.
+    pub(crate) fn durable_frame_no(&self) -> u64 {
+        self.entries.last().map_or(0, |e| e.key.end_frame_no)
+    }
+
+    /// Judges whether `entry` may be appended.
+    pub(crate) fn check_append(&self, entry: &CatalogEntry) -> Append {
+        if self.get(&entry.key).is_some() {
+            return Append::AlreadyStored;
+        }
+        let Some(last) = self.entries.last() else {
+            return Append::New;
+        };
+        if entry.key.start_frame_no <= last.key.end_frame_no {
+            return Append::Rejected(format!(
+                "it starts at frame {} but frames up to {} are already stored",
+                entry.key.start_frame_no, last.key.end_frame_no
+            ));
+        }
+        if entry.key.timestamp < last.last_commit_ts {
+            return Append::Rejected(format!(
+                "its first commit ({}) is older than the last stored commit ({})",
+                fmt_ms(entry.key.timestamp),
+                fmt_ms(last.last_commit_ts)
+            ));
+        }
+        Append::New
+    }
+
+    /// Appends an entry that [`check_append`](Self::check_append) judged `New`.
+    pub(crate) fn push(&mut self, entry: CatalogEntry) {
+        debug_assert_eq!(self.check_append(&entry), Append::New);
+        self.entries.push(entry);
+    }
+
+    /// Replaces the whole catalog with `entries`, which must satisfy the catalog's order.
+    pub(crate) fn from_entries(entries: Vec<CatalogEntry>) -> Result<Self, String> {
+        let mut catalog = Catalog {
+            entries: Vec::with_capacity(entries.len()),
+        };
+        for entry in entries {
+            match catalog.check_append(&entry) {
+                Append::New => catalog.entries.push(entry),
+                Append::AlreadyStored => return Err(format!("segment {} listed twice", entry.key)),
+                Append::Rejected(why) => return Err(format!("segment {}: {why}", entry.key)),
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// Removes the entries with these keys; returns how many were found.
+    pub(crate) fn remove(&mut self, keys: &[SegmentKey]) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|e| !keys.contains(&e.key));
+        before - self.entries.len()
+    }
+
+    /// Frees capacity left over from growth.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+    }
+
+    pub(crate) fn get(&self, key: &SegmentKey) -> Option<&CatalogEntry> {
+        let i = self
+            .entries
+            .partition_point(|e| e.key.end_frame_no < key.end_frame_no);
+        self.entries.get(i).filter(|e| e.key == *key)
+    }
+
+    /// Answers a lookup in O(log n).
+    pub(crate) fn find(&self, req: FindSegmentReq) -> Option<SegmentKey> {
+        let entry = match req {
+            FindSegmentReq::Containing(n) => {
+                let i = self.entries.partition_point(|e| e.key.end_frame_no < n);
+                self.entries.get(i).filter(|e| e.key.start_frame_no <= n)
+            }
+            FindSegmentReq::EndFrameNoLessThan(n) => {
+                let i = self.entries.partition_point(|e| e.key.end_frame_no <= n);
+                i.checked_sub(1).map(|i| &self.entries[i])
+            }
+            FindSegmentReq::Timestamp(t) => {
+                let t = u64::try_from(t.timestamp_millis()).ok()?;
+                let i = self.entries.partition_point(|e| e.key.timestamp <= t);
+                i.checked_sub(1).map(|i| &self.entries[i])
+            }
+        };
+        entry.map(|e| e.key)
+    }
+
+    /// Up to `limit` segments with end frame at least `until` and below `before` (or all,
+    /// when `before` is `None`), newest first.
+    pub(crate) fn page_newest_first(
+        &self,
+        until: u64,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Vec<SegmentInfo> {
+        let hi = before.map_or(self.entries.len(), |b| {
+            self.entries.partition_point(|e| e.key.end_frame_no < b)
+        });
+        let lo = self.entries.partition_point(|e| e.key.end_frame_no < until);
+        let lo = lo.max(hi.saturating_sub(limit));
+        self.entries[lo.min(hi)..hi]
+            .iter()
+            .rev()
+            .map(CatalogEntry::info)
+            .collect()
+    }
+}
+
+fn fmt_ms(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(DateTime::<Utc>::from_timestamp_millis)
+        .map_or_else(|| format!("{ms} ms"), |t| t.to_rfc3339())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(start: u64, end: u64, ts: u64, last_ts: u64) -> CatalogEntry {
+        CatalogEntry {
+            key: SegmentKey {
+                start_frame_no: start,
+                end_frame_no: end,
+                timestamp: ts,
+            },
+            size: 100,
+            last_commit_ts: last_ts,
+        }
+    }
+
+    #[test]
+    fn rejects_overlaps_and_time_going_backwards() {
+        let mut c = Catalog::default();
+        c.push(entry(1, 10, 100, 200));
+        assert_eq!(
+            c.check_append(&entry(1, 10, 100, 200)),
+            Append::AlreadyStored
+        );
+        assert!(matches!(
+            c.check_append(&entry(10, 20, 300, 300)),
+            Append::Rejected(_)
+        ));
+        assert!(matches!(
+            c.check_append(&entry(11, 20, 199, 300)),
+            Append::Rejected(_)
+        ));
+        assert_eq!(c.check_append(&entry(15, 20, 200, 300)), Append::New);
+    }
+
+    /// A straightforward model: scan every entry.
+    fn model_find(entries: &[CatalogEntry], req: FindSegmentReq) -> Option<SegmentKey> {
+        match req {
+            FindSegmentReq::Containing(n) => entries.iter().find(|e| e.key.includes(n)),
+            FindSegmentReq::EndFrameNoLessThan(n) => entries
+                .iter()
+                .filter(|e| e.key.end_frame_no <= n)
+                .max_by_key(|e| e.key.end_frame_no),
+            FindSegmentReq::Timestamp(t) => entries
+                .iter()
+                .filter(|e| (e.key.timestamp as i64) <= t.timestamp_millis())
+                .max_by_key(|e| e.key.end_frame_no),
+        }
+        .map(|e| e.key)
+    }
+
+    proptest! {
+        #[test]
+        fn lookups_agree_with_a_linear_scan(
+            spans in proptest::collection::vec((0u64..5, 1u64..6, 0u64..3, 0u64..3), 0..40),
+            probes in proptest::collection::vec(0u64..250, 1..30),
+        ) {
+            let mut c = Catalog::default();
+            let (mut next, mut ts) = (1u64, 0u64);
+            for (gap, len, dts, dur) in spans {
+                let start = next + gap;
+                let first = ts + dts;
+                let e = entry(start, start + len - 1, first, first + dur);
+                c.push(e);
+                next = start + len;
+                ts = first + dur;
+            }
+            for n in probes {
+                let at = DateTime::<Utc>::from_timestamp_millis(n as i64 / 2).unwrap();
+                for req in [FindSegmentReq::Containing(n), FindSegmentReq::EndFrameNoLessThan(n), FindSegmentReq::Timestamp(at)] {
+                    prop_assert_eq!(c.find(req), model_find(c.entries(), req), "{:?}", req);
+                }
+                let page = c.page_newest_first(n, None, usize::MAX);
+                let expected: Vec<_> = c.entries().iter().rev().filter(|e| e.key.end_frame_no >= n).map(CatalogEntry::info).collect();
+                prop_assert_eq!(page, expected);
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Small filesystem helpers that make writes durable: data is written to a temp file,
+//! fsynced, renamed into place, and the directory fsynced, so a crash leaves either the
+//! old state or the new one, never a torn file under the final name.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+/// Prefix of temp files; files with this prefix are never read as data.
+pub(crate) const TEMP_PREFIX: &str = ".tmp-";
+
+/// fsyncs a directory so that entries created or renamed in it survive a crash.
+pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A fresh temp path in `dir`.
+pub(crate) fn temp_path(dir: &Path) -> PathBuf {
+    dir.join(format!("{TEMP_PREFIX}{}", Uuid::new_v4().simple()))
+}
+
+/// Writes `parts` to `dir/name` atomically and durably, returning the open file (for
+/// callers that keep appending to it).
+pub(crate) fn write_atomic(dir: &Path, name: &str, parts: &[&[u8]]) -> io::Result<File> {
+    let tmp = temp_path(dir);
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        for part in parts {
+            file.write_all(part)?;
+        }
+        file.sync_all()?;
+        fs::rename(&tmp, dir.join(name))?;
+        fsync_dir(dir)?;
+        Ok(file)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Creates `dir` (and missing parents) and makes the new entries durable.
+pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => fsync_dir(parent),
+        _ => Ok(()),
+    }
+}

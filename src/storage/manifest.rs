@@ -1,0 +1,434 @@
+//! The manifest: a journal of catalog edits, replayed on open.
+//!
+//! Each namespace's catalog is persisted as a file of records: add a segment, remove
+//! segments, or a snapshot of every segment. Appending one record per store keeps writes
+//! small; when the journal holds more records than the catalog has entries it is
+//! rewritten as a single snapshot (temp file, fsync, rename), so replay time stays
+//! proportional to the number of live segments.
+//!
+//! A record is `len: u32 | kind: u8 | head_crc: u32 | payload[len] | payload_crc: u32`,
+//! little-endian, with CRC-32C checksums; `docs/FORMAT.md` has the details. A crash in
+//! the middle of an append leaves a torn last record, which replay drops (it was never
+//! acknowledged). A damaged record that is followed by more data is corruption and is
+//! reported, never skipped.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::catalog::{Append, Catalog, CatalogEntry};
+use super::fsutil::write_atomic;
+use crate::error::{Error, FormatError, Part, Result};
+use crate::format::SegmentKey;
+
+pub(crate) const MANIFEST_FILE: &str = "MANIFEST";
+const MAGIC: [u8; 8] = *b"WVMANIFS";
+const VERSION: u16 = 1;
+const FILE_HEADER_LEN: usize = 16;
+const RECORD_HEAD_LEN: usize = 9;
+const ENTRY_LEN: usize = 40;
+const KEY_LEN: usize = 24;
+/// Records past the last snapshot before a rewrite is considered, at minimum.
+const MIN_COMPACT_RECORDS: u64 = 1024;
+
+const KIND_ADD: u8 = 1;
+const KIND_REMOVE: u8 = 2;
+const KIND_SNAPSHOT: u8 = 3;
+
+/// One change to a catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+// `Remove` is written by compaction and retention, which build on this layer; replay
+// already understands it so that manifests they write stay readable here.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum Edit {
+    Add(CatalogEntry),
+    Remove(Vec<SegmentKey>),
+    Snapshot(Vec<CatalogEntry>),
+}
+
+impl Edit {
+    /// The whole record: head, payload and checksum.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let (kind, payload) = match self {
+            Edit::Add(e) => (KIND_ADD, encode_entry(e).to_vec()),
+            Edit::Remove(keys) => {
+                let mut p = (keys.len() as u64).to_le_bytes().to_vec();
+                keys.iter()
+                    .for_each(|k| p.extend_from_slice(&encode_key(k)));
+                (KIND_REMOVE, p)
+            }
+            Edit::Snapshot(entries) => {
+                let mut p = Vec::with_capacity(8 + entries.len() * ENTRY_LEN);
+                p.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+                entries
+                    .iter()
+                    .for_each(|e| p.extend_from_slice(&encode_entry(e)));
+                (KIND_SNAPSHOT, p)
+            }
+        };
+        let mut out = Vec::with_capacity(RECORD_HEAD_LEN + payload.len() + 4);
+        out.extend_from_slice(&record_head(payload.len() as u32, kind));
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        out
+    }
+}
+
+fn record_head(len: u32, kind: u8) -> [u8; RECORD_HEAD_LEN] {
+    let mut head = [0u8; RECORD_HEAD_LEN];
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    head[4] = kind;
+    let crc = crc32c::crc32c(&head[..5]);
+    head[5..].copy_from_slice(&crc.to_le_bytes());
+    head
+}
+
+fn encode_key(k: &SegmentKey) -> [u8; KEY_LEN] {
+    let mut b = [0u8; KEY_LEN];
+    b[..8].copy_from_slice(&k.start_frame_no.to_le_bytes());
+    b[8..16].copy_from_slice(&k.end_frame_no.to_le_bytes());
+    b[16..].copy_from_slice(&k.timestamp.to_le_bytes());
+    b
+}
+
+fn decode_key(b: &[u8]) -> SegmentKey {
+    SegmentKey {
+        start_frame_no: u64_at(b, 0),
+        end_frame_no: u64_at(b, 8),
+        timestamp: u64_at(b, 16),
+    }
+}
+
+fn encode_entry(e: &CatalogEntry) -> [u8; ENTRY_LEN] {
+    let mut b = [0u8; ENTRY_LEN];
+    b[..KEY_LEN].copy_from_slice(&encode_key(&e.key));
+    b[24..32].copy_from_slice(&e.size.to_le_bytes());
+    b[32..].copy_from_slice(&e.last_commit_ts.to_le_bytes());
+    b
+}
+
+fn decode_entry(b: &[u8]) -> CatalogEntry {
+    CatalogEntry {
+        key: decode_key(b),
+        size: u64_at(b, 24),
+        last_commit_ts: u64_at(b, 32),
+    }
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn file_header() -> [u8; FILE_HEADER_LEN] {
+    let mut h = [0u8; FILE_HEADER_LEN];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..12]);
+    h[12..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The result of replaying a manifest.
+#[derive(Debug)]
+pub(crate) struct Replay {
+    pub catalog: Catalog,
+    /// Bytes of whole, valid records (including the file header).
+    pub valid_len: u64,
+    /// True when a torn last record was dropped.
+    pub torn_tail: bool,
+    /// Records after the last snapshot.
+    pub records_since_snapshot: u64,
+}
+
+/// Why replay stopped early.
+enum Stop {
+    /// The file ends inside this record: a crash during its append.
+    Torn,
+    /// The file is damaged at this offset.
+    Corrupt(FormatError),
+    Io(io::Error),
+}
+
+impl From<io::Error> for Stop {
+    fn from(e: io::Error) -> Self {
+        Stop::Io(e)
+    }
+}
+
+/// Replays a manifest of `file_len` bytes read from `reader`. `what` names it in errors.
+pub(crate) fn replay(reader: impl Read, file_len: u64, what: &str) -> Result<Replay> {
+    let mut r = BufReader::with_capacity(1 << 16, reader);
+    let mut head = [0u8; FILE_HEADER_LEN];
+    r.read_exact(&mut head)
+        .map_err(|e| Error::io(format!("reading {what}"), e))?;
+    if head[..8] != MAGIC {
+        return Err(Error::corrupt(
+            what,
+            FormatError::BadMagic(Part::ManifestHeader),
+        ));
+    }
+    if crc32c::crc32c(&head[..12]) != u32::from_le_bytes([head[12], head[13], head[14], head[15]]) {
+        let reason = FormatError::Checksum {
+            part: Part::ManifestHeader,
+            offset: 0,
+        };
+        return Err(Error::corrupt(what, reason));
+    }
+    let version = u16::from_le_bytes([head[8], head[9]]);
+    if version != VERSION {
+        return Err(Error::corrupt(what, FormatError::Version(version)));
+    }
+    let mut state = Replay {
+        catalog: Catalog::default(),
+        valid_len: FILE_HEADER_LEN as u64,
+        torn_tail: false,
+        records_since_snapshot: 0,
+    };
+    while state.valid_len < file_len {
+        match read_record(&mut r, state.valid_len, file_len, &mut state) {
+            Ok(len) => state.valid_len += len,
+            Err(Stop::Torn) => {
+                state.torn_tail = true;
+                break;
+            }
+            Err(Stop::Corrupt(reason)) => return Err(Error::corrupt(what, reason)),
+            Err(Stop::Io(e)) => return Err(Error::io(format!("reading {what}"), e)),
+        }
+    }
+    state.catalog.shrink_to_fit();
+    Ok(state)
+}
+
+/// Reads and applies one record at `offset`; returns its length in bytes.
+fn read_record(
+    r: &mut impl Read,
+    offset: u64,
+    file_len: u64,
+    state: &mut Replay,
+) -> Result<u64, Stop> {
+    let remaining = file_len - offset;
+    if remaining < RECORD_HEAD_LEN as u64 {
+        return Err(Stop::Torn);
+    }
+    let mut head = [0u8; RECORD_HEAD_LEN];
+    r.read_exact(&mut head)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let kind = head[4];
+    if record_head(len, kind) != head {
+        // A head that fails its checksum is torn only if nothing but zeros follows it
+        // (a crash can leave a zero-filled tail); otherwise the file is damaged.
+        return if rest_is_zero(r)? {
+            Err(Stop::Torn)
+        } else {
+            Err(corrupt(offset, "record header checksum mismatch"))
+        };
+    }
+    // Snapshots are only ever written whole (temp file and rename), never appended, so
+    // a damaged snapshot cannot be a torn append.
+    let appended = kind != KIND_SNAPSHOT;
+    let total = RECORD_HEAD_LEN as u64 + u64::from(len) + 4;
+    if total > remaining {
+        return if appended {
+            Err(Stop::Torn)
+        } else {
+            Err(corrupt(offset, "snapshot runs past the end of the file"))
+        };
+    }
+    let is_last = total == remaining;
+    let payload_at = offset + RECORD_HEAD_LEN as u64;
+    let outcome = match kind {
+        KIND_ADD => read_add(r, len, payload_at, state),
+        KIND_REMOVE => read_remove(r, len, payload_at, state),
+        KIND_SNAPSHOT => read_snapshot(r, len, payload_at, state),
+        _ => Err(corrupt(offset, "unknown record kind")),
+    };
+    match outcome {
+        Err(Stop::Corrupt(FormatError::Checksum { .. })) if is_last && appended => Err(Stop::Torn),
+        other => other.map(|()| total),
+    }
+}
+
+fn rest_is_zero(r: &mut impl Read) -> io::Result<bool> {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
+}
+
+fn corrupt(offset: u64, reason: &'static str) -> Stop {
+    Stop::Corrupt(FormatError::Invalid {
+        part: Part::ManifestRecord,
+        offset,
+        reason,
+    })
+}
+
+/// Reads a payload of `len` bytes plus its checksum, verifying it.
+fn read_payload(r: &mut impl Read, len: u32, at: u64) -> Result<Vec<u8>, Stop> {
+    let mut payload = vec![0u8; len as usize + 4];
+    r.read_exact(&mut payload)?;
+    let crc = payload.split_off(len as usize);
+    if crc32c::crc32c(&payload).to_le_bytes()[..] != crc[..] {
+        return Err(Stop::Corrupt(FormatError::Checksum {
+            part: Part::ManifestRecord,
+            offset: at,
+        }));
+    }
+    Ok(payload)
+}
+
+fn read_add(r: &mut impl Read, len: u32, at: u64, state: &mut Replay) -> Result<(), Stop> {
+    if len as usize != ENTRY_LEN {
+        return Err(corrupt(at, "add record of the wrong length"));
+    }
+    let entry = decode_entry(&read_payload(r, len, at)?);
+    match state.catalog.check_append(&entry) {
+        Append::New => state.catalog.push(entry),
+        _ => return Err(corrupt(at, "added segment conflicts with the catalog")),
+    }
+    state.records_since_snapshot += 1;
+    Ok(())
+}
+
+fn read_remove(r: &mut impl Read, len: u32, at: u64, state: &mut Replay) -> Result<(), Stop> {
+    let payload = read_payload(r, len, at)?;
+    let count = counted(&payload, KEY_LEN).ok_or_else(|| corrupt(at, "bad remove record"))?;
+    let keys: Vec<SegmentKey> = payload[8..].chunks_exact(KEY_LEN).map(decode_key).collect();
+    if state.catalog.remove(&keys) != count {
+        return Err(corrupt(at, "removed segment is not in the catalog"));
+    }
+    state.records_since_snapshot += 1;
+    Ok(())
+}
+
+/// Validates a `count: u64` prefix followed by `count` items of `item_len` bytes.
+fn counted(payload: &[u8], item_len: usize) -> Option<usize> {
+    let count = usize::try_from(u64_at(payload.get(..8)?, 0)).ok()?;
+    (payload.len() - 8 == count.checked_mul(item_len)?).then_some(count)
+}
+
+/// Snapshots can hold millions of entries, so they are streamed: entries go straight
+/// into the catalog while the checksum is computed, and nothing is kept if it fails.
+fn read_snapshot(r: &mut impl Read, len: u32, at: u64, state: &mut Replay) -> Result<(), Stop> {
+    let mut count_bytes = [0u8; 8];
+    if (len as usize) < 8 {
+        return Err(corrupt(at, "bad snapshot record"));
+    }
+    r.read_exact(&mut count_bytes)?;
+    let count = u64::from_le_bytes(count_bytes);
+    if Some(u64::from(len) - 8) != count.checked_mul(ENTRY_LEN as u64) {
+        return Err(corrupt(at, "snapshot length disagrees with its count"));
+    }
+    let mut crc = crc32c::crc32c(&count_bytes);
+    let mut entries = Vec::with_capacity(count as usize);
+    let mut chunk = vec![0u8; ENTRY_LEN * 1024];
+    let mut left = count as usize;
+    while left > 0 {
+        let n = left.min(1024);
+        let buf = &mut chunk[..n * ENTRY_LEN];
+        r.read_exact(buf)?;
+        crc = crc32c::crc32c_append(crc, buf);
+        entries.extend(buf.chunks_exact(ENTRY_LEN).map(decode_entry));
+        left -= n;
+    }
+    let mut stored = [0u8; 4];
+    r.read_exact(&mut stored)?;
+    if crc.to_le_bytes() != stored {
+        return Err(Stop::Corrupt(FormatError::Checksum {
+            part: Part::ManifestRecord,
+            offset: at,
+        }));
+    }
+    state.catalog =
+        Catalog::from_entries(entries).map_err(|_| corrupt(at, "snapshot entries out of order"))?;
+    state.records_since_snapshot = 0;
+    Ok(())
+}
+
+/// An open manifest that edits are appended to.
+#[derive(Debug)]
+pub(crate) struct ManifestFile {
+    dir: PathBuf,
+    file: File,
+    records_since_snapshot: u64,
+}
+
+impl ManifestFile {
+    /// Opens `dir/MANIFEST` and replays it, dropping a torn tail. `Ok(None)` when there is
+    /// no manifest yet.
+    pub(crate) fn open(dir: &Path) -> Result<Option<(Self, Catalog)>> {
+        let path = dir.join(MANIFEST_FILE);
+        let what = path.display().to_string();
+        let mut file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("opening {what}"), e)),
+        };
+        let io_err = |e| Error::io(format!("replaying {what}"), e);
+        let file_len = file.metadata().map_err(io_err)?.len();
+        let replay = replay(&mut file, file_len, &what)?;
+        if replay.torn_tail {
+            tracing::warn!(manifest = %what, valid_len = replay.valid_len, file_len, "dropping a torn manifest record left by a crash");
+            file.set_len(replay.valid_len).map_err(io_err)?;
+            file.sync_all().map_err(io_err)?;
+        }
+        file.seek(SeekFrom::End(0)).map_err(io_err)?;
+        let manifest = Self {
+            dir: dir.to_path_buf(),
+            file,
+            records_since_snapshot: replay.records_since_snapshot,
+        };
+        Ok(Some((manifest, replay.catalog)))
+    }
+
+    /// Creates `dir/MANIFEST` holding `catalog` as a snapshot (atomically).
+    pub(crate) fn create(dir: &Path, catalog: &Catalog) -> io::Result<Self> {
+        let snapshot = Edit::Snapshot(catalog.entries().to_vec()).encode();
+        let mut file = write_atomic(dir, MANIFEST_FILE, &[&file_header(), &snapshot])?;
+        file.seek(SeekFrom::End(0))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            file,
+            records_since_snapshot: 0,
+        })
+    }
+
+    /// Appends `edit` and makes it durable.
+    pub(crate) fn append(&mut self, edit: &Edit) -> io::Result<()> {
+        self.file.write_all(&edit.encode())?;
+        self.file.sync_data()?;
+        self.records_since_snapshot += 1;
+        Ok(())
+    }
+
+    /// Rewrites the manifest as one snapshot of `catalog` when the journal has grown past
+    /// the catalog's size.
+    pub(crate) fn maybe_compact(&mut self, catalog: &Catalog) -> io::Result<()> {
+        if self.records_since_snapshot < MIN_COMPACT_RECORDS.max(catalog.len() as u64) {
+            return Ok(());
+        }
+        *self = Self::create(&self.dir, catalog)?;
+        Ok(())
+    }
+}
+
+/// Writes a manifest holding `entries` into `dir`, for tools and benchmarks that need a
+/// large catalog without storing that many segments.
+pub(crate) fn write_snapshot(dir: &Path, entries: Vec<CatalogEntry>) -> Result<()> {
+    let catalog = Catalog::from_entries(entries)
+        .map_err(|why| Error::from(crate::error::InvalidInput::Config(why)))?;
+    ManifestFile::create(dir, &catalog)
+        .map(drop)
+        .map_err(|e| Error::io(format!("writing the manifest in {}", dir.display()), e))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+use super::*;
+
+fn entry(n: u64) -> CatalogEntry {
+    CatalogEntry {
+        key: SegmentKey {
+            start_frame_no: n * 10 + 1,
+            end_frame_no: n * 10 + 10,
+            timestamp: 1000 + n * 10,
+        },
+        size: 4096 + n,
+        last_commit_ts: 1005 + n * 10,
+    }
+}
+
+fn journal(edits: &[Edit]) -> (Vec<u8>, Vec<usize>) {
+    let mut bytes = file_header().to_vec();
+    let mut ends = Vec::new();
+    for edit in edits {
+        bytes.extend_from_slice(&edit.encode());
+        ends.push(bytes.len());
+    }
+    (bytes, ends)
+}
+
+fn replay_bytes(bytes: &[u8]) -> Result<Replay> {
+    replay(bytes, bytes.len() as u64, "test manifest")
+}
+
+#[test]
+fn replays_adds_removes_and_snapshots() {
+    let edits = [
+        Edit::Snapshot(vec![entry(0), entry(1)]),
+        Edit::Add(entry(2)),
+        Edit::Add(entry(3)),
+        Edit::Remove(vec![entry(1).key, entry(2).key]),
+        Edit::Add(entry(4)),
+    ];
+    let (bytes, _) = journal(&edits);
+    let r = replay_bytes(&bytes).unwrap();
+    assert_eq!(r.catalog.entries(), &[entry(0), entry(3), entry(4)]);
+    assert!(!r.torn_tail);
+    assert_eq!(r.valid_len, bytes.len() as u64);
+    assert_eq!(r.records_since_snapshot, 4);
+}
+
+#[test]
+fn a_torn_last_record_is_dropped_at_every_cut() {
+    let edits = [
+        Edit::Add(entry(0)),
+        Edit::Add(entry(1)),
+        Edit::Add(entry(2)),
+    ];
+    let (bytes, ends) = journal(&edits);
+    for cut in ends[1] + 1..bytes.len() {
+        let r = replay_bytes(&bytes[..cut]).unwrap();
+        assert!(r.torn_tail, "cut at {cut}");
+        assert_eq!(r.catalog.entries(), &[entry(0), entry(1)], "cut at {cut}");
+        assert_eq!(r.valid_len, ends[1] as u64);
+    }
+}
+
+#[test]
+fn a_zero_filled_tail_is_torn() {
+    let (mut bytes, ends) = journal(&[Edit::Add(entry(0))]);
+    bytes.extend_from_slice(&[0u8; 100]);
+    let r = replay_bytes(&bytes).unwrap();
+    assert!(r.torn_tail);
+    assert_eq!(r.valid_len, ends[0] as u64);
+}
+
+#[test]
+fn damage_before_the_last_record_is_corruption() {
+    let edits = [
+        Edit::Add(entry(0)),
+        Edit::Add(entry(1)),
+        Edit::Add(entry(2)),
+    ];
+    let (bytes, ends) = journal(&edits);
+    for at in 0..ends[1] {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x40;
+        match replay_bytes(&damaged) {
+            Err(e) => assert!(e.is_corrupt(), "flip at {at}: {e}"),
+            Ok(r) => panic!("flip at {at} went unnoticed: {:?}", r.catalog.entries()),
+        }
+    }
+}
+
+#[test]
+fn a_damaged_snapshot_is_never_mistaken_for_a_torn_append() {
+    let (bytes, _) = journal(&[Edit::Snapshot(vec![entry(0), entry(1)])]);
+    for at in FILE_HEADER_LEN..bytes.len() {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x01;
+        assert!(
+            replay_bytes(&damaged).unwrap_err().is_corrupt(),
+            "flip at {at}"
+        );
+    }
+    let cut = &bytes[..bytes.len() - 3];
+    assert!(replay_bytes(cut).unwrap_err().is_corrupt());
+}
+
+#[test]
+fn conflicting_edits_are_corruption() {
+    let (bytes, _) = journal(&[
+        Edit::Add(entry(1)),
+        Edit::Add(entry(0)),
+        Edit::Add(entry(2)),
+    ]);
+    assert!(replay_bytes(&bytes).unwrap_err().is_corrupt());
+    let (bytes, _) = journal(&[
+        Edit::Add(entry(0)),
+        Edit::Remove(vec![entry(5).key]),
+        Edit::Add(entry(2)),
+    ]);
+    assert!(replay_bytes(&bytes).unwrap_err().is_corrupt());
+}
+
+#[test]
+fn the_file_grows_by_appends_and_compacts_into_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut catalog = Catalog::default();
+    let mut file = ManifestFile::create(dir.path(), &catalog).unwrap();
+    for n in 0..MIN_COMPACT_RECORDS + 5 {
+        let e = entry(n);
+        file.append(&Edit::Add(e)).unwrap();
+        catalog.push(e);
+        file.maybe_compact(&catalog).unwrap();
+    }
+    let path = dir.path().join(MANIFEST_FILE);
+    let len = std::fs::metadata(&path).unwrap().len();
+    let (reopened, replayed) = ManifestFile::open(dir.path()).unwrap().unwrap();
+    assert_eq!(replayed.entries(), catalog.entries());
+    // Compacted once at MIN_COMPACT_RECORDS: the file is a snapshot plus a few adds.
+    assert_eq!(reopened.records_since_snapshot, 5);
+    let snapshot = Edit::Snapshot(vec![entry(0); MIN_COMPACT_RECORDS as usize])
+        .encode()
+        .len();
+    assert!(len < (FILE_HEADER_LEN + snapshot + 6 * 53) as u64, "{len}");
+}
+
+#[test]
+fn open_truncates_a_torn_tail_so_later_appends_are_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = ManifestFile::create(dir.path(), &Catalog::default()).unwrap();
+    file.append(&Edit::Add(entry(0))).unwrap();
+    drop(file);
+    let path = dir.path().join(MANIFEST_FILE);
+    let mut raw = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    raw.write_all(&Edit::Add(entry(1)).encode()[..20]).unwrap();
+    drop(raw);
+    let (mut file, catalog) = ManifestFile::open(dir.path()).unwrap().unwrap();
+    assert_eq!(catalog.entries(), &[entry(0)]);
+    file.append(&Edit::Add(entry(2))).unwrap();
+    let (_, catalog) = ManifestFile::open(dir.path()).unwrap().unwrap();
+    assert_eq!(catalog.entries(), &[entry(0), entry(2)]);
+}

@@ -1,0 +1,158 @@
+//! An in-memory backend for tests and embedding. It keeps the same contract as the
+//! durable backends (ordering, idempotent re-store, lookups), but "durable" here means
+//! only "held by this process": everything is gone when the last handle is dropped.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use hashbrown::HashMap;
+use tokio_stream::Stream;
+
+use super::listing::{self, CatalogStream, SharedCatalog};
+use super::{
+    check_append, entry_for, not_found, spawn_store, FindSegmentReq, OnStoreCallback, SegmentInfo,
+    Storage,
+};
+use crate::error::{Error, Result};
+use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
+
+/// Keeps segments in memory. Clones share the same data.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStorage {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    namespaces: Mutex<HashMap<NamespaceName, Arc<Namespace>>>,
+    closed: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Namespace {
+    catalog: SharedCatalog,
+    segments: RwLock<HashMap<SegmentKey, SealedSegment>>,
+    /// Held from the check through `on_store`, so callbacks run in durable order.
+    store_lock: async_lock::Mutex<()>,
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn namespace(&self, name: &NamespaceName, create: bool) -> Result<Option<Arc<Namespace>>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let mut map = self
+            .inner
+            .namespaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if create {
+            return Ok(Some(map.entry(name.clone()).or_default().clone()));
+        }
+        Ok(map.get(name).cloned())
+    }
+
+    fn segment(&self, name: &NamespaceName, key: &SegmentKey) -> Result<SealedSegment> {
+        let missing = || Error::NotFound(format!("segment {key} in namespace {name}"));
+        let ns = self.namespace(name, false)?.ok_or_else(missing)?;
+        let segments = ns.segments.read().unwrap_or_else(PoisonError::into_inner);
+        segments.get(key).cloned().ok_or_else(missing)
+    }
+}
+
+impl Storage for MemoryStorage {
+    type Config = ();
+
+    fn store(
+        &self,
+        namespace: &NamespaceName,
+        segment: SealedSegment,
+        _config_override: Option<()>,
+        on_store: OnStoreCallback,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let this = self.clone();
+        let name = namespace.clone();
+        spawn_store(async move {
+            let ns = this.namespace(&name, true)?.ok_or(Error::Closed)?;
+            let entry = entry_for(&segment);
+            let _ordered = ns.store_lock.lock().await;
+            let durable = {
+                // One write lock for check and insert keeps stores of a namespace ordered.
+                let mut catalog = listing::write(&ns.catalog);
+                if check_append(&catalog, &name, &entry)? {
+                    let mut segments = ns.segments.write().unwrap_or_else(PoisonError::into_inner);
+                    segments.insert(entry.key, segment);
+                    catalog.push(entry);
+                }
+                catalog.durable_frame_no()
+            };
+            on_store(durable).await;
+            Ok(())
+        })
+    }
+
+    async fn durable_frame_no(
+        &self,
+        namespace: &NamespaceName,
+        _config: Option<()>,
+    ) -> Result<u64> {
+        Ok(self
+            .namespace(namespace, false)?
+            .map_or(0, |ns| listing::read(&ns.catalog).durable_frame_no()))
+    }
+
+    async fn find_segment(
+        &self,
+        namespace: &NamespaceName,
+        req: FindSegmentReq,
+        _config: Option<()>,
+    ) -> Result<SegmentKey> {
+        let ns = self.namespace(namespace, false)?.unwrap_or_default();
+        let catalog = listing::read(&ns.catalog);
+        catalog
+            .find(req)
+            .ok_or_else(|| not_found(&catalog, namespace, req))
+    }
+
+    async fn fetch_segment_index(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        _config: Option<()>,
+    ) -> Result<PageIndex> {
+        Ok(self.segment(namespace, key)?.index().clone())
+    }
+
+    async fn fetch_segment_data(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        _config: Option<()>,
+    ) -> Result<SealedSegment> {
+        self.segment(namespace, key)
+    }
+
+    fn list_segments<'a>(
+        &'a self,
+        namespace: &'a NamespaceName,
+        until: u64,
+        _config: Option<()>,
+    ) -> impl Stream<Item = Result<SegmentInfo>> + Send + 'a {
+        let open = async move {
+            Ok(self
+                .namespace(namespace, false)?
+                .map(|ns| ns.catalog.clone()))
+        };
+        CatalogStream::new(Box::pin(open), until)
+    }
+
+    async fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,241 @@
+//! The storage layer: the [`Storage`] contract and its backends.
+//!
+//! A backend keeps sealed segments per namespace and a catalog of them. Every backend
+//! here persists its catalog as a manifest journal and answers lookups from memory, so
+//! `durable_frame_no` and `find_segment` cost O(log n) in the number of segments and
+//! never list a directory or bucket.
+
+mod catalog;
+mod fsutil;
+mod listing;
+mod local;
+mod manifest;
+mod memory;
+mod none;
+mod restore;
+
+use std::fmt;
+use std::future::Future;
+use std::io::{Seek, Write};
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use tokio_stream::Stream;
+
+use crate::error::Result;
+use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
+
+pub(crate) use catalog::{Catalog, CatalogEntry};
+pub use local::{write_manifest_for_bench, LocalConfig, LocalStorage};
+pub use memory::MemoryStorage;
+pub use none::NoStorage;
+pub use restore::RestoreSummary;
+
+/// Called once a segment is durable, with the namespace's new durable frame number.
+pub type OnStoreCallback =
+    Box<dyn FnOnce(u64) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> + Send + 'static>;
+
+/// Which segment [`Storage::find_segment`] should return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FindSegmentReq {
+    /// The segment whose frame range includes this frame number.
+    Containing(u64),
+    /// The segment with the largest end frame number at or below this one.
+    EndFrameNoLessThan(u64),
+    /// The newest segment whose timestamp (its first commit) is at or before this time:
+    /// the segment holding the last commit at or before it. A time before the first
+    /// segment is a `NotFound` error, never the nearest later segment.
+    Timestamp(DateTime<Utc>),
+}
+
+impl fmt::Display for FindSegmentReq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FindSegmentReq::Containing(n) => write!(f, "segment containing frame {n}"),
+            FindSegmentReq::EndFrameNoLessThan(n) => {
+                write!(f, "segment ending at or before frame {n}")
+            }
+            FindSegmentReq::Timestamp(t) => {
+                write!(f, "segment with a commit at or before {}", t.to_rfc3339())
+            }
+        }
+    }
+}
+
+/// A segment as listed by [`Storage::list_segments`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The segment's key.
+    pub key: SegmentKey,
+    /// Encoded size in bytes.
+    pub size: u64,
+    /// Time of the segment's last commit, in ms since the Unix epoch.
+    pub last_commit_ts: u64,
+}
+
+/// What state [`Storage::restore`] rebuilds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreOptions {
+    /// The newest durable commit.
+    Latest,
+    /// The last commit at or before this time.
+    Timestamp(DateTime<Utc>),
+    /// The last commit at or before this frame number.
+    FrameNo(u64),
+}
+
+/// The contract every backend keeps.
+///
+/// * **Durable** means a crash of this process or machine cannot lose it: file and
+///   directory fsynced, or an object-store PUT completed.
+/// * A namespace's segments extend its log in frame order: each stored segment starts
+///   after the durable frame number (gaps are allowed, overlaps are not). Storing a
+///   segment whose key is already stored is a no-op that succeeds, so a writer may
+///   re-submit after a restart.
+/// * Commit timestamps never go backwards along a log; a segment whose first commit is
+///   older than the previous segment's last commit is rejected.
+/// * `config_override` lets one call use another configuration (for example another root
+///   directory or bucket) than the one the storage was opened with.
+pub trait Storage: Send + Sync + 'static {
+    /// Per-call configuration override.
+    type Config: Clone + Send + Sync + fmt::Debug + 'static;
+
+    /// Stores `segment` in `namespace`. The work starts when `store` is called and goes on
+    /// even if the returned future is dropped. The future resolves once the segment is
+    /// durable and `on_store` has run with the new durable frame number. On error
+    /// `on_store` is not called and nothing was acknowledged.
+    fn store(
+        &self,
+        namespace: &NamespaceName,
+        segment: SealedSegment,
+        config_override: Option<Self::Config>,
+        on_store: OnStoreCallback,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The highest frame number that is durable in `namespace` (0 when nothing is).
+    fn durable_frame_no(
+        &self,
+        namespace: &NamespaceName,
+        config_override: Option<Self::Config>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Looks a segment up in the catalog, in O(log n) and without listing the backend.
+    fn find_segment(
+        &self,
+        namespace: &NamespaceName,
+        req: FindSegmentReq,
+        config_override: Option<Self::Config>,
+    ) -> impl Future<Output = Result<SegmentKey>> + Send;
+
+    /// Fetches and verifies only the page index of a stored segment.
+    fn fetch_segment_index(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        config_override: Option<Self::Config>,
+    ) -> impl Future<Output = Result<PageIndex>> + Send;
+
+    /// Fetches a stored segment, verifying every checksum.
+    fn fetch_segment_data(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        config_override: Option<Self::Config>,
+    ) -> impl Future<Output = Result<SealedSegment>> + Send;
+
+    /// Streams the segments whose end frame number is at least `until`, newest first.
+    fn list_segments<'a>(
+        &'a self,
+        namespace: &'a NamespaceName,
+        until: u64,
+        config_override: Option<Self::Config>,
+    ) -> impl Stream<Item = Result<SegmentInfo>> + Send + 'a;
+
+    /// Writes the database as of `options` to `output` (which should be empty), page by
+    /// page, reading each page once from the newest segment that has it. The database
+    /// size comes from the target commit's `size_after`. A missing page or a corrupt
+    /// segment is an error naming it.
+    fn restore<W: Write + Seek + Send>(
+        &self,
+        namespace: &NamespaceName,
+        options: RestoreOptions,
+        output: &mut W,
+        config_override: Option<Self::Config>,
+    ) -> impl Future<Output = Result<RestoreSummary>> + Send {
+        restore::restore(self, namespace, options, output, config_override)
+    }
+
+    /// Stops accepting work. Stores that already returned are durable; later calls fail
+    /// with [`Error::Closed`](crate::Error::Closed).
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Runs a store on the current tokio runtime, so that it completes (and `on_store` runs)
+/// even if the caller drops the returned future.
+pub(crate) fn spawn_store<F>(work: F) -> impl Future<Output = Result<()>> + Send
+where
+    F: Future<Output = Result<()>> + Send + 'static,
+{
+    let task = tokio::runtime::Handle::try_current().map(|rt| rt.spawn(work));
+    async move {
+        match task {
+            Ok(task) => task.await.unwrap_or_else(|e| {
+                Err(crate::Error::io(
+                    "storing a segment",
+                    std::io::Error::other(e),
+                ))
+            }),
+            Err(_) => Err(crate::InvalidInput::Config(
+                "Storage::store must be called from within a tokio runtime".into(),
+            )
+            .into()),
+        }
+    }
+}
+
+/// The catalog entry describing `segment`.
+pub(crate) fn entry_for(segment: &SealedSegment) -> CatalogEntry {
+    CatalogEntry {
+        key: segment.key(),
+        size: segment.encoded_len(),
+        last_commit_ts: segment.commits().last().map_or(0, |c| c.timestamp_ms),
+    }
+}
+
+/// Whether `entry` extends `catalog`: `Ok(true)` if new, `Ok(false)` if already stored.
+pub(crate) fn check_append(
+    catalog: &Catalog,
+    namespace: &NamespaceName,
+    entry: &CatalogEntry,
+) -> Result<bool> {
+    match catalog.check_append(entry) {
+        catalog::Append::New => Ok(true),
+        catalog::Append::AlreadyStored => Ok(false),
+        catalog::Append::Rejected(reason) => Err(crate::InvalidInput::OutOfOrder {
+            namespace: namespace.to_string(),
+            key: entry.key.to_string(),
+            reason,
+        }
+        .into()),
+    }
+}
+
+/// The error for a lookup that found nothing.
+pub(crate) fn not_found(
+    catalog: &Catalog,
+    namespace: &NamespaceName,
+    req: FindSegmentReq,
+) -> crate::Error {
+    let history = match (catalog.entries().first(), catalog.entries().last()) {
+        (Some(first), Some(last)) => format!(
+            "its history spans frames {}..={} from {}",
+            first.key.start_frame_no,
+            last.key.end_frame_no,
+            first.key.timestamp().to_rfc3339()
+        ),
+        _ => "it has no segments".to_string(),
+    };
+    crate::Error::NotFound(format!("no {req} in namespace {namespace}; {history}"))
+}

@@ -1,0 +1,230 @@
+//! Restore over any [`Storage`]: find the target commit, then walk segments newest
+//! first, writing each page of the target database once. Work grows with the database
+//! size, not the history length: the walk stops as soon as every page is written.
+
+use std::io::{Seek, SeekFrom, Write};
+
+use chrono::{DateTime, Utc};
+
+use super::{FindSegmentReq, RestoreOptions, Storage};
+use crate::error::{Error, Result};
+use crate::format::{ms_to_datetime, Commit, NamespaceName, SealedSegment};
+
+/// What a restore produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreSummary {
+    /// Frame number of the commit the database was restored to.
+    pub frame_no: u64,
+    /// Time of that commit.
+    pub timestamp: DateTime<Utc>,
+    /// Page size of the database.
+    pub page_size: u32,
+    /// Database size in pages (the commit's `size_after`).
+    pub db_pages: u32,
+    /// Segments read.
+    pub segments_read: usize,
+}
+
+pub(crate) async fn restore<S, W>(
+    storage: &S,
+    ns: &NamespaceName,
+    options: RestoreOptions,
+    out: &mut W,
+    config: Option<S::Config>,
+) -> Result<RestoreSummary>
+where
+    S: Storage + ?Sized,
+    W: Write + Seek + Send,
+{
+    let (mut segment, commit) = find_target(storage, ns, options, &config).await?;
+    let page_size = segment.page_size();
+    let mut pages = PageSet::new(commit.size_after);
+    let mut upto = commit.frame_no;
+    let mut segments_read = 0;
+    loop {
+        segments_read += 1;
+        if segment.page_size() != page_size {
+            return Err(Error::NotFound(format!(
+                "history of {ns} changes page size at segment {} ({} -> {page_size} bytes)",
+                segment.key(),
+                segment.page_size()
+            )));
+        }
+        write_pages(&segment, upto, &mut pages, out)?;
+        if pages.missing == 0 {
+            break;
+        }
+        segment = match previous(storage, ns, &segment, &config).await? {
+            Some(prev) => prev,
+            None => {
+                return Err(Error::NotFound(format!(
+                    "history of {ns} is incomplete: page {} of the database at frame {} is in no segment",
+                    pages.first_missing().unwrap_or(0),
+                    commit.frame_no
+                )))
+            }
+        };
+        upto = u64::MAX;
+    }
+    out.flush()
+        .map_err(|e| Error::io("flushing the restored database", e))?;
+    Ok(RestoreSummary {
+        frame_no: commit.frame_no,
+        timestamp: ms_to_datetime(commit.timestamp_ms),
+        page_size,
+        db_pages: commit.size_after,
+        segments_read,
+    })
+}
+
+/// The segment holding the target commit, and that commit.
+async fn find_target<S: Storage + ?Sized>(
+    storage: &S,
+    ns: &NamespaceName,
+    options: RestoreOptions,
+    config: &Option<S::Config>,
+) -> Result<(SealedSegment, Commit)> {
+    let segment = match options {
+        RestoreOptions::Latest => {
+            let durable = storage.durable_frame_no(ns, config.clone()).await?;
+            fetch(
+                storage,
+                ns,
+                FindSegmentReq::EndFrameNoLessThan(durable),
+                config,
+            )
+            .await?
+        }
+        RestoreOptions::Timestamp(t) => {
+            crate::format::timestamp_ms(t)?;
+            fetch(storage, ns, FindSegmentReq::Timestamp(t), config).await?
+        }
+        RestoreOptions::FrameNo(n) => {
+            // The segment containing `n` holds the target if it has a commit at or before
+            // `n`; otherwise the target is the last commit of the segment before.
+            if let Ok(key) = storage
+                .find_segment(ns, FindSegmentReq::Containing(n), config.clone())
+                .await
+            {
+                let containing = storage.fetch_segment_data(ns, &key, config.clone()).await?;
+                if containing.commits()[0].frame_no <= n {
+                    return Ok(last_commit(containing, options));
+                }
+            }
+            fetch(storage, ns, FindSegmentReq::EndFrameNoLessThan(n), config).await?
+        }
+    };
+    Ok(last_commit(segment, options))
+}
+
+/// The last commit of `segment` within the target.
+fn last_commit(segment: SealedSegment, options: RestoreOptions) -> (SealedSegment, Commit) {
+    let within = |c: &&Commit| match options {
+        RestoreOptions::Latest => true,
+        RestoreOptions::FrameNo(n) => c.frame_no <= n,
+        RestoreOptions::Timestamp(t) => {
+            i64::try_from(c.timestamp_ms).is_ok_and(|ms| ms <= t.timestamp_millis())
+        }
+    };
+    // Lookups only return segments whose first commit is within the target, and a
+    // sealed segment has at least one commit.
+    let commit = *segment
+        .commits()
+        .iter()
+        .rev()
+        .find(within)
+        .unwrap_or(&segment.commits()[0]);
+    (segment, commit)
+}
+
+async fn fetch<S: Storage + ?Sized>(
+    storage: &S,
+    ns: &NamespaceName,
+    req: FindSegmentReq,
+    config: &Option<S::Config>,
+) -> Result<SealedSegment> {
+    let key = storage.find_segment(ns, req, config.clone()).await?;
+    storage.fetch_segment_data(ns, &key, config.clone()).await
+}
+
+async fn previous<S: Storage + ?Sized>(
+    storage: &S,
+    ns: &NamespaceName,
+    segment: &SealedSegment,
+    config: &Option<S::Config>,
+) -> Result<Option<SealedSegment>> {
+    let before = segment.start_frame_no() - 1;
+    if before == 0 {
+        return Ok(None);
+    }
+    match fetch(
+        storage,
+        ns,
+        FindSegmentReq::EndFrameNoLessThan(before),
+        config,
+    )
+    .await
+    {
+        Ok(segment) => Ok(Some(segment)),
+        Err(Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the newest version (at or before `upto`) of each page still missing.
+fn write_pages<W: Write + Seek>(
+    segment: &SealedSegment,
+    upto: u64,
+    pages: &mut PageSet,
+    out: &mut W,
+) -> Result<()> {
+    let page_size = u64::from(segment.page_size());
+    for frame in segment.frames().rev().filter(|f| f.frame_no <= upto) {
+        if !pages.take(frame.page_no) {
+            continue;
+        }
+        let offset = u64::from(frame.page_no - 1) * page_size;
+        out.seek(SeekFrom::Start(offset))
+            .and_then(|_| out.write_all(frame.data))
+            .map_err(|e| Error::io("writing the restored database", e))?;
+    }
+    Ok(())
+}
+
+/// Which pages of the target database are still to be written: one bit per page.
+struct PageSet {
+    bits: Vec<u64>,
+    size: u32,
+    missing: u32,
+}
+
+impl PageSet {
+    fn new(size: u32) -> Self {
+        Self {
+            bits: vec![0; (size as usize).div_ceil(64)],
+            size,
+            missing: size,
+        }
+    }
+
+    /// Marks `page_no` written; false if it is beyond the database or already written.
+    fn take(&mut self, page_no: u32) -> bool {
+        if page_no == 0 || page_no > self.size {
+            return false;
+        }
+        let (word, bit) = ((page_no - 1) as usize / 64, (page_no - 1) % 64);
+        let had = self.bits[word] & (1 << bit) != 0;
+        self.bits[word] |= 1 << bit;
+        if !had {
+            self.missing -= 1;
+        }
+        !had
+    }
+
+    fn first_missing(&self) -> Option<u32> {
+        (1..=self.size).find(|&p| {
+            let (word, bit) = ((p - 1) as usize / 64, (p - 1) % 64);
+            self.bits[word] & (1 << bit) == 0
+        })
+    }
+}
