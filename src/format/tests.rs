@@ -1,1 +1,231 @@
+//! Format tests: a golden encoding, exhaustive corruption and truncation, and property
+//! tests against a last-write-wins model.
 
+use chrono::{DateTime, TimeZone, Utc};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+use super::*;
+use crate::error::{Error, FormatError};
+
+fn at(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).unwrap()
+}
+
+fn page(byte: u8, size: usize) -> Vec<u8> {
+    (0..size).map(|i| byte.wrapping_add(i as u8)).collect()
+}
+
+/// A small segment with two transactions and a page written twice.
+fn small_segment() -> SealedSegment {
+    let mut b = SegmentBuilder::new(7, 512)
+        .unwrap()
+        .with_log_id(Uuid::from_u128(0x0123_4567_89ab_cdef_0011_2233_4455_6677));
+    b.append_frame(1, &page(0x10, 512)).unwrap();
+    b.append_commit(3, &page(0x30, 512), 3, at(1_700_000_000_000))
+        .unwrap();
+    b.append_commit(1, &page(0x11, 512), 3, at(1_700_000_000_250))
+        .unwrap();
+    b.seal(at(1_700_000_001_000)).unwrap()
+}
+
+#[test]
+fn golden_bytes_pin_the_format() {
+    let encoded = small_segment().encoded().clone();
+    let golden_path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/segment-v1.bin");
+    if std::env::var_os("WALVAULT_BLESS").is_some() {
+        std::fs::write(golden_path, &encoded).unwrap();
+    }
+    let golden = std::fs::read(golden_path).expect("golden file (WALVAULT_BLESS=1 writes it)");
+    assert_eq!(
+        &encoded[..],
+        &golden[..],
+        "the encoding changed: bump the format version"
+    );
+    let decoded = SealedSegment::decode(golden).unwrap();
+    assert_eq!(decoded.key(), small_segment().key());
+}
+
+#[test]
+fn a_sealed_segment_knows_what_it_holds() {
+    let s = small_segment();
+    assert_eq!(
+        s.key(),
+        SegmentKey {
+            start_frame_no: 7,
+            end_frame_no: 9,
+            timestamp: 1_700_000_000_000
+        }
+    );
+    assert_eq!((s.start_frame_no(), s.end_frame_no()), (7, 9));
+    assert_eq!(
+        (s.page_size(), s.db_size(), s.frame_count(), s.page_count()),
+        (512, 3, 3, 2)
+    );
+    assert_eq!(s.sealed_at(), at(1_700_000_001_000));
+    assert_eq!(s.last_commit_timestamp(), at(1_700_000_000_250));
+    let commits: Vec<_> = s
+        .commits()
+        .iter()
+        .map(|c| (c.frame_no, c.timestamp_ms, c.size_after))
+        .collect();
+    assert_eq!(
+        commits,
+        [(8, 1_700_000_000_000, 3), (9, 1_700_000_000_250, 3)]
+    );
+    let newest = s.read_page(1).unwrap();
+    assert_eq!((newest.frame_no, newest.data), (9, &page(0x11, 512)[..]));
+    assert!(s.read_page(2).is_none());
+    let frames: Vec<_> = s
+        .frames()
+        .map(|f| (f.frame_no, f.page_no, f.size_after))
+        .collect();
+    assert_eq!(frames, [(7, 1, 0), (8, 3, 3), (9, 1, 3)]);
+}
+
+#[test]
+fn every_single_byte_corruption_is_detected() {
+    let encoded = small_segment().encoded().to_vec();
+    let mut copy = encoded.clone();
+    for offset in 0..encoded.len() {
+        for delta in 1..=255u8 {
+            copy[offset] = encoded[offset] ^ delta;
+            if let Ok(s) = SealedSegment::decode(copy.clone()) {
+                panic!("byte {offset} ^ {delta:#x} went unnoticed: {s:?}");
+            }
+        }
+        copy[offset] = encoded[offset];
+    }
+}
+
+#[test]
+fn every_truncation_and_extension_is_detected() {
+    let encoded = small_segment().encoded().to_vec();
+    for len in 0..encoded.len() {
+        let err = SealedSegment::decode(encoded[..len].to_vec()).unwrap_err();
+        assert!(
+            matches!(err, FormatError::Length { .. }),
+            "len {len}: {err}"
+        );
+    }
+    let mut longer = encoded.clone();
+    longer.push(0);
+    assert!(matches!(
+        SealedSegment::decode(longer),
+        Err(FormatError::Length { .. })
+    ));
+}
+
+#[test]
+fn errors_name_the_part_that_failed() {
+    let encoded = small_segment().encoded().to_vec();
+    let mut bad = encoded.clone();
+    bad[128 + 24 + 100] ^= 1; // a byte of the first frame's page
+    assert_eq!(
+        SealedSegment::decode(bad).unwrap_err(),
+        FormatError::Checksum {
+            part: crate::Part::Frame(0),
+            offset: 128
+        }
+    );
+    let mut bad = encoded;
+    bad[0] = b'X';
+    assert_eq!(
+        SealedSegment::decode(bad).unwrap_err(),
+        FormatError::BadMagic(crate::Part::Header)
+    );
+}
+
+fn invalid(result: Result<impl std::fmt::Debug, Error>) -> String {
+    let err = result.unwrap_err();
+    assert!(err.is_invalid_input(), "{err}");
+    err.to_string()
+}
+
+#[test]
+fn the_builder_rejects_bad_input_and_stays_usable() {
+    for size in [0, 256, 1000, 131_072] {
+        assert!(invalid(SegmentBuilder::new(1, size)).contains("page size"));
+    }
+    assert!(invalid(SegmentBuilder::new(0, 4096)).contains("frame number 0"));
+    let mut b = SegmentBuilder::new(1, 512).unwrap();
+    assert!(invalid(b.seal(at(0))).contains("no frames"));
+    assert!(invalid(b.append_frame(0, &page(0, 512))).contains("page number 0"));
+    assert!(invalid(b.append_frame(1, &page(0, 511))).contains("511 bytes"));
+    assert!(invalid(b.append_commit(1, &page(0, 512), 0, at(5))).contains("at least 1 page"));
+    assert!(invalid(b.append_commit(1, &page(0, 512), 1, at(-1))).contains("timestamp"));
+    b.append_commit(1, &page(1, 512), 1, at(10)).unwrap();
+    assert!(invalid(b.append_commit(1, &page(0, 512), 1, at(9))).contains("before the previous"));
+    b.append_frame(2, &page(2, 512)).unwrap();
+    assert!(invalid(b.seal(at(11))).contains("not a commit"));
+    b.append_commit(2, &page(3, 512), 2, at(10)).unwrap();
+    let s = b.seal(at(11)).unwrap();
+    assert_eq!((s.start_frame_no(), s.end_frame_no()), (1, 3));
+    assert_eq!(b.next_frame_no(), 4);
+    assert!(b.is_empty());
+}
+
+#[test]
+fn frame_numbers_cannot_overflow() {
+    let mut b = SegmentBuilder::new(u64::MAX - 1, 512).unwrap();
+    b.append_commit(1, &page(0, 512), 1, at(0)).unwrap();
+    assert!(invalid(b.append_frame(1, &page(0, 512))).contains("no frame numbers left"));
+    let s = b.seal(at(0)).unwrap();
+    assert_eq!(
+        SealedSegment::decode(s.encoded().clone())
+            .unwrap()
+            .end_frame_no(),
+        u64::MAX - 1
+    );
+}
+
+/// A transaction: page writes (page number, fill byte) and the commit's size.
+type Txn = (Vec<(u32, u8)>, u32);
+
+fn txns() -> impl Strategy<Value = (u32, Vec<Txn>)> {
+    let page_size = prop::sample::select(vec![512u32, 1024, 4096, 65536]);
+    let txn = (
+        prop::collection::vec((1u32..40, any::<u8>()), 1..8),
+        1u32..60,
+    );
+    (page_size, prop::collection::vec(txn, 1..6))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn encode_decode_round_trips_and_reads_agree_with_a_model(
+        (page_size, txns) in txns(),
+        start in 1u64..1_000_000,
+    ) {
+        let mut b = SegmentBuilder::new(start, page_size).unwrap();
+        let mut model = std::collections::HashMap::new();
+        let mut frames = Vec::new();
+        for (i, (writes, size)) in txns.iter().enumerate() {
+            for (j, (page_no, fill)) in writes.iter().enumerate() {
+                let data = page(*fill, page_size as usize);
+                let frame_no = if j + 1 == writes.len() {
+                    b.append_commit(*page_no, &data, *size, at(1000 + i as i64)).unwrap()
+                } else {
+                    b.append_frame(*page_no, &data).unwrap()
+                };
+                model.insert(*page_no, (frame_no, data));
+                frames.push(frame_no);
+            }
+        }
+        let sealed = b.seal(at(5000)).unwrap();
+        let decoded = SealedSegment::decode(sealed.encoded().clone()).unwrap();
+        prop_assert_eq!(decoded.encoded(), sealed.encoded());
+        prop_assert_eq!(decoded.key(), sealed.key());
+        prop_assert_eq!(decoded.commits(), sealed.commits());
+        prop_assert_eq!(decoded.commits().len(), txns.len());
+        prop_assert_eq!(decoded.db_size(), txns.last().unwrap().1);
+        prop_assert_eq!(decoded.frames().map(|f| f.frame_no).collect::<Vec<_>>(), frames);
+        for page_no in 0..45 {
+            let got = decoded.read_page(page_no).map(|f| (f.frame_no, f.data.to_vec()));
+            prop_assert_eq!(got, model.get(&page_no).cloned());
+        }
+        prop_assert_eq!(decoded.index().len(), model.len());
+    }
+}
