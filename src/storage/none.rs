@@ -1,7 +1,5 @@
 //! A storage that keeps nothing, for replicas whose log lives elsewhere.
 
-use std::future::Future;
-
 use tokio_stream::Stream;
 
 use super::listing::CatalogStream;
@@ -17,17 +15,15 @@ pub struct NoStorage;
 impl Storage for NoStorage {
     type Config = ();
 
-    fn store(
+    async fn store(
         &self,
         _namespace: &NamespaceName,
         _segment: SealedSegment,
         _config_override: Option<()>,
         on_store: OnStoreCallback,
-    ) -> impl Future<Output = Result<()>> + Send {
-        async move {
-            on_store(u64::MAX).await;
-            Ok(())
-        }
+    ) -> Result<()> {
+        on_store(u64::MAX).await;
+        Ok(())
     }
 
     async fn durable_frame_no(
