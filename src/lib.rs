@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use chrono::{TimeZone, Utc};
-//! use walvault::{FindSegmentReq, LocalStorage, NamespaceName, SegmentBuilder, Storage};
+//! use walvault::{on_store, FindSegmentReq, LocalStorage, NamespaceName, SegmentBuilder, Storage};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> walvault::Result<()> {
@@ -27,9 +27,9 @@
 //! builder.append_commit(2, &[2u8; 4096], 2, at)?;
 //! let segment = builder.seal(at)?;
 //!
-//! storage.store(&ns, segment, None, Box::new(|durable| Box::pin(async move {
+//! storage.store(&ns, segment, None, on_store(|durable| async move {
 //!     assert_eq!(durable, 2);
-//! }))).await?;
+//! })).await?;
 //!
 //! assert_eq!(storage.durable_frame_no(&ns, None).await?, 2);
 //! let key = storage.find_segment(&ns, FindSegmentReq::Containing(1), None).await?;
@@ -51,9 +51,14 @@ pub use crate::format::{
     SegmentKey,
 };
 pub use crate::storage::{
-    FindSegmentReq, LocalConfig, LocalStorage, MemoryStorage, NoStorage, OnStoreCallback,
+    on_store, FindSegmentReq, LocalConfig, LocalStorage, MemoryStorage, NoStorage, OnStoreCallback,
     RestoreOptions, RestoreSummary, SegmentInfo, Storage,
 };
 
 #[doc(hidden)]
 pub use crate::storage::write_manifest_for_bench;
+
+/// Compiles the README's code blocks as doc tests, so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

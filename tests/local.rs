@@ -4,6 +4,7 @@
 mod conformance;
 
 use std::fs;
+use std::future::Future;
 use std::path::Path;
 
 use conformance::{list, ns, segment, store};
@@ -225,7 +226,7 @@ async fn no_storage_keeps_nothing_and_says_so() {
 }
 
 #[test]
-fn storing_outside_a_runtime_is_an_error_not_a_panic() {
+fn a_store_created_outside_a_runtime_runs_when_awaited_inside_one() {
     let dir = tempfile::tempdir().unwrap();
     let s = LocalStorage::open(dir.path()).unwrap();
     let name = ns("x");
@@ -235,8 +236,26 @@ fn storing_outside_a_runtime_is_an_error_not_a_panic() {
         None,
         Box::new(|_| Box::pin(async {})),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    assert!(rt.block_on(fut).unwrap_err().is_invalid_input());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(fut).unwrap();
+    assert_eq!(rt.block_on(s.durable_frame_no(&name, None)).unwrap(), 2);
+}
+
+#[test]
+fn a_store_polled_outside_any_runtime_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalStorage::open(dir.path()).unwrap();
+    let name = ns("x");
+    let fut = s.store(
+        &name,
+        segment(1, 2, 2, 2, 0),
+        None,
+        Box::new(|_| Box::pin(async {})),
+    );
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(result) => assert!(result.unwrap_err().is_invalid_input()),
+        std::task::Poll::Pending => panic!("no runtime, so the store cannot be pending"),
+    }
 }

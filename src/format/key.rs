@@ -115,11 +115,19 @@ impl SegmentKey {
     }
 }
 
+/// "00" to "99": formatting two digits per division halves the work.
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
 /// Writes `value` as exactly `out.len()` (20) zero-padded decimal digits.
 fn write_field(out: &mut [u8], mut value: u64) {
-    for slot in out.iter_mut().rev() {
-        *slot = b'0' + (value % 10) as u8;
-        value /= 10;
+    for pair in out.rchunks_exact_mut(2) {
+        let d = (value % 100) as usize * 2;
+        pair.copy_from_slice(&PAIRS[d..d + 2]);
+        value /= 100;
     }
 }
 

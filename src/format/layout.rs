@@ -1,6 +1,7 @@
 //! Byte layout of an encoded segment. `docs/FORMAT.md` is the prose form of this file;
 //! keep the two in step. All integers are little-endian except page-index keys, which
-//! are big-endian so that byte order equals numeric order inside the `fst`.
+//! are big-endian so that byte order equals numeric order inside the `fst`; the log id
+//! is a UUID in its RFC 4122 byte order.
 
 use uuid::Uuid;
 
@@ -204,6 +205,13 @@ impl Header {
         }
         if self.first_commit_ts > self.last_commit_ts {
             return bad(hdr::FIRST_COMMIT_TS, "first commit after last commit");
+        }
+        let max_ts = chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_millis() as u64;
+        if self.last_commit_ts > max_ts || self.sealed_at > max_ts {
+            return bad(
+                hdr::LAST_COMMIT_TS,
+                "timestamp beyond the representable range",
+            );
         }
         Ok(())
     }

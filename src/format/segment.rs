@@ -448,9 +448,9 @@ fn verify_trailer(b: &[u8], l: &Layout, digest: u32) -> Result<(), FormatError> 
     Ok(())
 }
 
-/// Reads and verifies only the header and page index of an encoded segment, for callers
-/// that fetched those two ranges without the frames. `header_bytes` is the first
-/// [`HEADER_LEN`] bytes; `read_range(start, len)` returns bytes of the file.
+/// Decodes the header of an encoded segment (its first [`HEADER_LEN`] bytes) and returns
+/// the byte range holding the page index and its checksum, so that callers can fetch and
+/// verify the index without reading the frames.
 pub(crate) fn index_range(
     header_bytes: &[u8],
 ) -> Result<(Header, std::ops::Range<u64>), FormatError> {

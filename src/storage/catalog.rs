@@ -2,7 +2,10 @@
 //!
 //! Segments never overlap and are appended in frame order, and their timestamps never go
 //! backwards, so one vector sorted by end frame number is also sorted by start frame and
-//! by timestamp. Every lookup is a binary search; an entry costs 40 bytes.
+//! by timestamp. Every lookup is a binary search. The searched fields are also kept in
+//! two dense columns (end frame, timestamp): a search over 8-byte values touches a fifth
+//! of the cache lines and pages it would over whole entries, which keeps lookups in a
+//! million-segment catalog close to the cost in a small one. An entry costs 56 bytes.
 
 use chrono::{DateTime, Utc};
 
@@ -41,6 +44,10 @@ pub(crate) enum Append {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Catalog {
     entries: Vec<CatalogEntry>,
+    /// `entries[i].key.end_frame_no`, for searching.
+    ends: Vec<u64>,
+    /// `entries[i].key.timestamp`, for searching.
+    stamps: Vec<u64>,
 }
 
 impl Catalog {
@@ -85,16 +92,20 @@ impl Catalog {
     pub(crate) fn push(&mut self, entry: CatalogEntry) {
         debug_assert_eq!(self.check_append(&entry), Append::New);
         self.entries.push(entry);
+        self.ends.push(entry.key.end_frame_no);
+        self.stamps.push(entry.key.timestamp);
     }
 
     /// Replaces the whole catalog with `entries`, which must satisfy the catalog's order.
     pub(crate) fn from_entries(entries: Vec<CatalogEntry>) -> Result<Self, String> {
         let mut catalog = Catalog {
             entries: Vec::with_capacity(entries.len()),
+            ends: Vec::with_capacity(entries.len()),
+            stamps: Vec::with_capacity(entries.len()),
         };
         for entry in entries {
             match catalog.check_append(&entry) {
-                Append::New => catalog.entries.push(entry),
+                Append::New => catalog.push(entry),
                 Append::AlreadyStored => return Err(format!("segment {} listed twice", entry.key)),
                 Append::Rejected(why) => return Err(format!("segment {}: {why}", entry.key)),
             }
@@ -106,18 +117,25 @@ impl Catalog {
     pub(crate) fn remove(&mut self, keys: &[SegmentKey]) -> usize {
         let before = self.entries.len();
         self.entries.retain(|e| !keys.contains(&e.key));
+        self.ends = self.entries.iter().map(|e| e.key.end_frame_no).collect();
+        self.stamps = self.entries.iter().map(|e| e.key.timestamp).collect();
         before - self.entries.len()
     }
 
     /// Frees capacity left over from growth.
     pub(crate) fn shrink_to_fit(&mut self) {
         self.entries.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.stamps.shrink_to_fit();
+    }
+
+    /// Index of the first entry whose end frame is at least `n`.
+    fn first_ending_at_or_after(&self, n: u64) -> usize {
+        self.ends.partition_point(|&end| end < n)
     }
 
     pub(crate) fn get(&self, key: &SegmentKey) -> Option<&CatalogEntry> {
-        let i = self
-            .entries
-            .partition_point(|e| e.key.end_frame_no < key.end_frame_no);
+        let i = self.first_ending_at_or_after(key.end_frame_no);
         self.entries.get(i).filter(|e| e.key == *key)
     }
 
@@ -125,16 +143,16 @@ impl Catalog {
     pub(crate) fn find(&self, req: FindSegmentReq) -> Option<SegmentKey> {
         let entry = match req {
             FindSegmentReq::Containing(n) => {
-                let i = self.entries.partition_point(|e| e.key.end_frame_no < n);
+                let i = self.first_ending_at_or_after(n);
                 self.entries.get(i).filter(|e| e.key.start_frame_no <= n)
             }
             FindSegmentReq::EndFrameNoLessThan(n) => {
-                let i = self.entries.partition_point(|e| e.key.end_frame_no <= n);
+                let i = self.ends.partition_point(|&end| end <= n);
                 i.checked_sub(1).map(|i| &self.entries[i])
             }
             FindSegmentReq::Timestamp(t) => {
                 let t = u64::try_from(t.timestamp_millis()).ok()?;
-                let i = self.entries.partition_point(|e| e.key.timestamp <= t);
+                let i = self.stamps.partition_point(|&ts| ts <= t);
                 i.checked_sub(1).map(|i| &self.entries[i])
             }
         };
@@ -149,10 +167,8 @@ impl Catalog {
         before: Option<u64>,
         limit: usize,
     ) -> Vec<SegmentInfo> {
-        let hi = before.map_or(self.entries.len(), |b| {
-            self.entries.partition_point(|e| e.key.end_frame_no < b)
-        });
-        let lo = self.entries.partition_point(|e| e.key.end_frame_no < until);
+        let hi = before.map_or(self.entries.len(), |b| self.first_ending_at_or_after(b));
+        let lo = self.first_ending_at_or_after(until);
         let lo = lo.max(hi.saturating_sub(limit));
         self.entries[lo.min(hi)..hi]
             .iter()

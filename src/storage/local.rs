@@ -25,7 +25,7 @@ use hashbrown::HashMap;
 use tokio_stream::Stream;
 
 use super::catalog::{Catalog, CatalogEntry};
-use super::fsutil::{create_dir_durable, write_atomic, TEMP_PREFIX};
+use super::fsutil::{create_dir_durable, fsync_dir, write_atomic, TEMP_PREFIX};
 use super::listing::{self, CatalogStream, SharedCatalog};
 use super::manifest::{Edit, ManifestFile, MANIFEST_FILE};
 use super::{
@@ -73,6 +73,8 @@ struct Namespace {
     store_lock: async_lock::Mutex<()>,
     /// Set when a manifest write failed: its on-disk state is unknown until reopened.
     poisoned: OnceLock<String>,
+    /// Set once this process has made the namespace directory's entry durable.
+    dir_durable: AtomicBool,
 }
 
 impl LocalStorage {
@@ -207,20 +209,50 @@ impl Namespace {
     fn persist(&self, segment: &SealedSegment, entry: CatalogEntry) -> Result<u64> {
         let file_name = format!("{}{SEGMENT_EXT}", entry.key);
         let context = || format!("writing segment {} of {}", entry.key, self.name);
-        create_dir_durable(&self.dir).map_err(|e| Error::io(context(), e))?;
+        self.make_dir_durable()
+            .map_err(|e| Error::io(context(), e))?;
         write_atomic(&self.dir, &file_name, &[segment.encoded()])
             .map_err(|e| Error::io(context(), e))?;
 
         let mut manifest = self.manifest.lock().unwrap_or_else(PoisonError::into_inner);
-        let result = self.record(&mut manifest, entry);
-        if let Err(e) = &result {
-            let _ = self.poisoned.set(e.to_string());
-            tracing::error!(namespace = %self.name, error = %e, "manifest write failed; namespace refuses stores until reopened");
+        let durable = self
+            .record(&mut manifest, entry)
+            .inspect_err(|e| self.poison(e))?;
+        // The edit is durable, so the store succeeded whatever happens next. A failed
+        // rewrite may leave the open handle on a replaced file, so later stores refuse.
+        let catalog = listing::read(&self.catalog);
+        if let Some(file) = manifest.as_mut() {
+            if let Err(e) = file.maybe_compact(&catalog) {
+                self.poison(&Error::io(
+                    format!("compacting the manifest of {}", self.name),
+                    e,
+                ));
+            }
         }
-        result
+        Ok(durable)
     }
 
-    /// Appends the edit, then updates the catalog, then compacts the journal if due.
+    fn poison(&self, e: &Error) {
+        let _ = self.poisoned.set(e.to_string());
+        tracing::error!(namespace = %self.name, error = %e, "manifest write failed; namespace refuses stores until reopened");
+    }
+
+    /// Creates the namespace directory and fsyncs it and the root, once per process, so
+    /// that a directory a crashed run created but never synced is made durable too.
+    fn make_dir_durable(&self) -> io::Result<()> {
+        if self.dir_durable.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        create_dir_durable(&self.dir)?;
+        fsync_dir(&self.dir)?;
+        if let Some(root) = self.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(root)?;
+        }
+        self.dir_durable.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Appends the edit, then updates the catalog. Returns the new durable frame number.
     fn record(&self, manifest: &mut Option<ManifestFile>, entry: CatalogEntry) -> Result<u64> {
         let io_err = |e| Error::io(format!("writing the manifest of {}", self.name), e);
         let file = match manifest.take() {
@@ -229,11 +261,12 @@ impl Namespace {
                 ManifestFile::create(&self.dir, &listing::read(&self.catalog)).map_err(io_err)?
             }
         };
-        let file = manifest.insert(file);
-        file.append(&Edit::Add(entry)).map_err(io_err)?;
+        manifest
+            .insert(file)
+            .append(&Edit::Add(entry))
+            .map_err(io_err)?;
         let mut catalog = listing::write(&self.catalog);
         catalog.push(entry);
-        file.maybe_compact(&catalog).map_err(io_err)?;
         Ok(catalog.durable_frame_no())
     }
 
@@ -247,11 +280,27 @@ impl Namespace {
 
     fn read_index(&self, key: &SegmentKey, path: &Path) -> Result<PageIndex> {
         let mut file = File::open(path).map_err(|e| self.read_error(key, path, e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| self.read_error(key, path, e))?
+            .len();
+        let corrupt = |e| Error::corrupt(self.describe(key, path), e);
+        let short = |expected| {
+            corrupt(crate::FormatError::Length {
+                expected,
+                actual: file_len,
+            })
+        };
+        if file_len < HEADER_LEN as u64 {
+            return Err(short(HEADER_LEN as u64));
+        }
         let mut head = [0u8; HEADER_LEN];
         file.read_exact(&mut head)
             .map_err(|e| self.read_error(key, path, e))?;
-        let corrupt = |e| Error::corrupt(self.describe(key, path), e);
         let (header, range) = index_range(&head).map_err(corrupt)?;
+        if file_len < range.end {
+            return Err(short(range.end));
+        }
         let found = SegmentKey {
             start_frame_no: header.start_frame_no,
             end_frame_no: header.end_frame_no,
@@ -287,13 +336,6 @@ impl Namespace {
                 self.name,
                 path.display()
             )),
-            io::ErrorKind::UnexpectedEof => Error::corrupt(
-                self.describe(key, path),
-                crate::FormatError::Length {
-                    expected: HEADER_LEN as u64,
-                    actual: 0,
-                },
-            ),
             _ => Error::io(format!("reading {}", path.display()), e),
         }
     }
@@ -329,6 +371,7 @@ fn open_namespace(name: NamespaceName, dir: PathBuf) -> Result<Namespace> {
         manifest: Mutex::new(manifest),
         store_lock: async_lock::Mutex::new(()),
         poisoned: OnceLock::new(),
+        dir_durable: AtomicBool::new(false),
     })
 }
 

@@ -2,9 +2,10 @@
 //!
 //! Each namespace's catalog is persisted as a file of records: add a segment, remove
 //! segments, or a snapshot of every segment. Appending one record per store keeps writes
-//! small; when the journal holds more records than the catalog has entries it is
-//! rewritten as a single snapshot (temp file, fsync, rename), so replay time stays
-//! proportional to the number of live segments.
+//! small; once the records appended since the last snapshot outnumber the entries that
+//! snapshot held (and at least 1024), the file is rewritten as a single snapshot (temp
+//! file, fsync, rename). The file is therefore at most about twice the size of a
+//! snapshot of the catalog, and replay time stays proportional to the live segments.
 //!
 //! A record is `len: u32 | kind: u8 | head_crc: u32 | payload[len] | payload_crc: u32`,
 //! little-endian, with CRC-32C checksums; `docs/FORMAT.md` has the details. A crash in
@@ -30,6 +31,8 @@ const ENTRY_LEN: usize = 40;
 const KEY_LEN: usize = 24;
 /// Records past the last snapshot before a rewrite is considered, at minimum.
 const MIN_COMPACT_RECORDS: u64 = 1024;
+/// The most entries one snapshot record can hold (its length is a `u32`).
+const MAX_SNAPSHOT_ENTRIES: usize = (u32::MAX as usize - 8) / ENTRY_LEN;
 
 const KIND_ADD: u8 = 1;
 const KIND_REMOVE: u8 = 2;
@@ -159,6 +162,13 @@ impl From<io::Error> for Stop {
 
 /// Replays a manifest of `file_len` bytes read from `reader`. `what` names it in errors.
 pub(crate) fn replay(reader: impl Read, file_len: u64, what: &str) -> Result<Replay> {
+    if file_len < FILE_HEADER_LEN as u64 {
+        let reason = FormatError::Length {
+            expected: FILE_HEADER_LEN as u64,
+            actual: file_len,
+        };
+        return Err(Error::corrupt(what, reason));
+    }
     let mut r = BufReader::with_capacity(1 << 16, reader);
     let mut head = [0u8; FILE_HEADER_LEN];
     r.read_exact(&mut head)
@@ -179,6 +189,14 @@ pub(crate) fn replay(reader: impl Read, file_len: u64, what: &str) -> Result<Rep
     let version = u16::from_le_bytes([head[8], head[9]]);
     if version != VERSION {
         return Err(Error::corrupt(what, FormatError::Version(version)));
+    }
+    if head[10..12] != [0, 0] {
+        let reason = FormatError::Invalid {
+            part: Part::ManifestHeader,
+            offset: 10,
+            reason: "reserved bytes not zero",
+        };
+        return Err(Error::corrupt(what, reason));
     }
     let mut state = Replay {
         catalog: Catalog::default(),
@@ -225,6 +243,10 @@ fn read_record(
             Err(corrupt(offset, "record header checksum mismatch"))
         };
     }
+    if !matches!(kind, KIND_ADD | KIND_REMOVE | KIND_SNAPSHOT) {
+        // The head's checksum holds, so the kind is what was written: not a torn append.
+        return Err(corrupt(offset, "unknown record kind"));
+    }
     // Snapshots are only ever written whole (temp file and rename), never appended, so
     // a damaged snapshot cannot be a torn append.
     let appended = kind != KIND_SNAPSHOT;
@@ -241,8 +263,7 @@ fn read_record(
     let outcome = match kind {
         KIND_ADD => read_add(r, len, payload_at, state),
         KIND_REMOVE => read_remove(r, len, payload_at, state),
-        KIND_SNAPSHOT => read_snapshot(r, len, payload_at, state),
-        _ => Err(corrupt(offset, "unknown record kind")),
+        _ => read_snapshot(r, len, payload_at, state),
     };
     match outcome {
         Err(Stop::Corrupt(FormatError::Checksum { .. })) if is_last && appended => Err(Stop::Torn),
@@ -359,6 +380,8 @@ pub(crate) struct ManifestFile {
     dir: PathBuf,
     file: File,
     records_since_snapshot: u64,
+    /// Entries in the catalog when the file was last rewritten as a snapshot (or opened).
+    entries_at_snapshot: u64,
 }
 
 impl ManifestFile {
@@ -385,12 +408,19 @@ impl ManifestFile {
             dir: dir.to_path_buf(),
             file,
             records_since_snapshot: replay.records_since_snapshot,
+            entries_at_snapshot: replay.catalog.len() as u64,
         };
         Ok(Some((manifest, replay.catalog)))
     }
 
     /// Creates `dir/MANIFEST` holding `catalog` as a snapshot (atomically).
     pub(crate) fn create(dir: &Path, catalog: &Catalog) -> io::Result<Self> {
+        if catalog.len() > MAX_SNAPSHOT_ENTRIES {
+            return Err(io::Error::other(format!(
+                "a catalog of {} segments exceeds the {MAX_SNAPSHOT_ENTRIES} one snapshot record holds",
+                catalog.len()
+            )));
+        }
         let snapshot = Edit::Snapshot(catalog.entries().to_vec()).encode();
         let mut file = write_atomic(dir, MANIFEST_FILE, &[&file_header(), &snapshot])?;
         file.seek(SeekFrom::End(0))?;
@@ -398,6 +428,7 @@ impl ManifestFile {
             dir: dir.to_path_buf(),
             file,
             records_since_snapshot: 0,
+            entries_at_snapshot: catalog.len() as u64,
         })
     }
 
@@ -409,10 +440,10 @@ impl ManifestFile {
         Ok(())
     }
 
-    /// Rewrites the manifest as one snapshot of `catalog` when the journal has grown past
-    /// the catalog's size.
+    /// Rewrites the manifest as one snapshot of `catalog` once the records appended since
+    /// the last snapshot outnumber its entries (and at least [`MIN_COMPACT_RECORDS`]).
     pub(crate) fn maybe_compact(&mut self, catalog: &Catalog) -> io::Result<()> {
-        if self.records_since_snapshot < MIN_COMPACT_RECORDS.max(catalog.len() as u64) {
+        if self.records_since_snapshot < MIN_COMPACT_RECORDS.max(self.entries_at_snapshot) {
             return Ok(());
         }
         *self = Self::create(&self.dir, catalog)?;

@@ -35,6 +35,16 @@ pub use restore::RestoreSummary;
 pub type OnStoreCallback =
     Box<dyn FnOnce(u64) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> + Send + 'static>;
 
+/// Wraps an async closure as an [`OnStoreCallback`]:
+/// `on_store(|durable| async move { println!("durable up to {durable}") })`.
+pub fn on_store<F, Fut>(f: F) -> OnStoreCallback
+where
+    F: FnOnce(u64) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Box::new(move |durable| Box::pin(f(durable)))
+}
+
 /// Which segment [`Storage::find_segment`] should return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FindSegmentReq {
@@ -172,26 +182,37 @@ pub trait Storage: Send + Sync + 'static {
     }
 }
 
-/// Runs a store on the current tokio runtime, so that it completes (and `on_store` runs)
-/// even if the caller drops the returned future.
+/// Runs a store as a task on the tokio runtime, so that it completes (and `on_store`
+/// runs) even if the caller drops the returned future. Called inside a runtime, the task
+/// starts at once; called outside one (as in `runtime.block_on(storage.store(..))`), it
+/// starts when the future is first polled.
 pub(crate) fn spawn_store<F>(work: F) -> impl Future<Output = Result<()>> + Send
 where
     F: Future<Output = Result<()>> + Send + 'static,
 {
-    let task = tokio::runtime::Handle::try_current().map(|rt| rt.spawn(work));
+    let mut pending = Err(work);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        pending = pending.or_else(|work| Ok(rt.spawn(work)));
+    }
     async move {
-        match task {
-            Ok(task) => task.await.unwrap_or_else(|e| {
-                Err(crate::Error::io(
-                    "storing a segment",
-                    std::io::Error::other(e),
-                ))
-            }),
-            Err(_) => Err(crate::InvalidInput::Config(
-                "Storage::store must be called from within a tokio runtime".into(),
-            )
-            .into()),
-        }
+        let task = match pending {
+            Ok(task) => task,
+            Err(work) => match tokio::runtime::Handle::try_current() {
+                Ok(rt) => rt.spawn(work),
+                Err(_) => {
+                    return Err(crate::InvalidInput::Config(
+                        "Storage::store must run on a tokio runtime".into(),
+                    )
+                    .into())
+                }
+            },
+        };
+        task.await.unwrap_or_else(|e| {
+            Err(crate::Error::io(
+                "storing a segment",
+                std::io::Error::other(e),
+            ))
+        })
     }
 }
 

@@ -159,3 +159,24 @@ fn open_truncates_a_torn_tail_so_later_appends_are_readable() {
     let (_, catalog) = ManifestFile::open(dir.path()).unwrap().unwrap();
     assert_eq!(catalog.entries(), &[entry(0), entry(2)]);
 }
+
+#[test]
+fn header_damage_and_unknown_kinds_are_corruption() {
+    let (bytes, _) = journal(&[Edit::Add(entry(0))]);
+    for len in 0..FILE_HEADER_LEN {
+        assert!(
+            replay_bytes(&bytes[..len]).unwrap_err().is_corrupt(),
+            "len {len}"
+        );
+    }
+    let mut reserved = bytes.clone();
+    reserved[10] = 1;
+    let crc = crc32c::crc32c(&reserved[..12]);
+    reserved[12..16].copy_from_slice(&crc.to_le_bytes());
+    assert!(replay_bytes(&reserved).unwrap_err().is_corrupt());
+    // A record of an unknown kind whose payload runs past the end is not a torn append.
+    let mut unknown = bytes.clone();
+    unknown.extend_from_slice(&record_head(1000, 9));
+    unknown.extend_from_slice(&[1, 2, 3]);
+    assert!(replay_bytes(&unknown).unwrap_err().is_corrupt());
+}
