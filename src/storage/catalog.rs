@@ -3,9 +3,11 @@
 //! Segments never overlap and are appended in frame order, and their timestamps never go
 //! backwards, so one vector sorted by end frame number is also sorted by start frame and
 //! by timestamp. Every lookup is a binary search. The searched fields are also kept in
-//! two dense columns (end frame, timestamp): a search over 8-byte values touches a fifth
-//! of the cache lines and pages it would over whole entries, which keeps lookups in a
-//! million-segment catalog close to the cost in a small one. An entry costs 56 bytes.
+//! two dense columns (end frame, timestamp), each with a sparse fence of every 64th
+//! value: a search first narrows to one 512-byte block through the fence (small enough to
+//! stay in cache), then searches that block. This keeps a lookup in a million-segment
+//! catalog within a few cache misses of one in a small catalog. An entry costs about 56
+//! bytes.
 
 use chrono::{DateTime, Utc};
 
@@ -45,9 +47,57 @@ pub(crate) enum Append {
 pub(crate) struct Catalog {
     entries: Vec<CatalogEntry>,
     /// `entries[i].key.end_frame_no`, for searching.
-    ends: Vec<u64>,
+    ends: Column,
     /// `entries[i].key.timestamp`, for searching.
-    stamps: Vec<u64>,
+    stamps: Column,
+}
+
+/// A sorted column of `u64` with a fence of every [`BLOCK`]th value.
+#[derive(Debug, Default, Clone)]
+struct Column {
+    values: Vec<u64>,
+    fence: Vec<u64>,
+}
+
+const BLOCK: usize = 64;
+
+impl Column {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            values: Vec::with_capacity(n),
+            fence: Vec::with_capacity(n / BLOCK + 1),
+        }
+    }
+
+    fn push(&mut self, value: u64) {
+        if self.values.len() % BLOCK == 0 {
+            self.fence.push(value);
+        }
+        self.values.push(value);
+    }
+
+    fn rebuild(values: impl Iterator<Item = u64>) -> Self {
+        let mut column = Self::default();
+        values.for_each(|v| column.push(v));
+        column
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.values.shrink_to_fit();
+        self.fence.shrink_to_fit();
+    }
+
+    /// Like `slice::partition_point` over the (sorted) values, for a predicate that holds
+    /// for a prefix of them.
+    fn partition_point(&self, pred: impl Fn(u64) -> bool) -> usize {
+        let blocks = self.fence.partition_point(|&v| pred(v));
+        let Some(block) = blocks.checked_sub(1) else {
+            return 0;
+        };
+        let lo = block * BLOCK;
+        let hi = (lo + BLOCK).min(self.values.len());
+        lo + self.values[lo..hi].partition_point(|&v| pred(v))
+    }
 }
 
 impl Catalog {
@@ -100,8 +150,8 @@ impl Catalog {
     pub(crate) fn from_entries(entries: Vec<CatalogEntry>) -> Result<Self, String> {
         let mut catalog = Catalog {
             entries: Vec::with_capacity(entries.len()),
-            ends: Vec::with_capacity(entries.len()),
-            stamps: Vec::with_capacity(entries.len()),
+            ends: Column::with_capacity(entries.len()),
+            stamps: Column::with_capacity(entries.len()),
         };
         for entry in entries {
             match catalog.check_append(&entry) {
@@ -117,8 +167,8 @@ impl Catalog {
     pub(crate) fn remove(&mut self, keys: &[SegmentKey]) -> usize {
         let before = self.entries.len();
         self.entries.retain(|e| !keys.contains(&e.key));
-        self.ends = self.entries.iter().map(|e| e.key.end_frame_no).collect();
-        self.stamps = self.entries.iter().map(|e| e.key.timestamp).collect();
+        self.ends = Column::rebuild(self.entries.iter().map(|e| e.key.end_frame_no));
+        self.stamps = Column::rebuild(self.entries.iter().map(|e| e.key.timestamp));
         before - self.entries.len()
     }
 
@@ -131,7 +181,7 @@ impl Catalog {
 
     /// Index of the first entry whose end frame is at least `n`.
     fn first_ending_at_or_after(&self, n: u64) -> usize {
-        self.ends.partition_point(|&end| end < n)
+        self.ends.partition_point(|end| end < n)
     }
 
     pub(crate) fn get(&self, key: &SegmentKey) -> Option<&CatalogEntry> {
@@ -147,12 +197,12 @@ impl Catalog {
                 self.entries.get(i).filter(|e| e.key.start_frame_no <= n)
             }
             FindSegmentReq::EndFrameNoLessThan(n) => {
-                let i = self.ends.partition_point(|&end| end <= n);
+                let i = self.ends.partition_point(|end| end <= n);
                 i.checked_sub(1).map(|i| &self.entries[i])
             }
             FindSegmentReq::Timestamp(t) => {
                 let t = u64::try_from(t.timestamp_millis()).ok()?;
-                let i = self.stamps.partition_point(|&ts| ts <= t);
+                let i = self.stamps.partition_point(|ts| ts <= t);
                 i.checked_sub(1).map(|i| &self.entries[i])
             }
         };
@@ -238,6 +288,17 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn fenced_search_agrees_with_a_plain_one(
+            mut values in proptest::collection::vec(0u64..1000, 0..400),
+            probe in 0u64..1001,
+        ) {
+            values.sort_unstable();
+            let column = Column::rebuild(values.iter().copied());
+            prop_assert_eq!(column.partition_point(|v| v < probe), values.partition_point(|&v| v < probe));
+            prop_assert_eq!(column.partition_point(|v| v <= probe), values.partition_point(|&v| v <= probe));
+        }
+
         #[test]
         fn lookups_agree_with_a_linear_scan(
             spans in proptest::collection::vec((0u64..5, 1u64..6, 0u64..3, 0u64..3), 0..40),
