@@ -29,7 +29,7 @@ use super::fsutil::{create_dir_durable, fsync_dir, write_atomic, TEMP_PREFIX};
 use super::listing::{self, CatalogStream, SharedCatalog};
 use super::manifest::{Edit, ManifestFile, MANIFEST_FILE};
 use super::{
-    check_append, entry_for, not_found, spawn_store, FindSegmentReq, OnStoreCallback, SegmentInfo,
+    check_append, entry_for, find_in, spawn_store, FindSegmentReq, OnStoreCallback, SegmentInfo,
     Storage,
 };
 use crate::error::{Error, InvalidInput, Result};
@@ -474,10 +474,7 @@ impl Storage for LocalStorage {
         config: Option<LocalConfig>,
     ) -> Result<SegmentKey> {
         let ns = self.namespace(&self.config_for(config), namespace).await?;
-        let catalog = listing::read(&ns.catalog);
-        catalog
-            .find(req)
-            .ok_or_else(|| not_found(&catalog, namespace, req))
+        find_in(&ns.catalog, namespace, req)
     }
 
     async fn fetch_segment_index(

@@ -11,7 +11,7 @@ use tokio_stream::Stream;
 
 use super::listing::{self, CatalogStream, SharedCatalog};
 use super::{
-    check_append, entry_for, not_found, spawn_store, FindSegmentReq, OnStoreCallback, SegmentInfo,
+    check_append, entry_for, find_in, spawn_store, FindSegmentReq, OnStoreCallback, SegmentInfo,
     Storage,
 };
 use crate::error::{Error, Result};
@@ -114,10 +114,7 @@ impl Storage for MemoryStorage {
         _config: Option<()>,
     ) -> Result<SegmentKey> {
         let ns = self.namespace(namespace, false)?.unwrap_or_default();
-        let catalog = listing::read(&ns.catalog);
-        catalog
-            .find(req)
-            .ok_or_else(|| not_found(&catalog, namespace, req))
+        find_in(&ns.catalog, namespace, req)
     }
 
     async fn fetch_segment_index(

@@ -243,6 +243,18 @@ pub(crate) fn check_append(
     }
 }
 
+/// Answers `req` from a shared catalog, or says what the namespace does hold.
+pub(crate) fn find_in(
+    catalog: &std::sync::RwLock<Catalog>,
+    namespace: &NamespaceName,
+    req: FindSegmentReq,
+) -> Result<SegmentKey> {
+    let catalog = listing::read(catalog);
+    catalog
+        .find(req)
+        .ok_or_else(|| not_found(&catalog, namespace, req))
+}
+
 /// The error for a lookup that found nothing.
 pub(crate) fn not_found(
     catalog: &Catalog,
