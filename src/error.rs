@@ -49,6 +49,14 @@ pub enum Error {
         /// The first failure.
         cause: String,
     },
+    /// Another handle or process is writing the namespace; one writer at a time.
+    #[error("namespace {namespace} is being written by another handle or process: {detail}")]
+    Conflict {
+        /// The namespace.
+        namespace: String,
+        /// What holds it.
+        detail: String,
+    },
     /// The storage was shut down.
     #[error("storage is shut down")]
     Closed,
@@ -151,6 +159,9 @@ pub enum InvalidInput {
         /// What it conflicts with.
         reason: String,
     },
+    /// An output that cannot be written, such as an existing file restore would replace.
+    #[error("output {0}")]
+    Output(String),
     /// A bad configuration value.
     #[error("configuration: {0}")]
     Config(String),

@@ -8,7 +8,9 @@ use std::future::Future;
 use std::path::Path;
 
 use conformance::{list, ns, segment, store};
-use walvault::{FindSegmentReq, LocalConfig, LocalStorage, NoStorage, SealedSegment, Storage};
+use walvault::{
+    FindSegmentReq, LocalConfig, LocalStorage, NoStorage, RestoreOptions, SealedSegment, Storage,
+};
 
 fn seg_path(root: &Path, name: &str, seg: &SealedSegment) -> std::path::PathBuf {
     root.join(name).join(format!("{}.seg", seg.key()))
@@ -54,8 +56,10 @@ async fn a_crash_between_segment_file_and_manifest_loses_nothing_acknowledged() 
     let before = fs::read(&manifest).unwrap();
     store(&s, &name, segment(5, 4, 2, 3, 200)).await.unwrap();
     drop(s);
-    // Simulate the crash image: the second segment's file exists, its manifest record
-    // was torn half-way through.
+    // Build the image a crash during the second store's manifest append leaves: its
+    // segment file complete, its ADD record half-written. (Produced here by cutting the
+    // record of a completed store; in a real crash at that point the store was never
+    // acknowledged, because acknowledgement waits for the append's fsync.)
     let after = fs::read(&manifest).unwrap();
     fs::write(
         &manifest,
@@ -258,4 +262,160 @@ fn a_store_polled_outside_any_runtime_is_an_error_not_a_panic() {
         std::task::Poll::Ready(result) => assert!(result.unwrap_err().is_invalid_input()),
         std::task::Poll::Pending => panic!("no runtime, so the store cannot be pending"),
     }
+}
+
+#[tokio::test]
+async fn a_second_writer_of_a_namespace_is_refused_until_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = ns("single-writer");
+    let first = LocalStorage::open(dir.path()).unwrap();
+    // The same root reached through a symlink, and a second handle, are both other
+    // writers of the same files.
+    let link = dir.path().join("alias");
+    std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    let alias = Some(LocalConfig { root: link });
+    let second = LocalStorage::open(dir.path()).unwrap();
+    assert_eq!(second.durable_frame_no(&name, None).await.unwrap(), 0);
+    store(&first, &name, segment(1, 4, 2, 3, 100))
+        .await
+        .unwrap();
+    let seg = segment(5, 4, 2, 3, 200);
+    let err = first
+        .store(&name, seg.clone(), alias, Box::new(|_| Box::pin(async {})))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, walvault::Error::Conflict { .. }), "{err}");
+    let err = store(&second, &name, seg.clone()).await.unwrap_err();
+    assert!(matches!(err, walvault::Error::Conflict { .. }), "{err}");
+    drop(first);
+    // Taking over, the second handle replays what the first wrote before writing.
+    let stale = segment(1, 2, 2, 3, 300);
+    assert!(store(&second, &name, stale)
+        .await
+        .unwrap_err()
+        .is_invalid_input());
+    assert_eq!(store(&second, &name, seg).await.unwrap(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_after_a_crash_never_cut_an_acknowledged_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = ns("opens");
+    let s = LocalStorage::open(dir.path()).unwrap();
+    store(&s, &name, segment(1, 4, 2, 3, 100)).await.unwrap();
+    drop(s);
+    let manifest = dir.path().join("opens/MANIFEST");
+    let mut bytes = fs::read(&manifest).unwrap();
+    bytes.extend_from_slice(&[7, 0, 0, 0, 1, 2]); // a torn append
+    fs::write(&manifest, &bytes).unwrap();
+
+    let s = LocalStorage::open(dir.path()).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = s.clone();
+        let name = name.clone();
+        tasks.push(tokio::spawn(async move {
+            if i == 8 {
+                store(&s, &name, segment(5, 4, 2, 3, 200)).await.map(|_| ())
+            } else {
+                s.durable_frame_no(&name, None).await.map(|_| ())
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    drop(s);
+    let s = LocalStorage::open(dir.path()).unwrap();
+    assert_eq!(s.durable_frame_no(&name, None).await.unwrap(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_stored_after_shutdown_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = ns("shutdown-race");
+    let s = LocalStorage::open(dir.path()).unwrap();
+    let writer = {
+        let s = s.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let mut stored = 0;
+            for i in 0..200u64 {
+                match store(&s, &name, segment(i * 2 + 1, 2, 2, 3, i as i64)).await {
+                    Ok(_) => stored += 1,
+                    Err(e) => {
+                        assert!(matches!(e, walvault::Error::Closed), "{e}");
+                        break;
+                    }
+                }
+            }
+            stored
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    s.shutdown().await;
+    let at_shutdown = LocalStorage::open(dir.path())
+        .unwrap()
+        .durable_frame_no(&name, None)
+        .await
+        .unwrap();
+    let stored = writer.await.unwrap();
+    let after = LocalStorage::open(dir.path())
+        .unwrap()
+        .durable_frame_no(&name, None)
+        .await
+        .unwrap();
+    assert_eq!(after, at_shutdown, "a store landed after shutdown returned");
+    assert_eq!(after, stored * 2);
+}
+
+#[tokio::test]
+async fn restore_to_a_path_is_atomic_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = ns("to-path");
+    let s = LocalStorage::open(dir.path().join("store")).unwrap();
+    let seg = segment(1, 6, 3, 4, 100);
+    store(&s, &name, seg.clone()).await.unwrap();
+    let out = dir.path().join("restored.db");
+    let summary = s
+        .restore_to_path(&name, RestoreOptions::Latest, &out, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read(&out).unwrap().len(),
+        summary.db_pages as usize * conformance::PAGE
+    );
+
+    let before = fs::read(&out).unwrap();
+    let err = s
+        .restore_to_path(&name, RestoreOptions::Latest, &out, None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_invalid_input() && err.to_string().contains("already exists"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&out).unwrap(), before);
+
+    // A corrupt segment: an error naming it, and nothing at the output path.
+    let path = seg_path(&dir.path().join("store"), "to-path", &seg);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[300] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    let out2 = dir.path().join("second.db");
+    let err = s
+        .restore_to_path(&name, RestoreOptions::Latest, &out2, None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_corrupt() && err.to_string().contains(&seg.key().to_string()),
+        "{err}"
+    );
+    assert!(!out2.exists());
+    let leftovers: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 2, "{leftovers:?}"); // store/ and restored.db
 }

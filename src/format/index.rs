@@ -34,27 +34,27 @@ impl PageIndex {
     /// Parses index bytes and checks that every key is a 4-byte page number and every
     /// value a frame position below `frame_count`. `offset` locates the index in its file,
     /// for error messages.
+    ///
+    /// The `fst` crate trusts its input and can panic on malformed nodes, and checksums
+    /// only prove the bytes are what a writer wrote, not that the writer was sound. So the
+    /// whole index is walked here, inside `catch_unwind`: a walk that completes has
+    /// visited every node a later lookup can reach.
     pub(crate) fn parse(bytes: Bytes, frame_count: u32, offset: u64) -> Result<Self, FormatError> {
         let bad = |reason| FormatError::Invalid {
             part: Part::PageIndex,
             offset,
             reason,
         };
-        let map = fst::Map::new(bytes).map_err(|_| bad("not a valid fst"))?;
-        let mut stream = map.stream();
-        while let Some((key, value)) = fst::Streamer::next(&mut stream) {
-            if key.len() != 4 {
-                return Err(bad("key is not a 4-byte page number"));
-            }
-            if key == [0; 4] {
-                return Err(bad("page number 0"));
-            }
-            if value >= u64::from(frame_count) {
-                return Err(bad("frame position out of range"));
-            }
+        let walked = std::panic::catch_unwind(move || {
+            let map = fst::Map::new(bytes).map_err(|_| "not a valid fst")?;
+            check_entries(&map, frame_count)?;
+            Ok(map)
+        });
+        match walked {
+            Ok(Ok(map)) => Ok(Self { map }),
+            Ok(Err(reason)) => Err(bad(reason)),
+            Err(_) => Err(bad("malformed fst")),
         }
-        drop(stream);
-        Ok(Self { map })
     }
 
     /// Position of the newest frame of `page_no` in the segment.
@@ -110,6 +110,23 @@ impl Iterator for PageIndexIter<'_> {
         let page = u32::from_be_bytes(key.try_into().ok()?);
         Some((page, u32::try_from(value).ok()?))
     }
+}
+
+/// Checks every entry of a freshly parsed index.
+fn check_entries(map: &fst::Map<Bytes>, frame_count: u32) -> Result<(), &'static str> {
+    let mut stream = map.stream();
+    while let Some((key, value)) = fst::Streamer::next(&mut stream) {
+        if key.len() != 4 {
+            return Err("key is not a 4-byte page number");
+        }
+        if key == [0; 4] {
+            return Err("page number 0");
+        }
+        if value >= u64::from(frame_count) {
+            return Err("frame position out of range");
+        }
+    }
+    Ok(())
 }
 
 trait OrEmpty {

@@ -21,24 +21,49 @@ pub(crate) fn temp_path(dir: &Path) -> PathBuf {
     dir.join(format!("{TEMP_PREFIX}{}", Uuid::new_v4().simple()))
 }
 
+/// A failed [`write_atomic`]: `renamed` says whether the new file had already replaced
+/// the old one (so only the directory fsync failed, and the old file is gone).
+#[derive(Debug)]
+pub(crate) struct AtomicWriteError {
+    pub renamed: bool,
+    pub source: io::Error,
+}
+
+impl From<AtomicWriteError> for io::Error {
+    fn from(e: AtomicWriteError) -> Self {
+        e.source
+    }
+}
+
 /// Writes `parts` to `dir/name` atomically and durably, returning the open file (for
 /// callers that keep appending to it).
-pub(crate) fn write_atomic(dir: &Path, name: &str, parts: &[&[u8]]) -> io::Result<File> {
+pub(crate) fn write_atomic(
+    dir: &Path,
+    name: &str,
+    parts: &[&[u8]],
+) -> Result<File, AtomicWriteError> {
     let tmp = temp_path(dir);
-    let result = (|| {
+    let before_rename = (|| {
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         for part in parts {
             file.write_all(part)?;
         }
         file.sync_all()?;
         fs::rename(&tmp, dir.join(name))?;
-        fsync_dir(dir)?;
         Ok(file)
     })();
-    if result.is_err() {
+    let file = before_rename.map_err(|source| {
         let _ = fs::remove_file(&tmp);
-    }
-    result
+        AtomicWriteError {
+            renamed: false,
+            source,
+        }
+    })?;
+    fsync_dir(dir).map_err(|source| AtomicWriteError {
+        renamed: true,
+        source,
+    })?;
+    Ok(file)
 }
 
 /// Creates `dir` (and missing parents) and makes the new entries durable.

@@ -18,7 +18,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::catalog::{Append, Catalog, CatalogEntry};
-use super::fsutil::write_atomic;
+use super::fsutil::{write_atomic, AtomicWriteError};
 use crate::error::{Error, FormatError, Part, Result};
 use crate::format::SegmentKey;
 
@@ -149,6 +149,10 @@ pub(crate) struct Replay {
 enum Stop {
     /// The file ends inside this record: a crash during its append.
     Torn,
+    /// A payload failed its checksum and the stored checksum is zero: a torn append if
+    /// this is the last record (the file was extended but the data never reached the
+    /// disk), corruption otherwise.
+    ZeroTail(u64),
     /// The file is damaged at this offset.
     Corrupt(FormatError),
     Io(io::Error),
@@ -212,6 +216,13 @@ pub(crate) fn replay(reader: impl Read, file_len: u64, what: &str) -> Result<Rep
                 break;
             }
             Err(Stop::Corrupt(reason)) => return Err(Error::corrupt(what, reason)),
+            Err(Stop::ZeroTail(offset)) => {
+                let reason = FormatError::Checksum {
+                    part: Part::ManifestRecord,
+                    offset,
+                };
+                return Err(Error::corrupt(what, reason));
+            }
             Err(Stop::Io(e)) => return Err(Error::io(format!("reading {what}"), e)),
         }
     }
@@ -266,7 +277,7 @@ fn read_record(
         _ => read_snapshot(r, len, payload_at, state),
     };
     match outcome {
-        Err(Stop::Corrupt(FormatError::Checksum { .. })) if is_last && appended => Err(Stop::Torn),
+        Err(Stop::ZeroTail(_)) if is_last && appended => Err(Stop::Torn),
         other => other.map(|()| total),
     }
 }
@@ -298,10 +309,16 @@ fn read_payload(r: &mut impl Read, len: u32, at: u64) -> Result<Vec<u8>, Stop> {
     r.read_exact(&mut payload)?;
     let crc = payload.split_off(len as usize);
     if crc32c::crc32c(&payload).to_le_bytes()[..] != crc[..] {
-        return Err(Stop::Corrupt(FormatError::Checksum {
-            part: Part::ManifestRecord,
-            offset: at,
-        }));
+        // An acknowledged record with a flipped bit keeps a non-zero checksum, so it is
+        // reported; only a never-written (zero-filled) tail can be dropped as torn.
+        return Err(if crc == [0; 4] {
+            Stop::ZeroTail(at)
+        } else {
+            Stop::Corrupt(FormatError::Checksum {
+                part: Part::ManifestRecord,
+                offset: at,
+            })
+        });
     }
     Ok(payload)
 }
@@ -384,9 +401,28 @@ pub(crate) struct ManifestFile {
     entries_at_snapshot: u64,
 }
 
+/// Replays `dir/MANIFEST` without modifying it, for readers: a torn tail (possibly an
+/// append in progress by the writer) is left alone and simply not applied. `Ok(None)`
+/// when there is no manifest.
+pub(crate) fn load(dir: &Path) -> Result<Option<Catalog>> {
+    let path = dir.join(MANIFEST_FILE);
+    let what = path.display().to_string();
+    let mut file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("opening {what}"), e)),
+    };
+    let file_len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("replaying {what}"), e))?
+        .len();
+    Ok(Some(replay(&mut file, file_len, &what)?.catalog))
+}
+
 impl ManifestFile {
-    /// Opens `dir/MANIFEST` and replays it, dropping a torn tail. `Ok(None)` when there is
-    /// no manifest yet.
+    /// Opens `dir/MANIFEST` for appending and replays it, truncating a torn tail. Only the
+    /// namespace's single writer (holder of its lock) may call this. `Ok(None)` when there
+    /// is no manifest yet.
     pub(crate) fn open(dir: &Path) -> Result<Option<(Self, Catalog)>> {
         let path = dir.join(MANIFEST_FILE);
         let what = path.display().to_string();
@@ -414,16 +450,24 @@ impl ManifestFile {
     }
 
     /// Creates `dir/MANIFEST` holding `catalog` as a snapshot (atomically).
-    pub(crate) fn create(dir: &Path, catalog: &Catalog) -> io::Result<Self> {
+    pub(crate) fn create(dir: &Path, catalog: &Catalog) -> Result<Self, AtomicWriteError> {
         if catalog.len() > MAX_SNAPSHOT_ENTRIES {
-            return Err(io::Error::other(format!(
+            let source = io::Error::other(format!(
                 "a catalog of {} segments exceeds the {MAX_SNAPSHOT_ENTRIES} one snapshot record holds",
                 catalog.len()
-            )));
+            ));
+            return Err(AtomicWriteError {
+                renamed: false,
+                source,
+            });
         }
         let snapshot = Edit::Snapshot(catalog.entries().to_vec()).encode();
         let mut file = write_atomic(dir, MANIFEST_FILE, &[&file_header(), &snapshot])?;
-        file.seek(SeekFrom::End(0))?;
+        file.seek(SeekFrom::End(0))
+            .map_err(|source| AtomicWriteError {
+                renamed: true,
+                source,
+            })?;
         Ok(Self {
             dir: dir.to_path_buf(),
             file,
@@ -442,7 +486,8 @@ impl ManifestFile {
 
     /// Rewrites the manifest as one snapshot of `catalog` once the records appended since
     /// the last snapshot outnumber its entries (and at least [`MIN_COMPACT_RECORDS`]).
-    pub(crate) fn maybe_compact(&mut self, catalog: &Catalog) -> io::Result<()> {
+    /// On an error with `renamed == false` the old file and this handle are intact.
+    pub(crate) fn maybe_compact(&mut self, catalog: &Catalog) -> Result<(), AtomicWriteError> {
         if self.records_since_snapshot < MIN_COMPACT_RECORDS.max(self.entries_at_snapshot) {
             return Ok(());
         }
@@ -458,6 +503,7 @@ pub(crate) fn write_snapshot(dir: &Path, entries: Vec<CatalogEntry>) -> Result<(
         .map_err(|why| Error::from(crate::error::InvalidInput::Config(why)))?;
     ManifestFile::create(dir, &catalog)
         .map(drop)
+        .map_err(io::Error::from)
         .map_err(|e| Error::io(format!("writing the manifest in {}", dir.display()), e))
 }
 

@@ -82,6 +82,8 @@ impl Storage for MemoryStorage {
             let ns = this.namespace(&name, true)?.ok_or(Error::Closed)?;
             let entry = entry_for(&segment);
             let _ordered = ns.store_lock.lock().await;
+            // Shutdown may have begun while this store waited for the lock.
+            this.namespace(&name, false)?;
             let durable = {
                 // One write lock for check and insert keeps stores of a namespace ordered.
                 let mut catalog = listing::write(&ns.catalog);

@@ -161,10 +161,11 @@ pub trait Storage: Send + Sync + 'static {
         config_override: Option<Self::Config>,
     ) -> impl Stream<Item = Result<SegmentInfo>> + Send + 'a;
 
-    /// Writes the database as of `options` to `output` (which should be empty), page by
+    /// Writes the database as of `options` to `output` (which must be empty), page by
     /// page, reading each page once from the newest segment that has it. The database
     /// size comes from the target commit's `size_after`. A missing page or a corrupt
-    /// segment is an error naming it.
+    /// segment is an error naming it. Nothing here is atomic or fsynced: to produce a
+    /// file, use [`restore_to_path`](Storage::restore_to_path).
     fn restore<W: Write + Seek + Send>(
         &self,
         namespace: &NamespaceName,
@@ -173,6 +174,18 @@ pub trait Storage: Send + Sync + 'static {
         config_override: Option<Self::Config>,
     ) -> impl Future<Output = Result<RestoreSummary>> + Send {
         restore::restore(self, namespace, options, output, config_override)
+    }
+
+    /// Restores into a new file at `path`, atomically: nothing appears there unless the
+    /// whole restore succeeded and was fsynced, and an existing file is never overwritten.
+    fn restore_to_path(
+        &self,
+        namespace: &NamespaceName,
+        options: RestoreOptions,
+        path: &std::path::Path,
+        config_override: Option<Self::Config>,
+    ) -> impl Future<Output = Result<RestoreSummary>> + Send {
+        restore::restore_to_path(self, namespace, options, path, config_override)
     }
 
     /// Stops accepting work. Stores that already returned are durable; later calls fail

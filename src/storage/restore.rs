@@ -2,13 +2,16 @@
 //! first, writing each page of the target database once. Work grows with the database
 //! size, not the history length: the walk stops as soon as every page is written.
 
-use std::io::{Seek, SeekFrom, Write};
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
 use super::{FindSegmentReq, RestoreOptions, Storage};
-use crate::error::{Error, Result};
+use crate::error::{Error, FormatError, InvalidInput, Part, Result};
 use crate::format::{ms_to_datetime, Commit, NamespaceName, SealedSegment};
+use crate::storage::fsutil::{fsync_dir, temp_path};
 
 /// What a restore produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,11 +47,15 @@ where
     loop {
         segments_read += 1;
         if segment.page_size() != page_size {
-            return Err(Error::NotFound(format!(
-                "history of {ns} changes page size at segment {} ({} -> {page_size} bytes)",
-                segment.key(),
-                segment.page_size()
-            )));
+            let reason = FormatError::Invalid {
+                part: Part::Header,
+                offset: 12,
+                reason: "page size differs from the newer segments of the history",
+            };
+            return Err(Error::corrupt(
+                format!("segment {} of {ns}", segment.key()),
+                reason,
+            ));
         }
         write_pages(&segment, upto, &mut pages, out)?;
         if pages.missing == 0 {
@@ -75,6 +82,42 @@ where
         db_pages: commit.size_after,
         segments_read,
     })
+}
+
+/// Restores into a new file at `path` atomically: a temp file beside it is written and
+/// fsynced, then linked into place (which fails if `path` exists, so nothing is ever
+/// overwritten) and the directory fsynced. On error nothing appears at `path`.
+pub(crate) async fn restore_to_path<S: Storage + ?Sized>(
+    storage: &S,
+    ns: &NamespaceName,
+    options: RestoreOptions,
+    path: &Path,
+    config: Option<S::Config>,
+) -> Result<RestoreSummary> {
+    let exists = || InvalidInput::Output(format!("{} already exists", path.display()));
+    if path.exists() {
+        return Err(exists().into());
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = temp_path(&dir);
+    let io_err = |e| Error::io(format!("writing {}", path.display()), e);
+    let mut file = File::create_new(&tmp).map_err(io_err)?;
+    let result = async {
+        let summary = restore(storage, ns, options, &mut file, config).await?;
+        file.sync_all().map_err(io_err)?;
+        fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => exists().into(),
+            _ => io_err(e),
+        })?;
+        fsync_dir(&dir).map_err(io_err)?;
+        Ok(summary)
+    }
+    .await;
+    let _ = fs::remove_file(&tmp);
+    result
 }
 
 /// The segment holding the target commit, and that commit.
@@ -157,18 +200,17 @@ async fn previous<S: Storage + ?Sized>(
     if before == 0 {
         return Ok(None);
     }
-    match fetch(
-        storage,
-        ns,
-        FindSegmentReq::EndFrameNoLessThan(before),
-        config,
-    )
-    .await
-    {
-        Ok(segment) => Ok(Some(segment)),
-        Err(Error::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
+    let req = FindSegmentReq::EndFrameNoLessThan(before);
+    let key = match storage.find_segment(ns, req, config.clone()).await {
+        Ok(key) => key,
+        Err(Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // A catalogued segment that cannot be read is an error, not the start of history.
+    storage
+        .fetch_segment_data(ns, &key, config.clone())
+        .await
+        .map(Some)
 }
 
 /// Writes the newest version (at or before `upto`) of each page still missing.

@@ -180,3 +180,59 @@ fn header_damage_and_unknown_kinds_are_corruption() {
     unknown.extend_from_slice(&[1, 2, 3]);
     assert!(replay_bytes(&unknown).unwrap_err().is_corrupt());
 }
+
+#[test]
+fn a_flipped_bit_in_the_last_acknowledged_record_is_corruption() {
+    let edits = [Edit::Add(entry(0)), Edit::Add(entry(1))];
+    let (bytes, ends) = journal(&edits);
+    for at in ends[0]..bytes.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= bit;
+            match replay_bytes(&damaged) {
+                Err(e) => assert!(e.is_corrupt(), "flip at {at}: {e}"),
+                Ok(r) => panic!("flip at {at} was taken for a torn tail: {r:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_last_record_whose_data_never_reached_the_disk_is_torn() {
+    let (mut bytes, ends) = journal(&[Edit::Add(entry(0)), Edit::Add(entry(1))]);
+    // The file was extended (length and head written) but the payload and checksum read
+    // back as zeros.
+    bytes[ends[0] + RECORD_HEAD_LEN..].fill(0);
+    let r = replay_bytes(&bytes).unwrap();
+    assert!(r.torn_tail);
+    assert_eq!(r.catalog.entries(), &[entry(0)]);
+    // The same damage before the last record is corruption.
+    let (mut bytes, ends) = journal(&[
+        Edit::Add(entry(0)),
+        Edit::Add(entry(1)),
+        Edit::Add(entry(2)),
+    ]);
+    bytes[ends[0] + RECORD_HEAD_LEN..ends[1]].fill(0);
+    assert!(replay_bytes(&bytes).unwrap_err().is_corrupt());
+}
+
+#[test]
+fn readers_never_modify_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = ManifestFile::create(dir.path(), &Catalog::default()).unwrap();
+    file.append(&Edit::Add(entry(0))).unwrap();
+    let path = dir.path().join(MANIFEST_FILE);
+    let mut raw = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    raw.write_all(&Edit::Add(entry(1)).encode()[..20]).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let catalog = load(dir.path()).unwrap().unwrap();
+    assert_eq!(catalog.entries(), &[entry(0)]);
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "an append in progress was cut"
+    );
+}

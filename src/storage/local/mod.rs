@@ -1,0 +1,309 @@
+//! The local filesystem backend, walvault's embedded default.
+//!
+//! Layout: `<root>/<namespace>/MANIFEST` (the catalog journal), `<root>/<namespace>/LOCK`
+//! (held by the namespace's one writer) and one file per segment,
+//! `<root>/<namespace>/<segment key>.seg`. A store writes the segment to a temp file,
+//! fsyncs it, renames it into place, fsyncs the directory, then appends an edit to the
+//! manifest and fsyncs that; only then is the segment in the catalog and `on_store`
+//! called.
+//!
+//! Crash between the segment file and its manifest edit: the segment was never
+//! acknowledged, and opening replays the manifest (not the directory), so it is cleanly
+//! ignored. The file stays on disk as an orphan until garbage collection, and a writer
+//! that re-submits the same segment overwrites it atomically. Temp files, orphans and
+//! foreign files are never read, never listed, and only reported with a warning.
+//!
+//! One writer per namespace: the first store through a handle takes an exclusive lock on
+//! `LOCK` (another handle or process gets [`Error::Conflict`]) and replays the manifest
+//! again before writing. Readers never modify the manifest.
+
+mod namespace;
+mod scan;
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hashbrown::HashMap;
+use tokio_stream::Stream;
+
+use self::namespace::Namespace;
+use super::catalog::CatalogEntry;
+use super::fsutil::create_dir_durable;
+use super::listing::{self, CatalogStream};
+use super::{find_in, spawn_store, FindSegmentReq, OnStoreCallback, SegmentInfo, Storage};
+use crate::error::{Error, InvalidInput, Result};
+use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
+
+const SEGMENT_EXT: &str = ".seg";
+const LOCK_FILE: &str = "LOCK";
+
+/// Where a [`LocalStorage`] keeps its files. Pass one as `config_override` to direct a
+/// single call to another root.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LocalConfig {
+    /// The directory holding one subdirectory per namespace.
+    pub root: PathBuf,
+}
+
+/// Stores segments as files under a root directory, with real fsyncs.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    inner: Arc<Inner>,
+}
+
+/// A namespace is opened once per handle; concurrent callers wait for that one open.
+type NamespaceCell = Arc<async_lock::OnceCell<Arc<Namespace>>>;
+
+#[derive(Debug)]
+struct Inner {
+    config: LocalConfig,
+    namespaces: Mutex<HashMap<(PathBuf, NamespaceName), NamespaceCell>>,
+    closed: AtomicBool,
+}
+
+impl LocalStorage {
+    /// Opens (lazily) a store rooted at `root`. Nothing is created until the first store.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        Self::with_config(LocalConfig {
+            root: root.as_ref().to_path_buf(),
+        })
+    }
+
+    /// Opens a store with the given configuration.
+    pub fn with_config(config: LocalConfig) -> Result<Self> {
+        check_root(&config.root)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                namespaces: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &LocalConfig {
+        &self.inner.config
+    }
+
+    /// Lists the files in a namespace's directory that are not catalogued segments or the
+    /// store's own files (temp files, orphans from a crash, anything foreign), warning
+    /// about each. They are never read or listed by the store.
+    pub async fn foreign_files(&self, namespace: &NamespaceName) -> Result<Vec<PathBuf>> {
+        let ns = self.namespace(&self.inner.config, namespace).await?;
+        blocking(move || scan::scan(&ns, Duration::ZERO)).await
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match self.inner.closed.load(Ordering::Acquire) {
+            true => Err(Error::Closed),
+            false => Ok(()),
+        }
+    }
+
+    async fn namespace(
+        &self,
+        config: &LocalConfig,
+        name: &NamespaceName,
+    ) -> Result<Arc<Namespace>> {
+        self.check_open()?;
+        let cell = {
+            let mut map = self
+                .inner
+                .namespaces
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            map.entry((config.root.clone(), name.clone()))
+                .or_default()
+                .clone()
+        };
+        let ns = cell
+            .get_or_try_init(|| async {
+                check_root(&config.root)?;
+                let dir = config.root.join(name.as_str());
+                let name = name.clone();
+                let ns = Arc::new(blocking(move || Namespace::open(name, dir)).await?);
+                scan::report_in_background(ns.clone());
+                Ok::<_, Error>(ns)
+            })
+            .await?;
+        Ok(ns.clone())
+    }
+
+    fn config_for(&self, config_override: Option<LocalConfig>) -> LocalConfig {
+        config_override.unwrap_or_else(|| self.inner.config.clone())
+    }
+
+    async fn store_segment(
+        &self,
+        config: LocalConfig,
+        name: NamespaceName,
+        segment: SealedSegment,
+        on_store: OnStoreCallback,
+    ) -> Result<()> {
+        let ns = self.namespace(&config, &name).await?;
+        let _ordered = ns.store_lock.lock().await;
+        // Shutdown may have begun while this store waited for the lock.
+        self.check_open()?;
+        ns.check_usable()?;
+        let writer = ns.clone();
+        let durable = blocking(move || writer.store(&segment)).await?;
+        on_store(durable).await;
+        Ok(())
+    }
+
+    async fn catalogued(
+        &self,
+        config: Option<LocalConfig>,
+        name: &NamespaceName,
+        key: &SegmentKey,
+    ) -> Result<Arc<Namespace>> {
+        let ns = self.namespace(&self.config_for(config), name).await?;
+        if listing::read(&ns.catalog).get(key).is_none() {
+            return Err(Error::NotFound(format!(
+                "segment {key} in namespace {name}"
+            )));
+        }
+        Ok(ns)
+    }
+}
+
+fn check_root(root: &Path) -> Result<()> {
+    if root.as_os_str().is_empty() {
+        return Err(InvalidInput::Config("the store root path is empty".into()).into());
+    }
+    match std::fs::metadata(root) {
+        Ok(m) if !m.is_dir() => Err(InvalidInput::Config(format!(
+            "the store root {} exists and is not a directory",
+            root.display()
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// Runs blocking filesystem work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(Error::io("running a filesystem task", io::Error::other(e))))
+}
+
+impl Storage for LocalStorage {
+    type Config = LocalConfig;
+
+    fn store(
+        &self,
+        namespace: &NamespaceName,
+        segment: SealedSegment,
+        config_override: Option<LocalConfig>,
+        on_store: OnStoreCallback,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let this = self.clone();
+        let config = self.config_for(config_override);
+        let name = namespace.clone();
+        spawn_store(async move { this.store_segment(config, name, segment, on_store).await })
+    }
+
+    async fn durable_frame_no(
+        &self,
+        namespace: &NamespaceName,
+        config: Option<LocalConfig>,
+    ) -> Result<u64> {
+        let ns = self.namespace(&self.config_for(config), namespace).await?;
+        let durable = listing::read(&ns.catalog).durable_frame_no();
+        Ok(durable)
+    }
+
+    async fn find_segment(
+        &self,
+        namespace: &NamespaceName,
+        req: FindSegmentReq,
+        config: Option<LocalConfig>,
+    ) -> Result<SegmentKey> {
+        let ns = self.namespace(&self.config_for(config), namespace).await?;
+        find_in(&ns.catalog, namespace, req)
+    }
+
+    async fn fetch_segment_index(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        config: Option<LocalConfig>,
+    ) -> Result<PageIndex> {
+        let ns = self.catalogued(config, namespace, key).await?;
+        let key = *key;
+        blocking(move || ns.read_index(&key)).await
+    }
+
+    async fn fetch_segment_data(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        config: Option<LocalConfig>,
+    ) -> Result<SealedSegment> {
+        let ns = self.catalogued(config, namespace, key).await?;
+        let key = *key;
+        blocking(move || ns.read_segment(&key)).await
+    }
+
+    fn list_segments<'a>(
+        &'a self,
+        namespace: &'a NamespaceName,
+        until: u64,
+        config: Option<LocalConfig>,
+    ) -> impl Stream<Item = Result<SegmentInfo>> + Send + 'a {
+        let config = self.config_for(config);
+        let open = async move {
+            let ns = self.namespace(&config, namespace).await?;
+            Ok(Some(ns.catalog.clone()))
+        };
+        CatalogStream::new(Box::pin(open), until)
+    }
+
+    async fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        // Wait for stores in flight: each holds its namespace's store lock to the end, and
+        // checks `closed` again once it has the lock.
+        let cells: Vec<_> = {
+            let map = self
+                .inner
+                .namespaces
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            map.values().cloned().collect()
+        };
+        for cell in cells {
+            if let Some(ns) = cell.get() {
+                drop(ns.store_lock.lock().await);
+            }
+        }
+    }
+}
+
+/// Writes a namespace manifest listing `entries` directly, without segment files. Only
+/// for benchmarks and tools that need a large catalog quickly.
+#[doc(hidden)]
+pub fn write_manifest_for_bench(
+    root: &Path,
+    namespace: &NamespaceName,
+    entries: Vec<SegmentInfo>,
+) -> Result<()> {
+    let dir = root.join(namespace.as_str());
+    create_dir_durable(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let entries = entries
+        .into_iter()
+        .map(|i| CatalogEntry {
+            key: i.key,
+            size: i.size,
+            last_commit_ts: i.last_commit_ts,
+        })
+        .collect();
+    super::manifest::write_snapshot(&dir, entries)
+}

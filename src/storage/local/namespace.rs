@@ -1,0 +1,255 @@
+//! One namespace of the local backend: its catalog, its single writer, and reads of its
+//! segment files. Everything here is blocking and runs on tokio's blocking threads.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+
+use bytes::Bytes;
+
+use super::{LOCK_FILE, SEGMENT_EXT};
+use crate::error::{Error, FormatError, Part, Result};
+use crate::format::{
+    index_range, parse_index_with_crc, NamespaceName, PageIndex, SealedSegment, SegmentKey,
+    HEADER_LEN,
+};
+use crate::storage::catalog::{Catalog, CatalogEntry};
+use crate::storage::fsutil::{create_dir_durable, fsync_dir, write_atomic};
+use crate::storage::listing::{self, SharedCatalog};
+use crate::storage::manifest::{self, Edit, ManifestFile};
+use crate::storage::{check_append, entry_for};
+
+#[derive(Debug)]
+pub(super) struct Namespace {
+    pub name: NamespaceName,
+    pub dir: PathBuf,
+    pub catalog: SharedCatalog,
+    /// Held from the catalog check through `on_store`: stores of one namespace run one at
+    /// a time, so the manifest is appended in frame order and callbacks fire in order.
+    pub store_lock: async_lock::Mutex<()>,
+    /// `None` until the first store takes the namespace's lock.
+    writer: Mutex<Option<Writer>>,
+    /// Set when a manifest write failed: its on-disk state is unknown until reopened.
+    poisoned: OnceLock<String>,
+}
+
+/// The exclusive right to write a namespace: an advisory lock on `LOCK`, held for the
+/// life of this handle, and the manifest opened for appending.
+#[derive(Debug)]
+struct Writer {
+    _lock: File,
+    manifest: Option<ManifestFile>,
+}
+
+impl Namespace {
+    /// Opens for reading: replays the manifest without touching it.
+    pub(super) fn open(name: NamespaceName, dir: PathBuf) -> Result<Self> {
+        let catalog = manifest::load(&dir)?.unwrap_or_default();
+        Ok(Self {
+            name,
+            dir,
+            catalog: Arc::new(RwLock::new(catalog)),
+            store_lock: async_lock::Mutex::new(()),
+            writer: Mutex::new(None),
+            poisoned: OnceLock::new(),
+        })
+    }
+
+    pub(super) fn check_usable(&self) -> Result<()> {
+        match self.poisoned.get() {
+            Some(cause) => Err(Error::Poisoned {
+                namespace: self.name.to_string(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn segment_path(&self, key: &SegmentKey) -> PathBuf {
+        self.dir.join(format!("{key}{SEGMENT_EXT}"))
+    }
+
+    /// Stores `segment` (the caller holds the store lock); returns the durable frame number.
+    pub(super) fn store(&self, segment: &SealedSegment) -> Result<u64> {
+        let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let writer = match slot.take() {
+            Some(writer) => writer,
+            None => self.acquire_writer()?,
+        };
+        let writer = slot.insert(writer);
+        let entry = entry_for(segment);
+        if !check_append(&listing::read(&self.catalog), &self.name, &entry)? {
+            return Ok(listing::read(&self.catalog).durable_frame_no());
+        }
+        let file_name = format!("{}{SEGMENT_EXT}", entry.key);
+        write_atomic(&self.dir, &file_name, &[segment.encoded()]).map_err(|e| {
+            Error::io(
+                format!("writing segment {} of {}", entry.key, self.name),
+                e.source,
+            )
+        })?;
+        let durable = self
+            .record(&mut writer.manifest, entry)
+            .inspect_err(|e| self.poison(e))?;
+        self.compact(&mut writer.manifest);
+        Ok(durable)
+    }
+
+    /// Takes the namespace's lock, then replays the manifest again (another writer may
+    /// have appended since this handle loaded it) and drops a torn tail, which only the
+    /// lock holder may do.
+    fn acquire_writer(&self) -> Result<Writer> {
+        make_dir_durable(&self.dir)
+            .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
+        let path = self.dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::Conflict {
+                    namespace: self.name.to_string(),
+                    detail: format!("{} is locked", path.display()),
+                })
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(Error::io(format!("locking {}", path.display()), e))
+            }
+        }
+        let (manifest, catalog) = match ManifestFile::open(&self.dir)? {
+            Some((manifest, catalog)) => (Some(manifest), catalog),
+            None => (None, Catalog::default()),
+        };
+        *listing::write(&self.catalog) = catalog;
+        Ok(Writer {
+            _lock: lock,
+            manifest,
+        })
+    }
+
+    /// Appends the edit, then updates the catalog. Returns the new durable frame number.
+    fn record(&self, manifest: &mut Option<ManifestFile>, entry: CatalogEntry) -> Result<u64> {
+        let io_err = |e| Error::io(format!("writing the manifest of {}", self.name), e);
+        let file = match manifest.take() {
+            Some(file) => file,
+            None => ManifestFile::create(&self.dir, &listing::read(&self.catalog))
+                .map_err(|e| io_err(e.source))?,
+        };
+        manifest
+            .insert(file)
+            .append(&Edit::Add(entry))
+            .map_err(io_err)?;
+        let mut catalog = listing::write(&self.catalog);
+        catalog.push(entry);
+        Ok(catalog.durable_frame_no())
+    }
+
+    /// Rewrites the manifest as a snapshot when due. The store already succeeded, so a
+    /// failure is only logged, unless the new file replaced the old one without its
+    /// directory entry being made durable: then this handle must stop writing.
+    fn compact(&self, manifest: &mut Option<ManifestFile>) {
+        let Some(file) = manifest.as_mut() else {
+            return;
+        };
+        if let Err(e) = file.maybe_compact(&listing::read(&self.catalog)) {
+            let context = format!("compacting the manifest of {}", self.name);
+            if e.renamed {
+                self.poison(&Error::io(context, e.source));
+            } else {
+                tracing::warn!(namespace = %self.name, error = %e.source, "{context} failed; will retry");
+            }
+        }
+    }
+
+    fn poison(&self, e: &Error) {
+        let _ = self.poisoned.set(e.to_string());
+        tracing::error!(namespace = %self.name, error = %e, "manifest write failed; namespace refuses stores until reopened");
+    }
+
+    pub(super) fn read_segment(&self, key: &SegmentKey) -> Result<SealedSegment> {
+        let path = self.segment_path(key);
+        let bytes = fs::read(&path).map_err(|e| self.read_error(key, &path, e))?;
+        let segment = SealedSegment::decode(Bytes::from(bytes))
+            .map_err(|e| Error::corrupt(self.describe(key, &path), e))?;
+        self.check_key(key, segment.key(), &path)?;
+        Ok(segment)
+    }
+
+    /// Reads the header and the page index only, verifying both.
+    pub(super) fn read_index(&self, key: &SegmentKey) -> Result<PageIndex> {
+        let path = self.segment_path(key);
+        let read_err = |e| self.read_error(key, &path, e);
+        let corrupt = |e| Error::corrupt(self.describe(key, &path), e);
+        let mut file = File::open(&path).map_err(read_err)?;
+        let file_len = file.metadata().map_err(read_err)?.len();
+        let short = |expected| {
+            corrupt(FormatError::Length {
+                expected,
+                actual: file_len,
+            })
+        };
+        if file_len < HEADER_LEN as u64 {
+            return Err(short(HEADER_LEN as u64));
+        }
+        let mut head = [0u8; HEADER_LEN];
+        file.read_exact(&mut head).map_err(read_err)?;
+        let (header, range) = index_range(&head).map_err(corrupt)?;
+        if file_len < range.end {
+            return Err(short(range.end));
+        }
+        let found = SegmentKey {
+            start_frame_no: header.start_frame_no,
+            end_frame_no: header.end_frame_no,
+            timestamp: header.first_commit_ts,
+        };
+        self.check_key(key, found, &path)?;
+        let mut bytes = vec![0u8; (range.end - range.start) as usize];
+        file.seek(SeekFrom::Start(range.start)).map_err(read_err)?;
+        file.read_exact(&mut bytes).map_err(read_err)?;
+        parse_index_with_crc(&header, Bytes::from(bytes)).map_err(corrupt)
+    }
+
+    fn check_key(&self, expected: &SegmentKey, found: SegmentKey, path: &Path) -> Result<()> {
+        if found == *expected {
+            return Ok(());
+        }
+        let reason = FormatError::Invalid {
+            part: Part::Header,
+            offset: 0,
+            reason: "file holds a different segment than its name says",
+        };
+        Err(Error::corrupt(self.describe(expected, path), reason))
+    }
+
+    fn read_error(&self, key: &SegmentKey, path: &Path, e: io::Error) -> Error {
+        match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(format!(
+                "segment {key} of {} is in the manifest but its file {} is missing",
+                self.name,
+                path.display()
+            )),
+            _ => Error::io(format!("reading {}", path.display()), e),
+        }
+    }
+
+    fn describe(&self, key: &SegmentKey, path: &Path) -> String {
+        format!("segment {key} of {} ({})", self.name, path.display())
+    }
+}
+
+/// Creates `dir`, then fsyncs it, its parent (the store root) and the root's parent, so a
+/// directory that a crashed run created but never synced is made durable too.
+fn make_dir_durable(dir: &Path) -> io::Result<()> {
+    create_dir_durable(dir)?;
+    let nonempty = |p: &&Path| !p.as_os_str().is_empty();
+    for ancestor in dir.ancestors().filter(nonempty).take(3) {
+        fsync_dir(ancestor)?;
+    }
+    Ok(())
+}
