@@ -485,4 +485,4 @@ pub(crate) fn parse_index_with_crc(
     PageIndex::parse(body, header.frame_count, layout.index_off)
 }
 
-const _: () = assert!(HEADER_LEN % 8 == 0 && FRAME_HEADER_LEN % 8 == 0);
+const _: () = assert!(HEADER_LEN.is_multiple_of(8) && FRAME_HEADER_LEN.is_multiple_of(8));

@@ -70,7 +70,7 @@ impl Column {
     }
 
     fn push(&mut self, value: u64) {
-        if self.values.len() % BLOCK == 0 {
+        if self.values.len().is_multiple_of(BLOCK) {
             self.fence.push(value);
         }
         self.values.push(value);
