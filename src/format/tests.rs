@@ -306,3 +306,27 @@ fn a_malformed_index_with_valid_checksums_is_an_error_not_a_panic() {
         "no mutation reached a panic inside fst; the test lost its teeth"
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Arbitrary bytes, and valid segments with arbitrary edits, decode to a value or an
+    /// error: never a panic.
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(
+        noise in prop::collection::vec(any::<u8>(), 0..2048),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        quiet_fst_panics();
+        let _ = SealedSegment::decode(noise);
+        let mut bytes = small_segment().encoded().to_vec();
+        for (at, value) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        let _ = SealedSegment::decode(bytes.clone());
+        bytes.truncate(cut.index(bytes.len() + 1));
+        let _ = SealedSegment::decode(bytes);
+    }
+}

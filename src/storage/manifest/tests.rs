@@ -236,3 +236,23 @@ fn readers_never_modify_the_manifest() {
         "an append in progress was cut"
     );
 }
+
+proptest::proptest! {
+    /// Replay of arbitrary bytes after a valid header, or of a valid journal with
+    /// arbitrary edits, returns a catalog or an error: never a panic.
+    #[test]
+    fn replaying_arbitrary_bytes_never_panics(
+        noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+        edits in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 0..4),
+    ) {
+        let mut bytes = file_header().to_vec();
+        bytes.extend_from_slice(&noise);
+        let _ = replay_bytes(&bytes);
+        let (mut journal_bytes, _) = journal(&[Edit::Snapshot(vec![entry(0)]), Edit::Add(entry(1)), Edit::Remove(vec![entry(0).key])]);
+        for (at, value) in edits {
+            let i = at % journal_bytes.len();
+            journal_bytes[i] = value;
+        }
+        let _ = replay_bytes(&journal_bytes);
+    }
+}
