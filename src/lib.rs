@@ -41,10 +41,14 @@
 
 #![warn(missing_docs)]
 
+mod durability;
 mod error;
 mod format;
 mod storage;
 
+pub use crate::durability::{
+    Durability, DurabilityTracker, DurableStream, FrameAllocator, DEFAULT_BLOCK_SIZE,
+};
 pub use crate::error::{Error, FormatError, InvalidInput, Part, Result};
 pub use crate::format::{
     Commit, FrameRef, NamespaceName, PageIndex, PageIndexIter, SealedSegment, SegmentBuilder,

@@ -6,7 +6,7 @@
 //! never list a directory or bucket.
 
 mod catalog;
-mod fsutil;
+pub(crate) mod fsutil;
 mod listing;
 mod local;
 mod manifest;

@@ -1,0 +1,8 @@
+//! The durability layer: frame numbers that are never reused, and the watermarks that
+//! tell callers when their frames are applied, written and durable.
+
+mod allocator;
+mod tracker;
+
+pub use allocator::{FrameAllocator, DEFAULT_BLOCK_SIZE};
+pub use tracker::{Durability, DurabilityTracker, DurableStream};
