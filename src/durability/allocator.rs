@@ -245,7 +245,7 @@ mod tests {
         drop(a);
         let a = FrameAllocator::open(dir.path(), 10).unwrap();
         assert_eq!(a.peek(), 36);
-        assert_eq!(a.gaps(), &[5..11]);
+        assert_eq!(a.gaps(), &[Range { start: 5, end: 11 }]);
         assert!(a.is_gap(7) && !a.is_gap(11));
     }
 
