@@ -47,7 +47,8 @@ mod format;
 mod storage;
 
 pub use crate::durability::{
-    Durability, DurabilityTracker, DurableStream, FrameAllocator, DEFAULT_BLOCK_SIZE,
+    Durability, DurabilityTracker, DurableStream, FrameAllocator, SchedulerConfig, ShutdownReport,
+    StoreScheduler, DEFAULT_BLOCK_SIZE,
 };
 pub use crate::error::{Error, FormatError, InvalidInput, Part, Result};
 pub use crate::format::{
@@ -55,8 +56,8 @@ pub use crate::format::{
     SegmentKey,
 };
 pub use crate::storage::{
-    on_store, FindSegmentReq, LocalConfig, LocalStorage, MemoryStorage, NoStorage, OnStoreCallback,
-    RestoreOptions, RestoreSummary, SegmentInfo, Storage,
+    on_store, Faults, FaultyStorage, FindSegmentReq, LocalConfig, LocalStorage, MemoryStorage,
+    NoStorage, OnStoreCallback, RestoreOptions, RestoreSummary, SegmentInfo, Storage,
 };
 
 #[doc(hidden)]

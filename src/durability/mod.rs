@@ -2,7 +2,9 @@
 //! tell callers when their frames are applied, written and durable.
 
 mod allocator;
+mod scheduler;
 mod tracker;
 
 pub use allocator::{FrameAllocator, DEFAULT_BLOCK_SIZE};
+pub use scheduler::{SchedulerConfig, ShutdownReport, StoreScheduler};
 pub use tracker::{Durability, DurabilityTracker, DurableStream};

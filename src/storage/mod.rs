@@ -6,6 +6,7 @@
 //! never list a directory or bucket.
 
 mod catalog;
+mod faulty;
 pub(crate) mod fsutil;
 mod listing;
 mod local;
@@ -26,6 +27,7 @@ use crate::error::Result;
 use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
 
 pub(crate) use catalog::{Catalog, CatalogEntry};
+pub use faulty::{Faults, FaultyStorage};
 pub use local::{write_manifest_for_bench, LocalConfig, LocalStorage};
 pub use memory::MemoryStorage;
 pub use none::NoStorage;
@@ -110,10 +112,14 @@ pub trait Storage: Send + Sync + 'static {
     /// Per-call configuration override.
     type Config: Clone + Send + Sync + fmt::Debug + 'static;
 
-    /// Stores `segment` in `namespace`. The work starts when `store` is called and goes on
-    /// even if the returned future is dropped. The future resolves once the segment is
-    /// durable and `on_store` has run with the new durable frame number. On error
-    /// `on_store` is not called and nothing was acknowledged.
+    /// Stores `segment` in `namespace`; `on_store` runs with the new durable frame number
+    /// once the segment is durable, and never otherwise.
+    ///
+    /// A direct backend (local, memory) starts the work when `store` is called, goes on
+    /// even if the returned future is dropped, and resolves once the segment is durable
+    /// and `on_store` has run; on error nothing was acknowledged. A
+    /// [`StoreScheduler`](crate::StoreScheduler) resolves as soon as the segment is queued
+    /// (waiting while the namespace's queue is full) and uploads it in the background.
     fn store(
         &self,
         namespace: &NamespaceName,

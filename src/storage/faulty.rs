@@ -1,0 +1,190 @@
+//! A fault-injecting wrapper around any backend, for testing what sits on top of storage:
+//! fail the Nth store, fail a fraction of stores at random (with a seed that is printed so
+//! a failure can be replayed), and delay every store.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio_stream::Stream;
+
+use super::{FindSegmentReq, OnStoreCallback, SegmentInfo, Storage};
+use crate::error::{Error, Result};
+use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
+
+/// Which stores fail, and how slow they are.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Fail the store calls with these 1-based numbers (counted across namespaces).
+    pub fail_calls: Vec<u64>,
+    /// Fail every store call from this number on (a backend that went away).
+    pub fail_from: Option<u64>,
+    /// Fail this fraction (0.0 to 1.0) of store calls at random.
+    pub fail_fraction: f64,
+    /// Seed for the random failures; printed when the wrapper is made.
+    pub seed: u64,
+    /// Sleep this long before each store.
+    pub delay: Duration,
+}
+
+/// Wraps a backend and injects [`Faults`] into `store`; every other call passes through.
+/// An injected failure is an [`Error::Io`] and happens before the inner store is called,
+/// so a failed store never stores anything.
+#[derive(Debug, Clone)]
+pub struct FaultyStorage<S> {
+    inner: S,
+    faults: Arc<Faults>,
+    calls: Arc<AtomicU64>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+    rng: Arc<Mutex<u64>>,
+}
+
+impl<S: Storage + Clone> FaultyStorage<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, faults: Faults) -> Self {
+        eprintln!("FaultyStorage seed: {}", faults.seed);
+        Self {
+            inner,
+            rng: Arc::new(Mutex::new(faults.seed | 1)),
+            faults: Arc::new(faults),
+            calls: Arc::new(AtomicU64::new(0)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Store calls so far, failed ones included.
+    pub fn store_calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// The most store calls that were ever in progress at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    fn random(&self) -> f64 {
+        let mut x = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        (*x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn should_fail(&self, call: u64) -> bool {
+        let f = &self.faults;
+        f.fail_calls.contains(&call)
+            || f.fail_from.is_some_and(|from| call >= from)
+            || (f.fail_fraction > 0.0 && self.random() < f.fail_fraction)
+    }
+
+    async fn faulty_store(
+        &self,
+        namespace: NamespaceName,
+        segment: SealedSegment,
+        config: Option<S::Config>,
+        callback: OnStoreCallback,
+    ) -> Result<()> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let _done = Decrement(&self.in_flight);
+        if !self.faults.delay.is_zero() {
+            tokio::time::sleep(self.faults.delay).await;
+        }
+        if self.should_fail(call) {
+            return Err(Error::io(
+                format!(
+                    "storing segment {} (injected fault, call {call})",
+                    segment.key()
+                ),
+                std::io::Error::other("injected fault"),
+            ));
+        }
+        self.inner
+            .store(&namespace, segment, config, callback)
+            .await
+    }
+}
+
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl<S: Storage + Clone> Storage for FaultyStorage<S> {
+    type Config = S::Config;
+
+    fn store(
+        &self,
+        namespace: &NamespaceName,
+        segment: SealedSegment,
+        config_override: Option<S::Config>,
+        callback: OnStoreCallback,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let this = self.clone();
+        let name = namespace.clone();
+        async move {
+            this.faulty_store(name, segment, config_override, callback)
+                .await
+        }
+    }
+
+    fn durable_frame_no(
+        &self,
+        namespace: &NamespaceName,
+        config: Option<S::Config>,
+    ) -> impl Future<Output = Result<u64>> + Send {
+        self.inner.durable_frame_no(namespace, config)
+    }
+
+    fn find_segment(
+        &self,
+        namespace: &NamespaceName,
+        req: FindSegmentReq,
+        config: Option<S::Config>,
+    ) -> impl Future<Output = Result<SegmentKey>> + Send {
+        self.inner.find_segment(namespace, req, config)
+    }
+
+    fn fetch_segment_index(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        config: Option<S::Config>,
+    ) -> impl Future<Output = Result<PageIndex>> + Send {
+        self.inner.fetch_segment_index(namespace, key, config)
+    }
+
+    fn fetch_segment_data(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        config: Option<S::Config>,
+    ) -> impl Future<Output = Result<SealedSegment>> + Send {
+        self.inner.fetch_segment_data(namespace, key, config)
+    }
+
+    fn list_segments<'a>(
+        &'a self,
+        namespace: &'a NamespaceName,
+        until: u64,
+        config: Option<S::Config>,
+    ) -> impl Stream<Item = Result<SegmentInfo>> + Send + 'a {
+        self.inner.list_segments(namespace, until, config)
+    }
+
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        self.inner.shutdown()
+    }
+}
