@@ -107,7 +107,7 @@ impl FrameAllocator {
         self.persist(self.reserved_end)
     }
 
-    /// Gaps recorded so far (the newest [`MAX_GAPS`]), oldest first.
+    /// Gaps recorded so far (the newest 1024), oldest first.
     pub fn gaps(&self) -> &[Range<u64>] {
         &self.gaps
     }

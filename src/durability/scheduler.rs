@@ -89,10 +89,13 @@ struct Inner<B: Storage> {
     backend: B,
     config: SchedulerConfig,
     permits: Semaphore,
-    lanes: Mutex<HashMap<NamespaceName, Arc<async_lock::OnceCell<Arc<Lane<B::Config>>>>>>,
+    lanes: Mutex<HashMap<NamespaceName, LaneCell<B::Config>>>,
     closed: AtomicBool,
     rng: Mutex<u64>,
 }
+
+/// A lane is started once; concurrent first stores wait for that one start.
+type LaneCell<C> = Arc<async_lock::OnceCell<Arc<Lane<C>>>>;
 
 /// One namespace's queue, worker and watermarks.
 #[derive(Debug)]
