@@ -44,6 +44,7 @@
 mod durability;
 mod error;
 mod format;
+mod log;
 mod storage;
 
 pub use crate::durability::{
@@ -55,6 +56,7 @@ pub use crate::format::{
     Commit, FrameRef, NamespaceName, PageIndex, PageIndexIter, SealedSegment, SegmentBuilder,
     SegmentKey,
 };
+pub use crate::log::{Appended, Clock, LogConfig, LogWriter, SystemClock};
 pub use crate::storage::{
     on_store, Faults, FaultyStorage, FindSegmentReq, LocalConfig, LocalStorage, MemoryStorage,
     NoStorage, OnStoreCallback, RestoreOptions, RestoreSummary, SegmentInfo, Storage,

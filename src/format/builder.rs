@@ -110,6 +110,24 @@ impl SegmentBuilder {
         self.start_frame_no + u64::from(self.frame_count)
     }
 
+    /// The newest frame of `page_no` at or before frame `as_of`, among the frames
+    /// appended since the last seal: its frame number and page.
+    pub fn find_page(&self, page_no: u32, as_of: u64) -> Option<(u64, &[u8])> {
+        let frame_len = FRAME_HEADER_LEN + self.page_size as usize;
+        let frames_in_view = as_of
+            .checked_sub(self.start_frame_no)?
+            .saturating_add(1)
+            .min(u64::from(self.frame_count));
+        (0..frames_in_view as usize)
+            .rev()
+            .map(|position| HEADER_LEN + position * frame_len)
+            .find(|&off| le_u32(&self.buf, off + frm::PAGE_NO) == page_no)
+            .map(|off| {
+                let frame_no = crate::format::layout::le_u64(&self.buf, off + frm::FRAME_NO);
+                (frame_no, &self.buf[off + FRAME_HEADER_LEN..off + frame_len])
+            })
+    }
+
     /// Bytes of frames buffered so far.
     pub fn buffered_bytes(&self) -> usize {
         self.buf.len() - HEADER_LEN

@@ -4,7 +4,7 @@
 mod builder;
 mod index;
 mod key;
-mod layout;
+pub(crate) mod layout;
 mod name;
 mod segment;
 

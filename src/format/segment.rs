@@ -249,6 +249,16 @@ impl SealedSegment {
         self.inner.index.get(page_no).map(|p| self.frame_at(p))
     }
 
+    /// The newest frame of `page_no` at or before frame `as_of`.
+    pub fn read_page_as_of(&self, page_no: u32, as_of: u64) -> Option<FrameRef<'_>> {
+        if as_of >= self.end_frame_no() {
+            return self.read_page(page_no);
+        }
+        self.frames()
+            .rev()
+            .find(|f| f.frame_no <= as_of && f.page_no == page_no)
+    }
+
     /// The frame at `position` (0-based), if there is one.
     pub fn frame(&self, position: u32) -> Option<FrameRef<'_>> {
         (position < self.frame_count()).then(|| self.frame_at(position))

@@ -1,0 +1,422 @@
+//! The log writer: the part a SQLite-style WAL calls into.
+//!
+//! [`LogWriter::append`] takes one transaction (page writes and the database size after
+//! its commit), gives its frames numbers from the [`FrameAllocator`], appends them to the
+//! open-segment file and returns a handle to wait on. The levels mean, across a crash:
+//!
+//! * `Applied`: in the open-segment file's page cache; **may be lost** by a crash.
+//! * `Written`: the open-segment file is fsynced through the frame; recovered after a
+//!   crash of the process or machine, byte for byte.
+//! * `Durable`: in the storage backend; survives the loss of this machine.
+//!
+//! The open segment is sealed by policy (frames, bytes, age) and handed to storage in the
+//! background. Until storage reports it durable, its open-segment file stays on disk, so a
+//! restart re-submits it. After a crash, a torn transaction (frames after the last commit)
+//! is dropped, and the frame numbers the allocator had reserved but not used are recorded
+//! as a gap.
+
+mod recovery;
+mod shared;
+mod wal;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use self::shared::{Sealed, Shared};
+use self::wal::{WalFile, WalFrameRef};
+use crate::durability::{Durability, DurabilityTracker, FrameAllocator, DEFAULT_BLOCK_SIZE};
+use crate::error::{Error, InvalidInput, Result};
+use crate::format::{ms_to_datetime, timestamp_ms, NamespaceName, SealedSegment, SegmentBuilder};
+use crate::storage::{FindSegmentReq, Storage};
+
+/// Where time comes from. Inject one to make tests deterministic.
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    /// The current time.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// How a [`LogWriter`] keeps and seals its log. Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Local directory for the open-segment files and the allocator's state.
+    pub dir: PathBuf,
+    /// Page size of the database, a power of two from 512 to 65536. Default 4096.
+    pub page_size: u32,
+    /// Seal once the open segment has this many frames. Default 2048.
+    pub seal_frames: u32,
+    /// Seal once the open segment holds this many bytes of frames. Default 8 MiB.
+    pub seal_bytes: usize,
+    /// Seal once the open segment's first frame is this old (checked on each append and
+    /// by [`LogWriter::maybe_seal`]). Default 10 s.
+    pub seal_age: Duration,
+    /// Frame numbers reserved per allocator block. Default 4096.
+    pub allocator_block: u64,
+    /// The clock commit timestamps come from. Default the system clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl LogConfig {
+    /// The defaults, keeping local files in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            page_size: 4096,
+            seal_frames: 2048,
+            seal_bytes: 8 << 20,
+            seal_age: Duration::from_secs(10),
+            allocator_block: DEFAULT_BLOCK_SIZE,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The frames a transaction got, and a handle to wait for them.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// Frame numbers of the transaction; the last is its commit.
+    pub frames: Range<u64>,
+    /// The commit's timestamp.
+    pub timestamp: DateTime<Utc>,
+    tracker: DurabilityTracker,
+}
+
+impl Appended {
+    /// The commit's frame number.
+    pub fn commit_frame_no(&self) -> u64 {
+        self.frames.end - 1
+    }
+
+    /// Resolves once the transaction reaches `level`, or with the error that stopped the
+    /// log. Never hangs: closing or failing the log wakes it.
+    pub fn wait(
+        &self,
+        level: Durability,
+    ) -> impl std::future::Future<Output = Result<u64>> + Send + 'static {
+        self.tracker.wait(self.commit_frame_no(), level)
+    }
+}
+
+/// Writes one namespace's log. One writer per namespace: the allocator's state and the
+/// open-segment files in [`LogConfig::dir`] belong to it.
+#[derive(Debug)]
+pub struct LogWriter<S: Storage + Clone> {
+    namespace: NamespaceName,
+    config: LogConfig,
+    storage: S,
+    allocator: FrameAllocator,
+    builder: SegmentBuilder,
+    wal: WalFile,
+    opened_at: Option<DateTime<Utc>>,
+    last_commit_ms: u64,
+    log_id: Uuid,
+    shared: Arc<Shared>,
+    submit: Option<mpsc::UnboundedSender<SealedSegment>>,
+    tasks: Vec<JoinHandle<()>>,
+    failed: Option<Error>,
+}
+
+impl<S: Storage + Clone> LogWriter<S> {
+    /// Opens (or recovers) the log of `namespace`: replays the open-segment files left by
+    /// an earlier run, re-submits sealed segments that are not durable yet, records the
+    /// gap a crash left in the frame numbers, and starts a new open segment.
+    pub async fn open(storage: S, namespace: NamespaceName, config: LogConfig) -> Result<Self> {
+        recovery::open(storage, namespace, config).await
+    }
+
+    /// The id this writer stamps on the segments it seals.
+    pub fn log_id(&self) -> Uuid {
+        self.log_id
+    }
+
+    /// The watermarks of this log.
+    pub fn tracker(&self) -> &DurabilityTracker {
+        &self.shared.tracker
+    }
+
+    /// The frame number the next transaction's first frame will get.
+    pub fn next_frame_no(&self) -> u64 {
+        self.allocator.peek()
+    }
+
+    /// Gaps in the frame numbers: numbers handed out that no transaction kept.
+    pub fn gaps(&self) -> &[Range<u64>] {
+        self.allocator.gaps()
+    }
+
+    /// The highest frame a WAL may checkpoint (drop from its own file): never above the
+    /// durable watermark, so a checkpoint can never discard frames that are not yet safe.
+    pub fn checkpointable_frame_no(&self) -> u64 {
+        self.shared.tracker.watermark(Durability::Durable)
+    }
+
+    /// Appends a transaction writing `pages` (page number, page bytes), committed with
+    /// `db_size` pages in the database. It is `Applied` when this returns; wait on the
+    /// result for `Written` or `Durable`.
+    pub fn append(&mut self, pages: &[(u32, &[u8])], db_size: u32) -> Result<Appended> {
+        self.check_usable()?;
+        self.check_transaction(pages, db_size)?;
+        let now_ms = timestamp_ms(self.config.clock.now())?;
+        // Commit times never go backwards, whatever the clock does.
+        let commit_ms = now_ms.max(self.last_commit_ms);
+        let frames = self.allocator.allocate(pages.len() as u64)?;
+        if frames.start != self.builder.next_frame_no() {
+            return Err(self.fail(Error::from(InvalidInput::FrameNo {
+                frame_no: frames.start,
+                reason: "the allocator and the open segment disagree",
+            })));
+        }
+        let refs = wal_frames(&frames, pages, db_size, commit_ms);
+        if let Err(e) = self.write(&refs) {
+            return Err(self.fail(e));
+        }
+        self.last_commit_ms = commit_ms;
+        self.opened_at.get_or_insert(ms_to_datetime(now_ms));
+        self.shared
+            .tracker
+            .advance(Durability::Applied, frames.end - 1)?;
+        self.shared.appended.notify_one();
+        let appended = Appended {
+            frames,
+            timestamp: ms_to_datetime(commit_ms),
+            tracker: self.shared.tracker.clone(),
+        };
+        self.maybe_seal()?;
+        Ok(appended)
+    }
+
+    /// Seals the open segment if the age, size or frame policy says so. Call it on a timer
+    /// if the writer can sit idle with an open segment.
+    pub fn maybe_seal(&mut self) -> Result<bool> {
+        let c = &self.config;
+        let old = self.opened_at.is_some_and(|t| {
+            (c.clock.now() - t)
+                .to_std()
+                .is_ok_and(|age| age >= c.seal_age)
+        });
+        let due = self.builder.frame_count() >= c.seal_frames
+            || self.builder.buffered_bytes() >= c.seal_bytes
+            || old;
+        if due {
+            self.seal()?;
+        }
+        Ok(due)
+    }
+
+    /// Seals the open segment now (if it has frames) and hands it to storage.
+    pub fn seal(&mut self) -> Result<()> {
+        self.check_usable()?;
+        if self.builder.is_empty() {
+            return Ok(());
+        }
+        let result = self.rotate();
+        result.map_err(|e| self.fail(e))
+    }
+
+    /// The newest version of `page_no` at or before frame `as_of`, from the open segment,
+    /// the sealed segments not yet durable, or storage: its frame number and bytes.
+    pub async fn read_page(&self, page_no: u32, as_of: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        if let Some((frame_no, data)) = self.builder.find_page(page_no, as_of) {
+            return Ok(Some((frame_no, data.to_vec())));
+        }
+        for sealed in self.shared.sealed().iter().rev() {
+            if let Some(f) = sealed.segment.read_page_as_of(page_no, as_of) {
+                return Ok(Some((f.frame_no, f.data.to_vec())));
+            }
+        }
+        read_from_storage(&self.storage, &self.namespace, page_no, as_of).await
+    }
+
+    /// Seals what is open, flushes it to the open-segment file, and stops the background
+    /// tasks once every sealed segment has been handed to storage. With a
+    /// [`StoreScheduler`](crate::StoreScheduler) the `Durable` watermark may still move
+    /// after this returns, as uploads finish.
+    pub async fn close(mut self) -> Result<()> {
+        if self.failed.is_none() {
+            self.seal()?;
+        }
+        self.submit.take();
+        self.shared.stop();
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match self.failed.clone().or_else(|| self.shared.tracker.closed()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn check_transaction(&self, pages: &[(u32, &[u8])], db_size: u32) -> Result<()> {
+        let commit = |reason: &str| InvalidInput::Commit {
+            frame_no: self.allocator.peek(),
+            reason: reason.to_string(),
+        };
+        if pages.is_empty() {
+            return Err(commit("a transaction writes at least one page").into());
+        }
+        if db_size == 0 {
+            return Err(commit("database size after a commit must be at least 1 page").into());
+        }
+        for (page_no, data) in pages {
+            if *page_no == 0 {
+                return Err(InvalidInput::PageNo.into());
+            }
+            if data.len() != self.config.page_size as usize {
+                return Err(InvalidInput::PageLength {
+                    expected: self.config.page_size,
+                    actual: data.len(),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends to the file, then mirrors into the in-memory builder.
+    fn write(&mut self, refs: &[WalFrameRef<'_>]) -> Result<()> {
+        self.wal.append(refs)?;
+        for f in refs {
+            if f.size_after == 0 {
+                self.builder.append_frame(f.page_no, f.page)?;
+            } else {
+                self.builder.append_commit(
+                    f.page_no,
+                    f.page,
+                    f.size_after,
+                    ms_to_datetime(f.commit_ts),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals the builder, makes its file durable, starts the next file, and submits.
+    fn rotate(&mut self) -> Result<()> {
+        let segment = self.builder.seal(self.config.clock.now())?;
+        self.wal.sync()?;
+        let end = segment.end_frame_no();
+        if end > self.shared.tracker.watermark(Durability::Written) {
+            self.shared.tracker.advance(Durability::Written, end)?;
+        }
+        let salt = Uuid::new_v4().as_u128() as u32;
+        let next = WalFile::create(
+            &self.config.dir,
+            self.builder.next_frame_no(),
+            self.config.page_size,
+            salt,
+        )?;
+        let previous = std::mem::replace(&mut self.wal, next);
+        self.shared.set_sync_file(
+            self.wal
+                .sync_handle()
+                .map_err(|e| Error::io("opening the open segment", e))?,
+        );
+        self.opened_at = None;
+        self.shared.push_sealed(Sealed {
+            segment: segment.clone(),
+            path: previous.path().to_path_buf(),
+        });
+        if let Some(submit) = &self.submit {
+            let _ = submit.send(segment);
+        }
+        Ok(())
+    }
+
+    /// Latches the first failure: the log refuses appends from then on and every waiter
+    /// hears why.
+    fn fail(&mut self, e: Error) -> Error {
+        self.failed.get_or_insert_with(|| e.clone());
+        self.shared.tracker.fail(e.clone());
+        e
+    }
+}
+
+impl<S: Storage + Clone> Drop for LogWriter<S> {
+    fn drop(&mut self) {
+        self.shared.stop();
+    }
+}
+
+/// The frames of one transaction: every page, the last one committing.
+fn wal_frames<'a>(
+    frames: &Range<u64>,
+    pages: &[(u32, &'a [u8])],
+    db_size: u32,
+    commit_ms: u64,
+) -> Vec<WalFrameRef<'a>> {
+    let last = pages.len() - 1;
+    frames
+        .clone()
+        .zip(pages.iter().enumerate())
+        .map(|(frame_no, (i, (page_no, page)))| WalFrameRef {
+            frame_no,
+            page_no: *page_no,
+            size_after: if i == last { db_size } else { 0 },
+            commit_ts: if i == last { commit_ms } else { 0 },
+            page,
+        })
+        .collect()
+}
+
+/// Walks storage newest first for the newest version of a page at or before `as_of`.
+async fn read_from_storage<S: Storage>(
+    storage: &S,
+    ns: &NamespaceName,
+    page_no: u32,
+    as_of: u64,
+) -> Result<Option<(u64, Vec<u8>)>> {
+    let mut req = match storage
+        .find_segment(ns, FindSegmentReq::Containing(as_of), None)
+        .await
+    {
+        Ok(_) => FindSegmentReq::Containing(as_of),
+        Err(Error::NotFound(_)) => FindSegmentReq::EndFrameNoLessThan(as_of),
+        Err(e) => return Err(e),
+    };
+    loop {
+        let key = match storage.find_segment(ns, req, None).await {
+            Ok(key) => key,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let wanted = key.end_frame_no > as_of
+            || storage
+                .fetch_segment_index(ns, &key, None)
+                .await?
+                .get(page_no)
+                .is_some();
+        if wanted {
+            let segment = storage.fetch_segment_data(ns, &key, None).await?;
+            if let Some(f) = segment.read_page_as_of(page_no, as_of) {
+                return Ok(Some((f.frame_no, f.data.to_vec())));
+            }
+        }
+        match key.start_frame_no.checked_sub(1) {
+            Some(before) if before > 0 => req = FindSegmentReq::EndFrameNoLessThan(before),
+            _ => return Ok(None),
+        }
+    }
+}

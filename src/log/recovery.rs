@@ -1,0 +1,179 @@
+//! Opening a log: recover the open-segment files an earlier run left, re-submit what is
+//! not durable yet, record the gap a crash left in the frame numbers, start fresh.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use uuid::Uuid;
+
+use super::shared::{run_submitter, run_syncer, Sealed, Shared};
+use super::wal::{self, Recovered, WalFile};
+use super::{LogConfig, LogWriter};
+use crate::durability::{Durability, DurabilityTracker, FrameAllocator};
+use crate::error::{Error, InvalidInput, Result};
+use crate::format::{ms_to_datetime, NamespaceName, SealedSegment, SegmentBuilder};
+use crate::storage::fsutil::create_dir_durable;
+use crate::storage::Storage;
+
+/// What the files of an earlier run held.
+struct Found {
+    /// Sealed segments not yet durable, oldest first.
+    resubmit: Vec<Sealed>,
+    /// The highest frame number kept (in a file or in storage).
+    last_frame: u64,
+    /// The newest commit time kept.
+    last_commit_ms: u64,
+}
+
+pub(super) async fn open<S: Storage + Clone>(
+    storage: S,
+    namespace: NamespaceName,
+    config: LogConfig,
+) -> Result<LogWriter<S>> {
+    SegmentBuilder::new(1, config.page_size)?;
+    create_dir_durable(&config.dir)
+        .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
+    let mut allocator = FrameAllocator::open(&config.dir, config.allocator_block)?;
+    let durable = storage.durable_frame_no(&namespace, None).await?;
+    let mut found = recover_files(&config, durable)?;
+    if durable > 0 {
+        let newest = storage.list_segments(&namespace, durable, None);
+        tokio::pin!(newest);
+        if let Some(info) = newest.next().await {
+            found.last_commit_ms = found.last_commit_ms.max(info?.last_commit_ts);
+        }
+    }
+    resume_numbers(&mut allocator, found.last_frame)?;
+
+    let tracker = DurabilityTracker::new(durable);
+    if found.last_frame > durable {
+        tracker.advance(Durability::Written, found.last_frame)?;
+    }
+    let log_id = Uuid::new_v4();
+    let builder = SegmentBuilder::new(allocator.peek(), config.page_size)?.with_log_id(log_id);
+    let salt = Uuid::new_v4().as_u128() as u32;
+    let wal = WalFile::create(&config.dir, allocator.peek(), config.page_size, salt)?;
+    let shared = Arc::new(Shared::new(tracker));
+    shared.set_sync_file(
+        wal.sync_handle()
+            .map_err(|e| Error::io("opening the open segment", e))?,
+    );
+    let (submit, segments) = mpsc::unbounded_channel();
+    for sealed in found.resubmit {
+        let _ = submit.send(sealed.segment.clone());
+        shared.push_sealed(sealed);
+    }
+    let tasks = vec![
+        tokio::spawn(run_syncer(shared.clone())),
+        tokio::spawn(run_submitter(
+            storage.clone(),
+            namespace.clone(),
+            shared.clone(),
+            segments,
+        )),
+    ];
+    Ok(LogWriter {
+        namespace,
+        config,
+        storage,
+        allocator,
+        builder,
+        wal,
+        opened_at: None,
+        last_commit_ms: found.last_commit_ms,
+        log_id,
+        shared,
+        submit: Some(submit),
+        tasks,
+        failed: None,
+    })
+}
+
+/// Numbers the allocator reserved beyond the last kept frame were never kept: a gap. If
+/// the allocator is behind what storage holds (its state was lost), skip ahead.
+fn resume_numbers(allocator: &mut FrameAllocator, last_frame: u64) -> Result<()> {
+    let next = allocator.peek();
+    if next <= last_frame {
+        allocator.allocate(last_frame + 1 - next)?;
+    } else if last_frame + 1 < next {
+        allocator.record_gap(last_frame + 1..next)?;
+    }
+    Ok(())
+}
+
+fn recover_files(config: &LogConfig, durable: u64) -> Result<Found> {
+    let mut found = Found {
+        resubmit: Vec::new(),
+        last_frame: durable,
+        last_commit_ms: 0,
+    };
+    for path in wal_files(&config.dir)? {
+        let Some(recovered) = wal::recover(&path)? else {
+            wal::remove(&path);
+            continue;
+        };
+        if recovered.page_size != config.page_size {
+            return Err(InvalidInput::Config(format!(
+                "{} holds {}-byte pages but the log is configured for {}",
+                path.display(),
+                recovered.page_size,
+                config.page_size
+            ))
+            .into());
+        }
+        if recovered.dropped > 0 {
+            tracing::warn!(file = %path.display(), frames = recovered.dropped, "dropped a torn transaction");
+        }
+        let Some(segment) = seal_recovered(&recovered, config)? else {
+            wal::remove(&path);
+            continue;
+        };
+        found.last_frame = found.last_frame.max(segment.end_frame_no());
+        let last_ms = segment.commits().last().map_or(0, |c| c.timestamp_ms);
+        found.last_commit_ms = found.last_commit_ms.max(last_ms);
+        if segment.end_frame_no() <= durable {
+            wal::remove(&path);
+        } else {
+            found.resubmit.push(Sealed { segment, path });
+        }
+    }
+    Ok(found)
+}
+
+/// Rebuilds the segment a file's committed frames make, or `None` if it has none.
+fn seal_recovered(r: &Recovered, config: &LogConfig) -> Result<Option<SealedSegment>> {
+    if r.frames.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = SegmentBuilder::new(r.start, r.page_size)?;
+    for f in &r.frames {
+        if f.size_after == 0 {
+            builder.append_frame(f.page_no, &f.page)?;
+        } else {
+            builder.append_commit(
+                f.page_no,
+                &f.page,
+                f.size_after,
+                ms_to_datetime(f.commit_ts),
+            )?;
+        }
+    }
+    builder.seal(config.clock.now()).map(Some)
+}
+
+/// The open-segment files in `dir`, oldest first.
+fn wal_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries =
+        fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    let mut files: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            wal::parse_name(&e.file_name().to_string_lossy()).map(|start| (start, e.path()))
+        })
+        .collect();
+    files.sort();
+    Ok(files.into_iter().map(|(_, path)| path).collect())
+}

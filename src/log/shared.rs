@@ -1,0 +1,144 @@
+//! State the log writer shares with its background tasks: the watermarks, the sealed
+//! segments not yet durable, the file to fsync, and the two tasks themselves.
+//!
+//! * The **syncer** turns `Applied` into `Written`: it waits to be notified of appended
+//!   frames, reads the `Applied` watermark, fsyncs the open-segment file, and advances
+//!   `Written` to what it read. Transactions appended while an fsync runs share the next
+//!   one (group commit).
+//! * The **submitter** hands sealed segments to storage one at a time, in frame order, and
+//!   turns `on_store` into the `Durable` watermark, deleting the local copies then.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::durability::{Durability, DurabilityTracker};
+use crate::error::Error;
+use crate::format::{NamespaceName, SealedSegment};
+use crate::log::wal;
+use crate::storage::{on_store, Storage};
+
+/// A sealed segment kept locally until it is durable, with the file it was written to.
+#[derive(Debug, Clone)]
+pub(crate) struct Sealed {
+    pub segment: SealedSegment,
+    pub path: PathBuf,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub tracker: DurabilityTracker,
+    pub sealed: Mutex<Vec<Sealed>>,
+    /// A handle on the open-segment file for the syncer.
+    pub sync_file: Mutex<Option<File>>,
+    pub appended: Notify,
+    pub stopping: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(crate) fn new(tracker: DurabilityTracker) -> Self {
+        Self {
+            tracker,
+            sealed: Mutex::new(Vec::new()),
+            sync_file: Mutex::new(None),
+            appended: Notify::new(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn set_sync_file(&self, file: File) {
+        *lock(&self.sync_file) = Some(file);
+    }
+
+    pub(crate) fn sealed(&self) -> Vec<Sealed> {
+        lock(&self.sealed).clone()
+    }
+
+    pub(crate) fn push_sealed(&self, sealed: Sealed) {
+        lock(&self.sealed).push(sealed);
+    }
+
+    /// Storage reports `durable`: advance the watermark and drop the local copies.
+    pub(crate) fn on_durable(&self, durable: u64) {
+        if durable >= self.tracker.watermark(Durability::Durable) {
+            if let Err(e) = self.tracker.advance(Durability::Durable, durable) {
+                tracing::debug!(error = %e, "durable watermark not advanced");
+            }
+        }
+        let mut sealed = lock(&self.sealed);
+        sealed.retain(|s| {
+            let keep = s.segment.end_frame_no() > durable;
+            if !keep {
+                wal::remove(&s.path);
+            }
+            keep
+        });
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.appended.notify_one();
+    }
+}
+
+/// fsyncs whenever frames were appended; see the module docs.
+pub(crate) async fn run_syncer(shared: Arc<Shared>) {
+    loop {
+        shared.appended.notified().await;
+        loop {
+            let target = shared.tracker.watermark(Durability::Applied);
+            if target <= shared.tracker.watermark(Durability::Written) {
+                break;
+            }
+            let file = lock(&shared.sync_file).as_ref().map(File::try_clone);
+            let synced = match file {
+                Some(Ok(file)) => tokio::task::spawn_blocking(move || file.sync_data())
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                Some(Err(e)) => Err(e),
+                None => break,
+            };
+            match synced {
+                Ok(()) => {
+                    let _ = shared.tracker.advance(Durability::Written, target);
+                }
+                Err(e) => {
+                    // Latch: after a failed fsync nothing more is reported written.
+                    shared
+                        .tracker
+                        .fail(Error::io("syncing the open segment", e));
+                    return;
+                }
+            }
+        }
+        if shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
+    }
+}
+
+/// Submits sealed segments in order; see the module docs.
+pub(crate) async fn run_submitter<S: Storage + Clone>(
+    storage: S,
+    namespace: NamespaceName,
+    shared: Arc<Shared>,
+    mut segments: mpsc::UnboundedReceiver<SealedSegment>,
+) {
+    while let Some(segment) = segments.recv().await {
+        let key = segment.key();
+        let reporter = shared.clone();
+        let callback = on_store(move |durable| async move { reporter.on_durable(durable) });
+        if let Err(e) = storage.store(&namespace, segment, None, callback).await {
+            tracing::error!(namespace = %namespace, segment = %key, error = %e, "storing a sealed segment failed");
+            shared.tracker.fail(e);
+            return;
+        }
+    }
+}
