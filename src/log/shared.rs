@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::durability::{Durability, DurabilityTracker};
 use crate::error::Error;
@@ -133,12 +133,32 @@ pub(crate) async fn run_submitter<S: Storage + Clone>(
 ) {
     while let Some(segment) = segments.recv().await {
         let key = segment.key();
+        let (stored, outcome) = oneshot::channel();
         let reporter = shared.clone();
-        let callback = on_store(move |durable| async move { reporter.on_durable(durable) });
+        let callback = on_store(move |durable| async move {
+            reporter.on_durable(durable);
+            let _ = stored.send(());
+        });
         if let Err(e) = storage.store(&namespace, segment, None, callback).await {
             tracing::error!(namespace = %namespace, segment = %key, error = %e, "storing a sealed segment failed");
             shared.tracker.fail(e);
             return;
         }
+        // A storage that queues (the scheduler) may still give up on the segment later:
+        // it then drops the callback unused, and asking it for the durable frame number
+        // says why.
+        let (storage, namespace, shared) = (storage.clone(), namespace.clone(), shared.clone());
+        tokio::spawn(async move {
+            if outcome.await.is_err() {
+                let reason = match storage.durable_frame_no(&namespace, None).await {
+                    Err(e) => e,
+                    Ok(_) => {
+                        Error::NotFound(format!("storage dropped segment {key} without storing it"))
+                    }
+                };
+                tracing::error!(namespace = %namespace, segment = %key, error = %reason, "segment was not stored");
+                shared.tracker.fail(reason);
+            }
+        });
     }
 }

@@ -1,0 +1,356 @@
+//! The log writer end to end over real files: waits at every level, sealing, reads,
+//! recovery after an unclean stop, torn tails, gaps, a clock that goes backwards, and a
+//! failing backend.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use walvault::{
+    Clock, Durability, Faults, FaultyStorage, LocalStorage, LogConfig, LogWriter, NamespaceName,
+    RestoreOptions, SchedulerConfig, Storage, StoreScheduler,
+};
+
+const PAGE: usize = 512;
+
+fn ns() -> NamespaceName {
+    NamespaceName::new("app").unwrap()
+}
+
+fn page(txn: u64, page_no: u32) -> Vec<u8> {
+    let mut p = vec![(txn as u8) ^ (page_no as u8); PAGE];
+    p[..8].copy_from_slice(&txn.to_le_bytes());
+    p[8..12].copy_from_slice(&page_no.to_le_bytes());
+    p
+}
+
+/// Transaction `txn` writes pages `txn % 7 + 1` and `txn % 5 + 1` of an 8-page database.
+fn txn_pages(txn: u64) -> Vec<(u32, Vec<u8>)> {
+    let a = (txn % 7) as u32 + 1;
+    let b = (txn % 5) as u32 + 1;
+    let mut pages = vec![(a, page(txn, a))];
+    if b != a {
+        pages.push((b, page(txn, b)));
+    }
+    pages
+}
+
+fn config(dir: &std::path::Path) -> LogConfig {
+    LogConfig {
+        page_size: PAGE as u32,
+        seal_frames: 16,
+        ..LogConfig::new(dir.join("log"))
+    }
+}
+
+async fn append<S: Storage + Clone>(log: &mut LogWriter<S>, txn: u64) -> walvault::Appended {
+    let pages = txn_pages(txn);
+    let refs: Vec<(u32, &[u8])> = pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+    log.append(&refs, 8).unwrap()
+}
+
+/// The first transaction creates all 8 pages.
+async fn create_db<S: Storage + Clone>(log: &mut LogWriter<S>) -> walvault::Appended {
+    let pages: Vec<(u32, Vec<u8>)> = (1..=8).map(|p| (p, page(0, p))).collect();
+    let refs: Vec<(u32, &[u8])> = pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+    log.append(&refs, 8).unwrap()
+}
+
+/// The database after transactions `0..=upto` (0 creates it).
+fn model(upto: u64) -> Vec<u8> {
+    let mut db: Vec<Vec<u8>> = (1..=8).map(|p| page(0, p)).collect();
+    for txn in 1..=upto {
+        for (p, data) in txn_pages(txn) {
+            db[p as usize - 1] = data;
+        }
+    }
+    db.concat()
+}
+
+async fn soon<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("no wait may hang")
+}
+
+#[tokio::test]
+async fn waits_reads_and_restores_at_every_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::open(dir.path().join("store")).unwrap();
+    let mut log = LogWriter::open(storage.clone(), ns(), config(dir.path()))
+        .await
+        .unwrap();
+    create_db(&mut log).await;
+    let mut last = None;
+    for txn in 1..=40 {
+        last = Some(append(&mut log, txn).await);
+    }
+    let last = last.unwrap();
+    assert!(soon(last.wait(Durability::Written)).await.unwrap() >= last.commit_frame_no());
+    assert!(log.checkpointable_frame_no() <= log.tracker().watermark(Durability::Durable));
+    // Reads see the newest version as of any frame, from wherever it lives.
+    let (frame_no, data) = log
+        .read_page(3, last.commit_frame_no())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(frame_no <= last.commit_frame_no());
+    assert_eq!(&data[..], &model(40)[2 * PAGE..3 * PAGE]);
+    log.seal().unwrap();
+    soon(last.wait(Durability::Durable)).await.unwrap();
+    assert_eq!(log.checkpointable_frame_no(), last.commit_frame_no());
+    let (_, data) = log
+        .read_page(3, last.commit_frame_no())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&data[..], &model(40)[2 * PAGE..3 * PAGE]);
+    let mut out = Cursor::new(Vec::new());
+    storage
+        .restore(&ns(), RestoreOptions::Latest, &mut out, None)
+        .await
+        .unwrap();
+    assert_eq!(out.into_inner(), model(40));
+    assert!(
+        storage.list_segments(&ns(), 0, None).next_count().await > 2,
+        "sealed by frame count"
+    );
+    log.close().await.unwrap();
+}
+
+trait CountStream {
+    async fn next_count(self) -> usize;
+}
+
+impl<T: tokio_stream::Stream + Send> CountStream for T {
+    async fn next_count(self) -> usize {
+        use tokio_stream::StreamExt;
+        let stream = self;
+        tokio::pin!(stream);
+        let mut n = 0;
+        while stream.next().await.is_some() {
+            n += 1;
+        }
+        n
+    }
+}
+
+#[tokio::test]
+async fn an_unclean_stop_loses_nothing_written_and_leaves_a_recorded_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::open(dir.path().join("store")).unwrap();
+    let mut log = LogWriter::open(storage.clone(), ns(), config(dir.path()))
+        .await
+        .unwrap();
+    create_db(&mut log).await;
+    let mut last = None;
+    for txn in 1..=10 {
+        last = Some(append(&mut log, txn).await);
+    }
+    let last = last.unwrap();
+    soon(last.wait(Durability::Written)).await.unwrap();
+    let next_before = log.next_frame_no();
+    drop(log); // no seal, no close: the open segment is only in its file
+
+    let mut log = LogWriter::open(storage.clone(), ns(), config(dir.path()))
+        .await
+        .unwrap();
+    assert!(
+        log.next_frame_no() > next_before,
+        "frame numbers are never reused"
+    );
+    assert!(
+        !log.gaps().is_empty(),
+        "the unused reservation is a recorded gap"
+    );
+    assert_eq!(
+        log.tracker().watermark(Durability::Written),
+        last.commit_frame_no()
+    );
+    // Recovered frames are re-submitted and become durable.
+    soon(
+        log.tracker()
+            .wait(last.commit_frame_no(), Durability::Durable),
+    )
+    .await
+    .unwrap();
+    let next = append(&mut log, 11).await;
+    assert!(next.frames.start >= next_before);
+    log.seal().unwrap();
+    soon(next.wait(Durability::Durable)).await.unwrap();
+    let mut out = Cursor::new(Vec::new());
+    storage
+        .restore(&ns(), RestoreOptions::Latest, &mut out, None)
+        .await
+        .unwrap();
+    assert_eq!(out.into_inner(), model(11));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_torn_transaction_is_dropped_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::open(dir.path().join("store")).unwrap();
+    let mut log = LogWriter::open(storage.clone(), ns(), config(dir.path()))
+        .await
+        .unwrap();
+    let created = create_db(&mut log).await;
+    soon(created.wait(Durability::Written)).await.unwrap();
+    drop(log);
+    // A crash mid-append: half a record after the last commit.
+    let wal = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            std::fs::metadata(p).unwrap().len() > 32 && p.extension().is_some_and(|e| e == "wal")
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&wal).unwrap();
+    bytes.extend_from_slice(&[0xAB; 200]);
+    std::fs::write(&wal, bytes).unwrap();
+    let log = LogWriter::open(storage.clone(), ns(), config(dir.path()))
+        .await
+        .unwrap();
+    soon(
+        log.tracker()
+            .wait(created.commit_frame_no(), Durability::Durable),
+    )
+    .await
+    .unwrap();
+    let mut out = Cursor::new(Vec::new());
+    storage
+        .restore(&ns(), RestoreOptions::Latest, &mut out, None)
+        .await
+        .unwrap();
+    assert_eq!(out.into_inner(), model(0));
+    log.close().await.unwrap();
+}
+
+#[derive(Debug)]
+struct Backwards(Mutex<i64>);
+
+impl Clock for Backwards {
+    fn now(&self) -> DateTime<Utc> {
+        let mut t = self.0.lock().unwrap();
+        *t -= 1_000;
+        Utc.timestamp_millis_opt(*t).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn commit_times_never_go_backwards_whatever_the_clock_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::open(dir.path().join("store")).unwrap();
+    let clock = Arc::new(Backwards(Mutex::new(1_800_000_000_000)));
+    let config = LogConfig {
+        clock,
+        ..config(dir.path())
+    };
+    let mut log = LogWriter::open(storage.clone(), ns(), config)
+        .await
+        .unwrap();
+    let mut times = vec![create_db(&mut log).await.timestamp];
+    for txn in 1..=5 {
+        times.push(append(&mut log, txn).await.timestamp);
+    }
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    log.seal().unwrap();
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_transactions_are_refused_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::open(dir.path().join("store")).unwrap();
+    let mut log = LogWriter::open(storage, ns(), config(dir.path()))
+        .await
+        .unwrap();
+    let good = page(1, 1);
+    let short = vec![0u8; 100];
+    assert!(log.append(&[], 1).unwrap_err().is_invalid_input());
+    assert!(log.append(&[(1, &good)], 0).unwrap_err().is_invalid_input());
+    assert!(log.append(&[(0, &good)], 1).unwrap_err().is_invalid_input());
+    assert!(log
+        .append(&[(1, &short)], 1)
+        .unwrap_err()
+        .is_invalid_input());
+    let ok = log.append(&[(1, &good)], 1).unwrap();
+    assert_eq!(ok.frames, 1..2);
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_backend_wakes_durable_waiters_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalStorage::open(dir.path().join("store")).unwrap();
+    let faulty = FaultyStorage::new(
+        local,
+        Faults {
+            fail_from: Some(1),
+            ..Faults::default()
+        },
+    );
+    let config_s = SchedulerConfig {
+        max_retries: 2,
+        initial_backoff: Duration::from_millis(1),
+        ..SchedulerConfig::default()
+    };
+    let scheduler = StoreScheduler::new(faulty, config_s).unwrap();
+    let mut log = LogWriter::open(scheduler, ns(), config(dir.path()))
+        .await
+        .unwrap();
+    let created = create_db(&mut log).await;
+    soon(created.wait(Durability::Written)).await.unwrap();
+    log.seal().unwrap();
+    let err = soon(created.wait(Durability::Durable)).await.unwrap_err();
+    assert!(err.to_string().contains("injected fault"), "{err}");
+    assert_eq!(
+        log.checkpointable_frame_no(),
+        0,
+        "nothing durable, nothing checkpointable"
+    );
+    assert!(log.close().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_logs_share_one_scheduler() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalStorage::open(dir.path().join("store")).unwrap();
+    let scheduler = StoreScheduler::new(local.clone(), SchedulerConfig::default()).unwrap();
+    let mut writers = Vec::new();
+    for i in 0..8 {
+        let scheduler = scheduler.clone();
+        let root = dir.path().join(format!("log-{i}"));
+        writers.push(tokio::spawn(async move {
+            let name = NamespaceName::new(&format!("db-{i}")).unwrap();
+            let config = LogConfig {
+                page_size: PAGE as u32,
+                seal_frames: 8,
+                ..LogConfig::new(root)
+            };
+            let mut log = LogWriter::open(scheduler, name, config).await.unwrap();
+            create_db(&mut log).await;
+            let mut last = None;
+            for txn in 1..=30 {
+                last = Some(append(&mut log, txn).await);
+            }
+            log.seal().unwrap();
+            soon(last.unwrap().wait(Durability::Durable)).await.unwrap();
+            log.close().await.unwrap();
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    for i in 0..8 {
+        let name = NamespaceName::new(&format!("db-{i}")).unwrap();
+        let mut out = Cursor::new(Vec::new());
+        local
+            .restore(&name, RestoreOptions::Latest, &mut out, None)
+            .await
+            .unwrap();
+        assert_eq!(out.into_inner(), model(30));
+    }
+}
