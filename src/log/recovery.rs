@@ -37,7 +37,11 @@ pub(super) async fn open<S: Storage + Clone>(
     create_dir_durable(&config.dir)
         .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
     let mut allocator = FrameAllocator::open(&config.dir, config.allocator_block)?;
-    let durable = storage.durable_frame_no(&namespace, None).await?;
+    // A storage that keeps nothing reports u64::MAX: it holds no position to resume from.
+    let durable = match storage.durable_frame_no(&namespace, None).await? {
+        u64::MAX => 0,
+        durable => durable,
+    };
     let mut found = recover_files(&config, durable)?;
     if durable > 0 {
         let newest = storage.list_segments(&namespace, durable, None);
@@ -96,10 +100,11 @@ pub(super) async fn open<S: Storage + Clone>(
 /// the allocator is behind what storage holds (its state was lost), skip ahead.
 fn resume_numbers(allocator: &mut FrameAllocator, last_frame: u64) -> Result<()> {
     let next = allocator.peek();
-    if next <= last_frame {
-        allocator.allocate(last_frame + 1 - next)?;
-    } else if last_frame + 1 < next {
-        allocator.record_gap(last_frame + 1..next)?;
+    let after_last = last_frame.saturating_add(1);
+    if next < after_last {
+        allocator.allocate(after_last - next)?;
+    } else if after_last < next {
+        allocator.record_gap(after_last..next)?;
     }
     Ok(())
 }

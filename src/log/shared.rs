@@ -136,7 +136,9 @@ pub(crate) async fn run_submitter<S: Storage + Clone>(
         let (stored, outcome) = oneshot::channel();
         let reporter = shared.clone();
         let callback = on_store(move |durable| async move {
-            reporter.on_durable(durable);
+            // Storage can vouch only for frames this log wrote: a storage that keeps
+            // nothing reports u64::MAX, which must not lift the local watermarks.
+            reporter.on_durable(durable.min(key.end_frame_no));
             let _ = stored.send(());
         });
         if let Err(e) = storage.store(&namespace, segment, None, callback).await {
