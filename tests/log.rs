@@ -358,14 +358,23 @@ async fn many_logs_share_one_scheduler() {
 #[tokio::test]
 async fn a_storage_that_keeps_nothing_leaves_the_log_usable() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogWriter::open(walvault::NoStorage, ns(), config(dir.path())).await.unwrap();
+    let mut log = LogWriter::open(walvault::NoStorage, ns(), config(dir.path()))
+        .await
+        .unwrap();
     for txn in 0..40 {
-        let a = if txn == 0 { create_db(&mut log).await } else { append(&mut log, txn).await };
+        let a = if txn == 0 {
+            create_db(&mut log).await
+        } else {
+            append(&mut log, txn).await
+        };
         soon(a.wait(Durability::Written)).await.unwrap();
     }
     log.seal().unwrap();
     let last = append(&mut log, 41).await;
     log.seal().unwrap();
-    assert_eq!(soon(last.wait(Durability::Durable)).await.unwrap(), last.commit_frame_no());
+    assert_eq!(
+        soon(last.wait(Durability::Durable)).await.unwrap(),
+        last.commit_frame_no()
+    );
     log.close().await.unwrap();
 }

@@ -1,0 +1,173 @@
+//! Log-writer benchmarks.
+//!
+//! * append of 4 KiB pages to `Applied` (no waiting), in GB/s;
+//! * append + commit, then wait for `Written` (fsync) with group commit, against a raw
+//!   write + fdatasync of the same bytes in the same run;
+//! * end to end to `Durable` on the local backend with 64 namespaces writing at once:
+//!   frames/s and p50/p99 commit-to-durable latency, printed on a line starting `e2e:`.
+//!
+//! Run with `cargo bench --bench log`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use walvault::{
+    Durability, LocalStorage, LogConfig, LogWriter, MemoryStorage, NamespaceName, SchedulerConfig,
+    StoreScheduler,
+};
+
+const PAGE: usize = 4096;
+const TXN_PAGES: usize = 16;
+const TXNS: usize = 64; // 4 MiB per iteration
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn pages() -> Vec<(u32, Vec<u8>)> {
+    (1..=TXN_PAGES as u32)
+        .map(|p| (p, vec![p as u8; PAGE]))
+        .collect()
+}
+
+fn append_batch(log: &mut LogWriter<MemoryStorage>, pages: &[(u32, &[u8])]) -> walvault::Appended {
+    let mut last = None;
+    for _ in 0..TXNS {
+        last = Some(log.append(pages, 1024).unwrap());
+    }
+    last.unwrap()
+}
+
+fn append(c: &mut Criterion) {
+    let rt = rt();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let data = pages();
+    let refs: Vec<(u32, &[u8])> = data.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+    let bytes = (TXNS * TXN_PAGES * PAGE) as u64;
+    let mut g = c.benchmark_group("log_append_4KiB_pages");
+    g.throughput(Throughput::Bytes(bytes));
+    g.sample_size(20);
+
+    let raw_path = dir.path().join("raw");
+    let mut raw = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&raw_path)
+        .unwrap();
+    let chunk = vec![7u8; bytes as usize];
+    g.bench_function("baseline_raw_write_fdatasync", |b| {
+        b.iter(|| {
+            raw.write_all(&chunk).unwrap();
+            raw.sync_data().unwrap();
+        })
+    });
+
+    let mut log = rt
+        .block_on(LogWriter::open(
+            MemoryStorage::new(),
+            NamespaceName::new("bench").unwrap(),
+            LogConfig::new(dir.path().join("applied")),
+        ))
+        .unwrap();
+    g.bench_function("applied", |b| b.iter(|| append_batch(&mut log, &refs)));
+
+    let mut log = rt
+        .block_on(LogWriter::open(
+            MemoryStorage::new(),
+            NamespaceName::new("bench").unwrap(),
+            LogConfig::new(dir.path().join("written")),
+        ))
+        .unwrap();
+    g.bench_function("written_group_commit", |b| {
+        b.iter(|| {
+            let last = append_batch(&mut log, &refs);
+            rt.block_on(last.wait(Durability::Written)).unwrap()
+        })
+    });
+    g.finish();
+}
+
+/// 64 namespaces write at once through one scheduler to the local backend.
+fn end_to_end(c: &mut Criterion) {
+    let rt = rt();
+    let mut g = c.benchmark_group("end_to_end_durable_local");
+    g.sample_size(10);
+    let mut report = None;
+    g.bench_function("64_namespaces", |b| {
+        b.iter(|| {
+            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+            report = Some(rt.block_on(run_e2e(dir.path())));
+        })
+    });
+    g.finish();
+    if let Some((frames_per_s, p50, p99)) = report {
+        println!("e2e: 64 namespaces, {frames_per_s:.0} frames/s durable, commit-to-durable p50 {p50:?} p99 {p99:?}");
+    }
+}
+
+async fn run_e2e(dir: &std::path::Path) -> (f64, Duration, Duration) {
+    const NAMESPACES: usize = 64;
+    const TXNS_EACH: usize = 40;
+    let local = LocalStorage::open(dir.join("store")).unwrap();
+    let scheduler = StoreScheduler::new(local, SchedulerConfig::default()).unwrap();
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for i in 0..NAMESPACES {
+        let (scheduler, latencies) = (scheduler.clone(), latencies.clone());
+        let root = dir.join(format!("log-{i}"));
+        writers.push(tokio::spawn(async move {
+            let name = NamespaceName::new(&format!("db-{i}")).unwrap();
+            let config = LogConfig {
+                seal_frames: 32,
+                seal_age: Duration::from_millis(20),
+                ..LogConfig::new(root)
+            };
+            let mut log = LogWriter::open(scheduler, name, config).await.unwrap();
+            let page = vec![i as u8; PAGE];
+            let mut waits = Vec::new();
+            for t in 0..TXNS_EACH {
+                let pages: Vec<(u32, &[u8])> = (1..=4)
+                    .map(|p| (p + (t % 4) as u32 * 4, page.as_slice()))
+                    .collect();
+                let appended = log.append(&pages, 16).unwrap();
+                let at = Instant::now();
+                let latencies = latencies.clone();
+                let wait = appended.wait(Durability::Durable);
+                waits.push(tokio::spawn(async move {
+                    wait.await.unwrap();
+                    latencies.lock().unwrap().push(at.elapsed());
+                }));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                log.maybe_seal().unwrap();
+            }
+            log.seal().unwrap();
+            for w in waits {
+                w.await.unwrap();
+            }
+            log.close().await.unwrap();
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort();
+    let frames = (NAMESPACES * TXNS_EACH * 4) as f64;
+    (
+        frames / elapsed.as_secs_f64(),
+        l[l.len() / 2],
+        l[l.len() * 99 / 100],
+    )
+}
+
+criterion_group!(benches, append, end_to_end);
+criterion_main!(benches);
