@@ -313,14 +313,10 @@ impl<S: Storage + Clone> LogWriter<S> {
         Ok(())
     }
 
-    /// Seals the builder, makes its file durable, starts the next file, and submits.
+    /// Seals the builder, starts the next file, hands the sealed file to the syncer for
+    /// a last fsync, and submits the segment.
     fn rotate(&mut self) -> Result<()> {
         let segment = self.builder.seal(self.config.clock.now())?;
-        self.wal.sync()?;
-        let end = segment.end_frame_no();
-        if end > self.shared.tracker.watermark(Durability::Written) {
-            self.shared.tracker.advance(Durability::Written, end)?;
-        }
         let salt = Uuid::new_v4().as_u128() as u32;
         let next = WalFile::create(
             &self.config.dir,
@@ -329,11 +325,8 @@ impl<S: Storage + Clone> LogWriter<S> {
             salt,
         )?;
         let previous = std::mem::replace(&mut self.wal, next);
-        self.shared.set_sync_file(
-            self.wal
-                .sync_handle()
-                .map_err(|e| Error::io("opening the open segment", e))?,
-        );
+        self.shared.rotate_sync_target(self.wal.sync_target()?);
+        self.shared.appended.notify_one();
         self.opened_at = None;
         self.shared.push_sealed(Sealed {
             segment: segment.clone(),

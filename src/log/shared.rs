@@ -8,7 +8,6 @@
 //! * The **submitter** hands sealed segments to storage one at a time, in frame order, and
 //!   turns `on_store` into the `Durable` watermark, deleting the local copies then.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::durability::{Durability, DurabilityTracker};
 use crate::error::Error;
 use crate::format::{NamespaceName, SealedSegment};
-use crate::log::wal;
+use crate::log::wal::{self, SyncTarget};
 use crate::storage::{on_store, Storage};
 
 /// A sealed segment kept locally until it is durable, with the file it was written to.
@@ -32,8 +31,10 @@ pub(crate) struct Sealed {
 pub(crate) struct Shared {
     pub tracker: DurabilityTracker,
     pub sealed: Mutex<Vec<Sealed>>,
-    /// A handle on the open-segment file for the syncer.
-    pub sync_file: Mutex<Option<File>>,
+    /// The open-segment file, for the syncer.
+    pub current: Mutex<Option<SyncTarget>>,
+    /// Files sealed since the syncer last ran: they need one last fsync.
+    pub retired: Mutex<Vec<SyncTarget>>,
     pub appended: Notify,
     pub stopping: AtomicBool,
 }
@@ -47,14 +48,31 @@ impl Shared {
         Self {
             tracker,
             sealed: Mutex::new(Vec::new()),
-            sync_file: Mutex::new(None),
+            current: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
             appended: Notify::new(),
             stopping: AtomicBool::new(false),
         }
     }
 
-    pub(crate) fn set_sync_file(&self, file: File) {
-        *lock(&self.sync_file) = Some(file);
+    /// Makes `next` the file appends go to; the previous one gets a last fsync.
+    pub(crate) fn rotate_sync_target(&self, next: SyncTarget) {
+        if let Some(previous) = lock(&self.current).replace(next) {
+            lock(&self.retired).push(previous);
+        }
+    }
+
+    /// The files to fsync now: retired ones, then a handle on the current one.
+    fn sync_targets(&self) -> std::io::Result<Vec<SyncTarget>> {
+        let mut targets = std::mem::take(&mut *lock(&self.retired));
+        if let Some(current) = lock(&self.current).as_mut() {
+            let file = current.file.try_clone()?;
+            targets.push(SyncTarget {
+                file,
+                dir: current.dir.take(),
+            });
+        }
+        Ok(targets)
     }
 
     pub(crate) fn sealed(&self) -> Vec<Sealed> {
@@ -97,13 +115,14 @@ pub(crate) async fn run_syncer(shared: Arc<Shared>) {
             if target <= shared.tracker.watermark(Durability::Written) {
                 break;
             }
-            let file = lock(&shared.sync_file).as_ref().map(File::try_clone);
-            let synced = match file {
-                Some(Ok(file)) => tokio::task::spawn_blocking(move || file.sync_data())
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e))),
-                Some(Err(e)) => Err(e),
-                None => break,
+            let targets = shared.sync_targets();
+            let synced = match targets {
+                Ok(mut targets) => tokio::task::spawn_blocking(move || {
+                    targets.iter_mut().try_for_each(SyncTarget::sync)
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                Err(e) => Err(e),
             };
             match synced {
                 Ok(()) => {

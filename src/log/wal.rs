@@ -60,7 +60,8 @@ pub(crate) struct WalFile {
 }
 
 impl WalFile {
-    /// Creates the file for a segment starting at `start` and makes it durable.
+    /// Creates the file for a segment starting at `start`. It is not fsynced here: the
+    /// syncer fsyncs it, and its directory, before any frame in it counts as written.
     pub(crate) fn create(dir: &Path, start: u64, page_size: u32, salt: u32) -> Result<Self> {
         let path = dir.join(file_name(start));
         let io_err = |e| Error::io(format!("creating {}", path.display()), e);
@@ -71,8 +72,6 @@ impl WalFile {
             .open(&path)
             .map_err(io_err)?;
         file.write_all(&header).map_err(io_err)?;
-        file.sync_all().map_err(io_err)?;
-        fsync_dir(dir).map_err(io_err)?;
         let chain = u32::from_le_bytes([header[28], header[29], header[30], header[31]]);
         Ok(Self {
             path,
@@ -86,9 +85,14 @@ impl WalFile {
         &self.path
     }
 
-    /// A handle for fsyncing from another thread.
-    pub(crate) fn sync_handle(&self) -> io::Result<File> {
-        self.file.try_clone()
+    /// A handle for the syncer: the file, and its directory to fsync once.
+    pub(crate) fn sync_target(&self) -> Result<SyncTarget> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| Error::io(format!("opening {}", self.path.display()), e))?;
+        let dir = self.path.parent().map(Path::to_path_buf);
+        Ok(SyncTarget { file, dir })
     }
 
     /// Appends frames (written, not fsynced).
@@ -113,10 +117,31 @@ impl WalFile {
     }
 
     /// fsyncs the data appended so far.
+    #[cfg(test)]
     pub(crate) fn sync(&self) -> Result<()> {
         self.file
             .sync_data()
             .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
+    }
+}
+
+/// A file the syncer must make durable: its data, and (the first time) its directory
+/// entry.
+#[derive(Debug)]
+pub(crate) struct SyncTarget {
+    pub file: File,
+    pub dir: Option<PathBuf>,
+}
+
+impl SyncTarget {
+    /// fsyncs the file, then its directory if that was not done yet.
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        if let Some(dir) = &self.dir {
+            fsync_dir(dir)?;
+            self.dir = None;
+        }
+        Ok(())
     }
 }
 
