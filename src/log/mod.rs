@@ -70,6 +70,9 @@ pub struct LogConfig {
     pub allocator_block: u64,
     /// The clock commit timestamps come from. Default the system clock.
     pub clock: Arc<dyn Clock>,
+    /// The longest appended frames wait for an fsync when nobody waits for `Written`
+    /// (a wait for `Written` or `Durable` asks for one at once). Default 1 s.
+    pub sync_interval: Duration,
 }
 
 impl LogConfig {
@@ -83,6 +86,7 @@ impl LogConfig {
             seal_age: Duration::from_secs(10),
             allocator_block: DEFAULT_BLOCK_SIZE,
             clock: Arc::new(SystemClock),
+            sync_interval: Duration::from_secs(1),
         }
     }
 }
@@ -94,7 +98,7 @@ pub struct Appended {
     pub frames: Range<u64>,
     /// The commit's timestamp.
     pub timestamp: DateTime<Utc>,
-    tracker: DurabilityTracker,
+    shared: Arc<Shared>,
 }
 
 impl Appended {
@@ -109,7 +113,10 @@ impl Appended {
         &self,
         level: Durability,
     ) -> impl std::future::Future<Output = Result<u64>> + Send + 'static {
-        self.tracker.wait(self.commit_frame_no(), level)
+        if level >= Durability::Written {
+            self.shared.sync_requested.notify_one();
+        }
+        self.shared.tracker.wait(self.commit_frame_no(), level)
     }
 }
 
@@ -143,6 +150,19 @@ impl<S: Storage + Clone> LogWriter<S> {
     /// The id this writer stamps on the segments it seals.
     pub fn log_id(&self) -> Uuid {
         self.log_id
+    }
+
+    /// Resolves once frame `frame_no` reaches `level`, asking for an fsync at once if the
+    /// level needs one (a wait on [`tracker`](Self::tracker) does not ask).
+    pub fn wait(
+        &self,
+        frame_no: u64,
+        level: Durability,
+    ) -> impl std::future::Future<Output = Result<u64>> + Send + 'static {
+        if level >= Durability::Written {
+            self.shared.sync_requested.notify_one();
+        }
+        self.shared.tracker.wait(frame_no, level)
     }
 
     /// The watermarks of this log.
@@ -191,11 +211,10 @@ impl<S: Storage + Clone> LogWriter<S> {
         self.shared
             .tracker
             .advance(Durability::Applied, frames.end - 1)?;
-        self.shared.appended.notify_one();
         let appended = Appended {
             frames,
             timestamp: ms_to_datetime(commit_ms),
-            tracker: self.shared.tracker.clone(),
+            shared: self.shared.clone(),
         };
         self.maybe_seal()?;
         Ok(appended)
@@ -326,7 +345,6 @@ impl<S: Storage + Clone> LogWriter<S> {
         )?;
         let previous = std::mem::replace(&mut self.wal, next);
         self.shared.rotate_sync_target(self.wal.sync_target()?);
-        self.shared.appended.notify_one();
         self.opened_at = None;
         self.shared.push_sealed(Sealed {
             segment: segment.clone(),

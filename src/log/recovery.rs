@@ -68,7 +68,7 @@ pub(super) async fn open<S: Storage + Clone>(
         shared.push_sealed(sealed);
     }
     let tasks = vec![
-        tokio::spawn(run_syncer(shared.clone())),
+        tokio::spawn(run_syncer(shared.clone(), config.sync_interval)),
         tokio::spawn(run_submitter(
             storage.clone(),
             namespace.clone(),

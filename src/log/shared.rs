@@ -35,7 +35,8 @@ pub(crate) struct Shared {
     pub current: Mutex<Option<SyncTarget>>,
     /// Files sealed since the syncer last ran: they need one last fsync.
     pub retired: Mutex<Vec<SyncTarget>>,
-    pub appended: Notify,
+    /// Wakes the syncer: someone waits for `Written`, or the log is stopping.
+    pub sync_requested: Notify,
     pub stopping: AtomicBool,
 }
 
@@ -50,7 +51,7 @@ impl Shared {
             sealed: Mutex::new(Vec::new()),
             current: Mutex::new(None),
             retired: Mutex::new(Vec::new()),
-            appended: Notify::new(),
+            sync_requested: Notify::new(),
             stopping: AtomicBool::new(false),
         }
     }
@@ -102,14 +103,14 @@ impl Shared {
 
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
-        self.appended.notify_one();
+        self.sync_requested.notify_one();
     }
 }
 
-/// fsyncs whenever frames were appended; see the module docs.
-pub(crate) async fn run_syncer(shared: Arc<Shared>) {
+/// fsyncs when asked to and every `interval`; see the module docs.
+pub(crate) async fn run_syncer(shared: Arc<Shared>, interval: std::time::Duration) {
     loop {
-        shared.appended.notified().await;
+        let _ = tokio::time::timeout(interval, shared.sync_requested.notified()).await;
         loop {
             let target = shared.tracker.watermark(Durability::Applied);
             if target <= shared.tracker.watermark(Durability::Written) {
