@@ -344,7 +344,7 @@ impl<S: Storage + Clone> LogWriter<S> {
             salt,
         )?;
         let previous = std::mem::replace(&mut self.wal, next);
-        self.shared.rotate_sync_target(self.wal.sync_target()?);
+        self.shared.rotate_sync_target(self.wal.sync_target());
         self.opened_at = None;
         self.shared.push_sealed(Sealed {
             segment: segment.clone(),

@@ -61,7 +61,7 @@ pub(super) async fn open<S: Storage + Clone>(
     let salt = Uuid::new_v4().as_u128() as u32;
     let wal = WalFile::create(&config.dir, allocator.peek(), config.page_size, salt)?;
     let shared = Arc::new(Shared::new(tracker));
-    shared.rotate_sync_target(wal.sync_target()?);
+    shared.rotate_sync_target(wal.sync_target());
     let (submit, segments) = mpsc::unbounded_channel();
     for sealed in found.resubmit {
         let _ = submit.send(sealed.segment.clone());

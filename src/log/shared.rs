@@ -63,17 +63,11 @@ impl Shared {
         }
     }
 
-    /// The files to fsync now: retired ones, then a handle on the current one.
-    fn sync_targets(&self) -> std::io::Result<Vec<SyncTarget>> {
+    /// The files to fsync now: retired ones, then the current one.
+    fn sync_targets(&self) -> Vec<SyncTarget> {
         let mut targets = std::mem::take(&mut *lock(&self.retired));
-        if let Some(current) = lock(&self.current).as_mut() {
-            let file = current.file.try_clone()?;
-            targets.push(SyncTarget {
-                file,
-                dir: current.dir.take(),
-            });
-        }
-        Ok(targets)
+        targets.extend(lock(&self.current).clone());
+        targets
     }
 
     pub(crate) fn sealed(&self) -> Vec<Sealed> {
@@ -117,14 +111,10 @@ pub(crate) async fn run_syncer(shared: Arc<Shared>, interval: std::time::Duratio
                 break;
             }
             let targets = shared.sync_targets();
-            let synced = match targets {
-                Ok(mut targets) => tokio::task::spawn_blocking(move || {
-                    targets.iter_mut().try_for_each(SyncTarget::sync)
-                })
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
-                Err(e) => Err(e),
-            };
+            let synced =
+                tokio::task::spawn_blocking(move || targets.iter().try_for_each(|t| t.sync()))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             match synced {
                 Ok(()) => {
                     let _ = shared.tracker.advance(Durability::Written, target);

@@ -20,6 +20,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::storage::fsutil::fsync_dir;
@@ -50,13 +51,39 @@ pub(crate) fn parse_name(name: &str) -> Option<u64> {
     (digits.len() == 20).then(|| digits.parse().ok()).flatten()
 }
 
+/// Appended records wait here until the syncer (or a full buffer) writes them out, so an
+/// append costs a copy, not a system call.
+const WRITE_OUT_AT: usize = 4 << 20;
+
+/// An open-segment file and the records appended to it but not yet written out.
+#[derive(Debug)]
+pub(crate) struct WalBuffer {
+    buf: Vec<u8>,
+    file: File,
+    /// The directory, until its entry for this file has been fsynced.
+    dir: Option<PathBuf>,
+}
+
+impl WalBuffer {
+    fn write_out(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+fn lock(buffer: &Mutex<WalBuffer>) -> std::sync::MutexGuard<'_, WalBuffer> {
+    buffer.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The append side of an open-segment file.
 #[derive(Debug)]
 pub(crate) struct WalFile {
     path: PathBuf,
-    file: File,
+    buffer: Arc<Mutex<WalBuffer>>,
     chain: u32,
-    page_size: u32,
 }
 
 impl WalFile {
@@ -73,11 +100,15 @@ impl WalFile {
             .map_err(io_err)?;
         file.write_all(&header).map_err(io_err)?;
         let chain = u32::from_le_bytes([header[28], header[29], header[30], header[31]]);
+        let buffer = WalBuffer {
+            buf: Vec::new(),
+            file,
+            dir: Some(dir.to_path_buf()),
+        };
         Ok(Self {
             path,
-            file,
+            buffer: Arc::new(Mutex::new(buffer)),
             chain,
-            page_size,
         })
     }
 
@@ -85,20 +116,16 @@ impl WalFile {
         &self.path
     }
 
-    /// A handle for the syncer: the file, and its directory to fsync once.
-    pub(crate) fn sync_target(&self) -> Result<SyncTarget> {
-        let file = self
-            .file
-            .try_clone()
-            .map_err(|e| Error::io(format!("opening {}", self.path.display()), e))?;
-        let dir = self.path.parent().map(Path::to_path_buf);
-        Ok(SyncTarget { file, dir })
+    /// A handle for the syncer.
+    pub(crate) fn sync_target(&self) -> SyncTarget {
+        SyncTarget {
+            buffer: self.buffer.clone(),
+        }
     }
 
-    /// Appends frames (written, not fsynced).
+    /// Appends frames: buffered, written out when the buffer fills or the syncer runs.
     pub(crate) fn append(&mut self, frames: &[WalFrameRef<'_>]) -> Result<()> {
-        let mut buf =
-            Vec::with_capacity(frames.len() * (RECORD_HEAD_LEN + self.page_size as usize));
+        let mut buffer = lock(&self.buffer);
         for f in frames {
             let mut head = [0u8; RECORD_HEAD_LEN];
             head[..8].copy_from_slice(&f.frame_no.to_le_bytes());
@@ -108,38 +135,45 @@ impl WalFile {
             self.chain =
                 crc32c::crc32c_append(crc32c::crc32c_append(self.chain, &head[..24]), f.page);
             head[24..28].copy_from_slice(&self.chain.to_le_bytes());
-            buf.extend_from_slice(&head);
-            buf.extend_from_slice(f.page);
+            buffer.buf.extend_from_slice(&head);
+            buffer.buf.extend_from_slice(f.page);
         }
-        self.file
-            .write_all(&buf)
-            .map_err(|e| Error::io(format!("appending to {}", self.path.display()), e))
+        if buffer.buf.len() >= WRITE_OUT_AT {
+            buffer
+                .write_out()
+                .map_err(|e| Error::io(format!("appending to {}", self.path.display()), e))?;
+        }
+        Ok(())
     }
 
-    /// fsyncs the data appended so far.
+    /// Writes out and fsyncs what was appended.
     #[cfg(test)]
     pub(crate) fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
+        self.sync_target()
+            .sync()
             .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
     }
 }
 
-/// A file the syncer must make durable: its data, and (the first time) its directory
-/// entry.
-#[derive(Debug)]
+/// What the syncer makes durable: a file's buffered records, its data, and (the first
+/// time) its directory entry.
+#[derive(Debug, Clone)]
 pub(crate) struct SyncTarget {
-    pub file: File,
-    pub dir: Option<PathBuf>,
+    buffer: Arc<Mutex<WalBuffer>>,
 }
 
 impl SyncTarget {
-    /// fsyncs the file, then its directory if that was not done yet.
-    pub(crate) fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()?;
-        if let Some(dir) = &self.dir {
-            fsync_dir(dir)?;
-            self.dir = None;
+    /// Writes out the buffer (under the lock, so writes stay in append order), then
+    /// fsyncs outside the lock, so appends go on meanwhile.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        let (file, dir) = {
+            let mut buffer = lock(&self.buffer);
+            buffer.write_out()?;
+            (buffer.file.try_clone()?, buffer.dir.take())
+        };
+        file.sync_data()?;
+        if let Some(dir) = dir {
+            fsync_dir(&dir)?;
         }
         Ok(())
     }
