@@ -7,8 +7,15 @@
 //!    frames into an immutable, checksummed [`SealedSegment`], and its [`PageIndex`].
 //!    The byte layout is specified in `docs/FORMAT.md`.
 //! 2. **storage**: the [`Storage`] trait and its backends: [`LocalStorage`] (the embedded
-//!    default), [`MemoryStorage`] and [`NoStorage`]. Each namespace has a catalog,
-//!    persisted as a manifest journal, so lookups never list a directory.
+//!    default), [`MemoryStorage`] and [`NoStorage`], plus [`FaultyStorage`] for tests.
+//!    Each namespace has a catalog, persisted as a manifest journal, so lookups never
+//!    list a directory.
+//! 3. **durability**: the [`FrameAllocator`] (frame numbers never reused), the
+//!    [`DurabilityTracker`] (`Applied < Written < Durable` watermarks, waiters, callbacks)
+//!    and the [`StoreScheduler`] (background uploads in frame order, retries,
+//!    back-pressure).
+//! 4. **log**: the [`LogWriter`] a WAL calls into: transactions in, frame numbers and
+//!    durability handles out, the open segment kept in a checksummed file, recovery.
 //!
 //! ```
 //! use chrono::{TimeZone, Utc};

@@ -336,6 +336,7 @@ impl<S: Storage + Clone> LogWriter<S> {
     /// a last fsync, and submits the segment.
     fn rotate(&mut self) -> Result<()> {
         let segment = self.builder.seal(self.config.clock.now())?;
+        self.builder.reserve(segment_frames(&self.config));
         let salt = Uuid::new_v4().as_u128() as u32;
         let next = WalFile::create(
             &self.config.dir,
@@ -369,6 +370,16 @@ impl<S: Storage + Clone> Drop for LogWriter<S> {
     fn drop(&mut self) {
         self.shared.stop();
     }
+}
+
+/// Frames to reserve room for when a segment starts: what the sealing policy allows, but
+/// never more than 64 MiB up front (a huge policy still grows on demand).
+fn segment_frames(config: &LogConfig) -> usize {
+    let frame_len = config.page_size as usize + 24;
+    let cap = (64 << 20) / frame_len;
+    (config.seal_frames as usize)
+        .min(config.seal_bytes / frame_len + 1)
+        .min(cap)
 }
 
 /// The frames of one transaction: every page, the last one committing.

@@ -57,7 +57,8 @@ pub(super) async fn open<S: Storage + Clone>(
         tracker.advance(Durability::Written, found.last_frame)?;
     }
     let log_id = Uuid::new_v4();
-    let builder = SegmentBuilder::new(allocator.peek(), config.page_size)?.with_log_id(log_id);
+    let mut builder = SegmentBuilder::new(allocator.peek(), config.page_size)?.with_log_id(log_id);
+    builder.reserve(super::segment_frames(&config));
     let salt = Uuid::new_v4().as_u128() as u32;
     let wal = WalFile::create(&config.dir, allocator.peek(), config.page_size, salt)?;
     let shared = Arc::new(Shared::new(tracker));
