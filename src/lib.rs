@@ -52,6 +52,7 @@ mod durability;
 mod error;
 mod format;
 mod log;
+mod random;
 mod storage;
 
 pub use crate::durability::{

@@ -27,6 +27,7 @@ use tokio_stream::Stream;
 use super::tracker::{Durability, DurabilityTracker};
 use crate::error::{Error, Result};
 use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
+use crate::random::SeededRng;
 use crate::storage::{on_store, FindSegmentReq, OnStoreCallback, SegmentInfo, Storage};
 
 /// How the scheduler uploads. Every field has a documented default.
@@ -91,7 +92,7 @@ struct Inner<B: Storage> {
     permits: Semaphore,
     lanes: Mutex<HashMap<NamespaceName, LaneCell<B::Config>>>,
     closed: AtomicBool,
-    rng: Mutex<u64>,
+    rng: SeededRng,
 }
 
 /// A lane is started once; concurrent first stores wait for that one start.
@@ -135,7 +136,7 @@ impl<B: Storage> StoreScheduler<B> {
         Ok(Self {
             inner: Arc::new(Inner {
                 permits: Semaphore::new(config.max_concurrent_uploads),
-                rng: Mutex::new(config.jitter_seed | 1),
+                rng: SeededRng::new(config.jitter_seed),
                 backend,
                 config,
                 lanes: Mutex::new(HashMap::new()),
@@ -324,12 +325,7 @@ impl<B: Storage> Inner<B> {
             .initial_backoff
             .saturating_mul(1u32 << attempt.min(20))
             .min(self.config.max_backoff);
-        let mut x = lock(&self.rng);
-        *x ^= *x << 13;
-        *x ^= *x >> 7;
-        *x ^= *x << 17;
-        let fraction = 0.5 + (*x >> 11) as f64 / (1u64 << 54) as f64;
-        base.mul_f64(fraction)
+        base.mul_f64(0.5 + self.rng.unit() / 2.0)
     }
 }
 

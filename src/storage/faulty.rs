@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_stream::Stream;
@@ -12,6 +12,7 @@ use tokio_stream::Stream;
 use super::{FindSegmentReq, OnStoreCallback, SegmentInfo, Storage};
 use crate::error::{Error, Result};
 use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
+use crate::random::SeededRng;
 
 /// Which stores fail, and how slow they are.
 #[derive(Debug, Clone, Default)]
@@ -38,7 +39,7 @@ pub struct FaultyStorage<S> {
     calls: Arc<AtomicU64>,
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
-    rng: Arc<Mutex<u64>>,
+    rng: Arc<SeededRng>,
 }
 
 impl<S: Storage + Clone> FaultyStorage<S> {
@@ -47,7 +48,7 @@ impl<S: Storage + Clone> FaultyStorage<S> {
         eprintln!("FaultyStorage seed: {}", faults.seed);
         Self {
             inner,
-            rng: Arc::new(Mutex::new(faults.seed | 1)),
+            rng: Arc::new(SeededRng::new(faults.seed)),
             faults: Arc::new(faults),
             calls: Arc::new(AtomicU64::new(0)),
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -70,19 +71,11 @@ impl<S: Storage + Clone> FaultyStorage<S> {
         self.max_in_flight.load(Ordering::SeqCst)
     }
 
-    fn random(&self) -> f64 {
-        let mut x = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-        *x ^= *x << 13;
-        *x ^= *x >> 7;
-        *x ^= *x << 17;
-        (*x >> 11) as f64 / (1u64 << 53) as f64
-    }
-
     fn should_fail(&self, call: u64) -> bool {
         let f = &self.faults;
         f.fail_calls.contains(&call)
             || f.fail_from.is_some_and(|from| call >= from)
-            || (f.fail_fraction > 0.0 && self.random() < f.fail_fraction)
+            || (f.fail_fraction > 0.0 && self.rng.unit() < f.fail_fraction)
     }
 
     async fn faulty_store(
