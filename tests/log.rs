@@ -378,3 +378,84 @@ async fn a_storage_that_keeps_nothing_leaves_the_log_usable() {
     );
     log.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn no_wait_hangs_after_close_or_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::open(dir.path().join("store")).unwrap();
+    let mut log = LogWriter::open(storage.clone(), ns(), config(dir.path()))
+        .await
+        .unwrap();
+    let created = create_db(&mut log).await;
+    drop(log); // never sealed: its frames will not become durable in this process
+    assert!(soon(created.wait(Durability::Durable)).await.is_err());
+
+    let mut log = LogWriter::open(storage, ns(), config(dir.path()))
+        .await
+        .unwrap();
+    let next = append(&mut log, 1).await;
+    let tracker = log.tracker().clone();
+    log.close().await.unwrap();
+    assert!(soon(next.wait(Durability::Durable)).await.is_ok());
+    let err = soon(tracker.wait(next.commit_frame_no() + 1, Durability::Written))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, walvault::Error::Closed), "{err}");
+}
+
+#[tokio::test]
+async fn files_after_a_hole_are_dropped_not_stitched_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::open(dir.path().join("store")).unwrap();
+    let cfg = || LogConfig {
+        seal_frames: 1_000,
+        ..config(dir.path())
+    };
+    // A storage that never finishes, so the sealed file stays on disk.
+    let stuck = FaultyStorage::new(
+        walvault::MemoryStorage::new(),
+        Faults {
+            delay: Duration::from_secs(3600),
+            ..Faults::default()
+        },
+    );
+    let mut log = LogWriter::open(stuck, ns(), cfg()).await.unwrap();
+    let created = create_db(&mut log).await;
+    for txn in 1..=3 {
+        append(&mut log, txn).await;
+    }
+    log.seal().unwrap();
+    let mut later = None;
+    for txn in 4..=6 {
+        later = Some(append(&mut log, txn).await);
+    }
+    soon(later.unwrap().wait(Durability::Written))
+        .await
+        .unwrap();
+    drop(log);
+    // Simulate a machine crash that kept the second file but lost the first one's tail.
+    let mut files: Vec<_> = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "wal") && std::fs::metadata(p).unwrap().len() > 32
+        })
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let first = std::fs::read(&files[0]).unwrap();
+    let keep = 32 + 8 * (32 + PAGE); // the first transaction (8 pages) only
+    std::fs::write(&files[0], &first[..keep]).unwrap();
+
+    let log = LogWriter::open(storage, ns(), cfg()).await.unwrap();
+    assert_eq!(
+        log.tracker().watermark(Durability::Written),
+        created.commit_frame_no()
+    );
+    let (_, page3) = log.read_page(3, u64::MAX - 1).await.unwrap().unwrap();
+    assert_eq!(page3, page(0, 3), "the lost tail stays lost");
+    let (_, page5) = log.read_page(5, u64::MAX - 1).await.unwrap().unwrap();
+    assert_eq!(page5, page(0, 5), "nothing from after the hole survives");
+    log.close().await.unwrap();
+}

@@ -28,7 +28,8 @@ const FILE: &str = "ALLOCATOR";
 const MAGIC: [u8; 8] = *b"WVALLOC1";
 const VERSION: u16 = 1;
 const FIXED_LEN: usize = 24;
-/// Gaps kept in the state file; older ones are folded into `gaps_before`.
+/// Gaps kept in the state file: the newest 1024 (one is recorded per unclean restart).
+/// Older ones are dropped; they concern frames long since stored or given up.
 const MAX_GAPS: usize = 1024;
 
 /// Hands out monotonic frame numbers for one log. Owned by that log's single writer.

@@ -169,6 +169,12 @@ impl<B: Storage> StoreScheduler<B> {
                 Ok::<_, Error>(self.start_lane(name.clone(), durable))
             })
             .await?;
+        if self.inner.closed.load(Ordering::Acquire) {
+            // Shutdown began while the lane was starting and may not have seen it.
+            lock(&lane.tx).take();
+            lane.tracker.close();
+            return Err(Error::Closed);
+        }
         Ok(lane.clone())
     }
 
@@ -265,7 +271,11 @@ async fn run_lane<B: Storage>(
                 if let Err(e) = lane.tracker.advance(Durability::Durable, durable) {
                     tracing::error!(namespace = %name, error = %e, "durable watermark update refused");
                 }
-                on_store(durable).await;
+                // A panicking callback must not take the lane (and every later segment)
+                // down with it.
+                if let Err(e) = tokio::spawn(on_store(durable)).await {
+                    tracing::error!(namespace = %name, error = %e, "an on_store callback panicked");
+                }
             }
             Err(e) => {
                 tracing::error!(namespace = %name, segment = %key, error = %e, "upload failed; namespace failed");
@@ -325,7 +335,8 @@ impl<B: Storage> Inner<B> {
             .initial_backoff
             .saturating_mul(1u32 << attempt.min(20))
             .min(self.config.max_backoff);
-        base.mul_f64(0.5 + self.rng.unit() / 2.0)
+        let factor = 0.5 + self.rng.unit() / 2.0;
+        Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(base)
     }
 }
 

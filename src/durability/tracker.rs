@@ -74,6 +74,8 @@ struct State {
     waiters: [Waiters; 3],
     callbacks: BTreeMap<u64, Vec<OnStoreCallback>>,
     closed: Option<Error>,
+    /// No frame after this one will ever exist (the log was closed).
+    last_frame: Option<u64>,
 }
 
 impl std::fmt::Debug for State {
@@ -174,6 +176,8 @@ impl DurabilityTracker {
                 Ok(Ok(mark))
             } else if let Some(reason) = &state.closed {
                 Ok(Err(reason.clone()))
+            } else if state.last_frame.is_some_and(|last| frame_no > last) {
+                Ok(Err(Error::Closed))
             } else {
                 let (tx, rx) = oneshot::channel();
                 state.waiters[level.index()]
@@ -245,6 +249,22 @@ impl DurabilityTracker {
             .send_modify(|p| p.closed = Some(reason));
     }
 
+    /// Declares that no frame after `last_frame` will ever exist (the log was closed):
+    /// waiters for later frames, now and from now on, get [`Error::Closed`]. Waiters for
+    /// earlier frames keep waiting for their level.
+    pub fn end_at(&self, last_frame: u64) {
+        let mut state = self.state();
+        state.last_frame = Some(state.last_frame.map_or(last_frame, |l| l.min(last_frame)));
+        for waiters in &mut state.waiters {
+            let Some(after) = last_frame.checked_add(1) else {
+                continue;
+            };
+            for tx in waiters.split_off(&after).into_values().flatten() {
+                let _ = tx.send(Err(Error::Closed));
+            }
+        }
+    }
+
     /// The reason the tracker closed, if it did.
     pub fn closed(&self) -> Option<Error> {
         self.state().closed.clone()
@@ -263,7 +283,10 @@ impl DurabilityTracker {
             let (tx, mut rx) = mpsc::unbounded_channel::<(OnStoreCallback, u64)>();
             rt.spawn(async move {
                 while let Some((callback, durable)) = rx.recv().await {
-                    callback(durable).await;
+                    // Run each in its own task: a panicking callback must not stop the rest.
+                    if let Err(e) = tokio::spawn(callback(durable)).await {
+                        tracing::error!(error = %e, "a durability callback panicked");
+                    }
                 }
             });
             tx

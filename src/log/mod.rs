@@ -144,6 +144,10 @@ impl<S: Storage + Clone> LogWriter<S> {
     /// an earlier run, re-submits sealed segments that are not durable yet, records the
     /// gap a crash left in the frame numbers, and starts a new open segment.
     pub async fn open(storage: S, namespace: NamespaceName, config: LogConfig) -> Result<Self> {
+        if config.sync_interval.is_zero() {
+            let why = "sync_interval must be longer than zero";
+            return Err(InvalidInput::Config(why.into()).into());
+        }
         recovery::open(storage, namespace, config).await
     }
 
@@ -216,7 +220,11 @@ impl<S: Storage + Clone> LogWriter<S> {
             timestamp: ms_to_datetime(commit_ms),
             shared: self.shared.clone(),
         };
-        self.maybe_seal()?;
+        // The transaction is in the log whatever sealing does; a failed seal latches the
+        // log (later appends fail) but does not disown this one.
+        if let Err(e) = self.maybe_seal() {
+            tracing::error!(error = %e, "sealing failed; the log refuses further appends");
+        }
         Ok(appended)
     }
 
@@ -275,6 +283,9 @@ impl<S: Storage + Clone> LogWriter<S> {
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
+        // Nothing after the last appended frame will come: waits for later frames end.
+        let last = self.shared.tracker.watermark(Durability::Applied);
+        self.shared.tracker.end_at(last);
         match &self.failed {
             Some(e) => Err(e.clone()),
             None => Ok(()),
@@ -367,8 +378,24 @@ impl<S: Storage + Clone> LogWriter<S> {
 }
 
 impl<S: Storage + Clone> Drop for LogWriter<S> {
+    /// Dropped without [`close`](LogWriter::close): the open segment is never sealed, so
+    /// no waiter is left to hang: every wait still pending ends with `Closed` once the
+    /// syncer has made what was appended written.
     fn drop(&mut self) {
+        if self.tasks.is_empty() {
+            return; // closed already
+        }
         self.shared.stop();
+        let tracker = self.shared.tracker.clone();
+        let syncer = self.tasks.remove(0);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = syncer.await;
+                tracker.close();
+            });
+        } else {
+            tracker.close();
+        }
     }
 }
 

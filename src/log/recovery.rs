@@ -15,7 +15,7 @@ use super::{LogConfig, LogWriter};
 use crate::durability::{Durability, DurabilityTracker, FrameAllocator};
 use crate::error::{Error, InvalidInput, Result};
 use crate::format::{ms_to_datetime, NamespaceName, SealedSegment, SegmentBuilder};
-use crate::storage::fsutil::create_dir_durable;
+use crate::storage::fsutil::{create_dir_durable, fsync_dir};
 use crate::storage::Storage;
 
 /// What the files of an earlier run held.
@@ -42,7 +42,7 @@ pub(super) async fn open<S: Storage + Clone>(
         u64::MAX => 0,
         durable => durable,
     };
-    let mut found = recover_files(&config, durable)?;
+    let mut found = recover_files(&config, durable, &allocator)?;
     if durable > 0 {
         let newest = storage.list_segments(&namespace, durable, None);
         tokio::pin!(newest);
@@ -62,6 +62,7 @@ pub(super) async fn open<S: Storage + Clone>(
     let salt = Uuid::new_v4().as_u128() as u32;
     let wal = WalFile::create(&config.dir, allocator.peek(), config.page_size, salt)?;
     let shared = Arc::new(Shared::new(tracker));
+    shared.on_stored(durable);
     shared.rotate_sync_target(wal.sync_target());
     let (submit, segments) = mpsc::unbounded_channel();
     for sealed in found.resubmit {
@@ -107,33 +108,42 @@ fn resume_numbers(allocator: &mut FrameAllocator, last_frame: u64) -> Result<()>
     Ok(())
 }
 
-fn recover_files(config: &LogConfig, durable: u64) -> Result<Found> {
+/// Recovers the files in frame order. Each must continue where the previous one's kept
+/// frames end, or after a gap the allocator recorded: a file that starts after a hole
+/// (the earlier file lost a tail that was never fsynced) holds frames that were never
+/// acknowledged either, because the syncer fsyncs sealed files before the open one. It
+/// and every later file are dropped, and their numbers become part of the gap.
+fn recover_files(config: &LogConfig, durable: u64, allocator: &FrameAllocator) -> Result<Found> {
     let mut found = Found {
         resubmit: Vec::new(),
         last_frame: durable,
         last_commit_ms: 0,
     };
-    for path in wal_files(&config.dir)? {
+    let mut previous_end: Option<u64> = None;
+    let mut files = wal_files(&config.dir)?.into_iter();
+    for path in files.by_ref() {
         let Some(recovered) = wal::recover(&path)? else {
             wal::remove(&path);
             continue;
         };
-        if recovered.page_size != config.page_size {
-            return Err(InvalidInput::Config(format!(
-                "{} holds {}-byte pages but the log is configured for {}",
-                path.display(),
-                recovered.page_size,
-                config.page_size
-            ))
-            .into());
+        check_page_size(&path, &recovered, config)?;
+        if let Some(end) = previous_end {
+            let next = end + 1;
+            if recovered.start != next && !allocator.is_gap(next) {
+                tracing::warn!(file = %path.display(), expected = next, "dropping open-segment files after a hole left by a crash");
+                wal::remove(&path);
+                break;
+            }
         }
         if recovered.dropped > 0 {
             tracing::warn!(file = %path.display(), frames = recovered.dropped, "dropped a torn transaction");
         }
         let Some(segment) = seal_recovered(&recovered, config)? else {
             wal::remove(&path);
+            previous_end = Some(recovered.start - 1);
             continue;
         };
+        previous_end = Some(segment.end_frame_no());
         found.last_frame = found.last_frame.max(segment.end_frame_no());
         let last_ms = segment.commits().last().map_or(0, |c| c.timestamp_ms);
         found.last_commit_ms = found.last_commit_ms.max(last_ms);
@@ -143,7 +153,23 @@ fn recover_files(config: &LogConfig, durable: u64) -> Result<Found> {
             found.resubmit.push(Sealed { segment, path });
         }
     }
+    files.for_each(|path| wal::remove(&path));
+    fsync_dir(&config.dir)
+        .map_err(|e| Error::io(format!("syncing {}", config.dir.display()), e))?;
     Ok(found)
+}
+
+fn check_page_size(path: &Path, recovered: &Recovered, config: &LogConfig) -> Result<()> {
+    if recovered.page_size == config.page_size {
+        return Ok(());
+    }
+    Err(InvalidInput::Config(format!(
+        "{} holds {}-byte pages but the log is configured for {}",
+        path.display(),
+        recovered.page_size,
+        config.page_size
+    ))
+    .into())
 }
 
 /// Rebuilds the segment a file's committed frames make, or `None` if it has none.

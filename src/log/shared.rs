@@ -31,13 +31,23 @@ pub(crate) struct Sealed {
 pub(crate) struct Shared {
     pub tracker: DurabilityTracker,
     pub sealed: Mutex<Vec<Sealed>>,
-    /// The open-segment file, for the syncer.
-    pub current: Mutex<Option<SyncTarget>>,
-    /// Files sealed since the syncer last ran: they need one last fsync.
-    pub retired: Mutex<Vec<SyncTarget>>,
+    /// The files the syncer must fsync, under one lock so that a seal can never slip
+    /// between its taking the sealed files and the open one.
+    targets: Mutex<SyncTargets>,
+    /// The highest frame storage reported durable; the `Durable` watermark follows it,
+    /// but never ahead of `Written`.
+    stored: Mutex<u64>,
     /// Wakes the syncer: someone waits for `Written`, or the log is stopping.
     pub sync_requested: Notify,
     pub stopping: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct SyncTargets {
+    /// The open-segment file.
+    current: Option<SyncTarget>,
+    /// Files sealed since the syncer last ran: they need one last fsync.
+    retired: Vec<SyncTarget>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -49,8 +59,8 @@ impl Shared {
         Self {
             tracker,
             sealed: Mutex::new(Vec::new()),
-            current: Mutex::new(None),
-            retired: Mutex::new(Vec::new()),
+            targets: Mutex::new(SyncTargets::default()),
+            stored: Mutex::new(0),
             sync_requested: Notify::new(),
             stopping: AtomicBool::new(false),
         }
@@ -58,16 +68,18 @@ impl Shared {
 
     /// Makes `next` the file appends go to; the previous one gets a last fsync.
     pub(crate) fn rotate_sync_target(&self, next: SyncTarget) {
-        if let Some(previous) = lock(&self.current).replace(next) {
-            lock(&self.retired).push(previous);
+        let mut targets = lock(&self.targets);
+        if let Some(previous) = targets.current.replace(next) {
+            targets.retired.push(previous);
         }
     }
 
-    /// The files to fsync now: retired ones, then the current one.
+    /// The files to fsync now: sealed ones, then the open one.
     fn sync_targets(&self) -> Vec<SyncTarget> {
-        let mut targets = std::mem::take(&mut *lock(&self.retired));
-        targets.extend(lock(&self.current).clone());
-        targets
+        let mut targets = lock(&self.targets);
+        let mut all = std::mem::take(&mut targets.retired);
+        all.extend(targets.current.clone());
+        all
     }
 
     pub(crate) fn sealed(&self) -> Vec<Sealed> {
@@ -78,9 +90,22 @@ impl Shared {
         lock(&self.sealed).push(sealed);
     }
 
-    /// Storage reports `durable`: advance the watermark and drop the local copies.
-    pub(crate) fn on_durable(&self, durable: u64) {
-        if durable >= self.tracker.watermark(Durability::Durable) {
+    /// Storage reports `durable`.
+    pub(crate) fn on_stored(&self, durable: u64) {
+        {
+            let mut stored = lock(&self.stored);
+            *stored = (*stored).max(durable);
+        }
+        self.catch_up_durable();
+    }
+
+    /// Moves `Durable` to what storage holds, but never past `Written`: a frame counts as
+    /// durable only once it is also safe locally, so a storage that keeps nothing (or a
+    /// store that finished before the local fsync) never vouches for more than was
+    /// written, and a local copy is deleted only once both are true.
+    pub(crate) fn catch_up_durable(&self) {
+        let durable = (*lock(&self.stored)).min(self.tracker.watermark(Durability::Written));
+        if durable > self.tracker.watermark(Durability::Durable) {
             if let Err(e) = self.tracker.advance(Durability::Durable, durable) {
                 tracing::debug!(error = %e, "durable watermark not advanced");
             }
@@ -118,6 +143,7 @@ pub(crate) async fn run_syncer(shared: Arc<Shared>, interval: std::time::Duratio
             match synced {
                 Ok(()) => {
                     let _ = shared.tracker.advance(Durability::Written, target);
+                    shared.catch_up_durable();
                 }
                 Err(e) => {
                     // Latch: after a failed fsync nothing more is reported written.
@@ -148,7 +174,7 @@ pub(crate) async fn run_submitter<S: Storage + Clone>(
         let callback = on_store(move |durable| async move {
             // Storage can vouch only for frames this log wrote: a storage that keeps
             // nothing reports u64::MAX, which must not lift the local watermarks.
-            reporter.on_durable(durable.min(key.end_frame_no));
+            reporter.on_stored(durable.min(key.end_frame_no));
             let _ = stored.send(());
         });
         if let Err(e) = storage.store(&namespace, segment, None, callback).await {

@@ -279,11 +279,13 @@ pub(crate) fn recover(path: &Path) -> Result<Option<Recovered>> {
         }
     }
     recovered.dropped = pending.len() as u64;
+    // Frames read back may exist only in the page cache (the process crashed, not the
+    // machine): fsync them before anything counts them as written.
+    let file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
     if file_len != committed_len {
-        let file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
         file.set_len(committed_len).map_err(io_err)?;
-        file.sync_all().map_err(io_err)?;
     }
+    file.sync_all().map_err(io_err)?;
     Ok(Some(recovered))
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_stream::Stream;
 
-use super::{FindSegmentReq, OnStoreCallback, SegmentInfo, Storage};
+use super::{spawn_store, FindSegmentReq, OnStoreCallback, SegmentInfo, Storage};
 use crate::error::{Error, Result};
 use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
 use crate::random::SeededRng;
@@ -23,7 +23,7 @@ pub struct Faults {
     pub fail_from: Option<u64>,
     /// Fail this fraction (0.0 to 1.0) of store calls at random.
     pub fail_fraction: f64,
-    /// Seed for the random failures; printed when the wrapper is made.
+    /// Seed for the random failures; logged (`tracing`, info) when the wrapper is made.
     pub seed: u64,
     /// Sleep this long before each store.
     pub delay: Duration,
@@ -45,7 +45,10 @@ pub struct FaultyStorage<S> {
 impl<S: Storage + Clone> FaultyStorage<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, faults: Faults) -> Self {
-        eprintln!("FaultyStorage seed: {}", faults.seed);
+        tracing::info!(
+            seed = faults.seed,
+            "FaultyStorage: random failures replay from this seed"
+        );
         Self {
             inner,
             rng: Arc::new(SeededRng::new(faults.seed)),
@@ -127,10 +130,10 @@ impl<S: Storage + Clone> Storage for FaultyStorage<S> {
     ) -> impl Future<Output = Result<()>> + Send {
         let this = self.clone();
         let name = namespace.clone();
-        async move {
+        spawn_store(async move {
             this.faulty_store(name, segment, config_override, callback)
                 .await
-        }
+        })
     }
 
     fn durable_frame_no(

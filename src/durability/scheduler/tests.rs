@@ -85,6 +85,7 @@ async fn nothing_is_reported_durable_early_under_random_faults() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x1234_5678);
+    println!("fault seed: {seed} (replay with WALVAULT_FAULT_SEED)");
     let backend = faulty(Faults {
         fail_fraction: 0.3,
         seed,
@@ -326,4 +327,36 @@ async fn shutdown_drains_the_queue_when_it_can() {
         10,
         "every queued segment was stored and reported"
     );
+}
+
+#[tokio::test]
+async fn a_panicking_callback_does_not_stop_the_lane() {
+    let s = StoreScheduler::new(faulty(Faults::default()), SchedulerConfig::default()).unwrap();
+    let name = ns("panicky");
+    s.store(
+        &name,
+        segment(0),
+        None,
+        on_store(|_| async { panic!("callback bug") }),
+    )
+    .await
+    .unwrap();
+    let seen = Arc::new(Mutex::new(None));
+    let flag = seen.clone();
+    s.store(
+        &name,
+        segment(1),
+        None,
+        on_store(move |d| async move { *flag.lock().unwrap() = Some(d) }),
+    )
+    .await
+    .unwrap();
+    let tracker = s.tracker(&name).await.unwrap();
+    assert_eq!(soon(tracker.wait(4, Durability::Durable)).await.unwrap(), 4);
+    soon(async {
+        while seen.lock().unwrap().is_none() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
 }
