@@ -76,21 +76,6 @@ fn append(c: &mut Criterion) {
         .unwrap();
     g.bench_function("applied", |b| b.iter(|| append_batch(&mut log, &refs)));
 
-    // The append path alone: no periodic fsync and one allocator reservation, so the
-    // figure is the writer's own cost rather than the disk's.
-    let config = LogConfig {
-        sync_interval: Duration::from_secs(3600),
-        allocator_block: 1 << 40,
-        ..LogConfig::new(dir.path().join("applied-path"))
-    };
-    let name = NamespaceName::new("bench").unwrap();
-    let mut log = rt
-        .block_on(LogWriter::open(NoStorage, name, config))
-        .unwrap();
-    g.bench_function("applied_append_path", |b| {
-        b.iter(|| append_batch(&mut log, &refs))
-    });
-
     // Sealed files are deleted only once the syncer has fsynced them (Durable never runs
     // ahead of Written), so every appended byte reaches the disk, as the baseline's do.
     let config = LogConfig::new(dir.path().join("written"));

@@ -70,22 +70,38 @@ fn crash_child_writer() {
         let storage = LocalStorage::open(dir.join("store")).unwrap();
         let mut log = LogWriter::open(storage, ns(), config(dir)).await.unwrap();
         let mut out = std::io::stdout().lock();
-        for txn in first.. {
-            let data: Vec<(u32, Vec<u8>)> = pages_of(txn)
-                .into_iter()
-                .map(|p| (p, page(txn, p)))
-                .collect();
-            let refs: Vec<(u32, &[u8])> = data.iter().map(|(p, d)| (*p, d.as_slice())).collect();
-            let appended = log.append(&refs, DB_PAGES).unwrap();
-            appended.wait(Durability::Written).await.unwrap();
+        let mut txn = first;
+        loop {
+            // Batches of 1 to 4 transactions share one wait (group commit), so sealing,
+            // syncing and storing overlap the way they do in real use.
+            let mut batch = Vec::new();
+            for _ in 0..=(txn % 4) {
+                let data: Vec<(u32, Vec<u8>)> = pages_of(txn)
+                    .into_iter()
+                    .map(|p| (p, page(txn, p)))
+                    .collect();
+                let refs: Vec<(u32, &[u8])> =
+                    data.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+                batch.push((txn, log.append(&refs, DB_PAGES).unwrap()));
+                txn += 1;
+            }
+            batch
+                .last()
+                .unwrap()
+                .1
+                .wait(Durability::Written)
+                .await
+                .unwrap();
             let durable = log.tracker().watermark(Durability::Durable);
-            writeln!(
-                out,
-                "ACK {txn} {} {} {durable}",
-                appended.frames.start,
-                appended.commit_frame_no()
-            )
-            .unwrap();
+            for (txn, a) in batch {
+                writeln!(
+                    out,
+                    "ACK {txn} {} {} {durable}",
+                    a.frames.start,
+                    a.commit_frame_no()
+                )
+                .unwrap();
+            }
             out.flush().unwrap();
         }
     });
