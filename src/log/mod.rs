@@ -327,7 +327,9 @@ impl<S: Storage + Clone> LogWriter<S> {
 
     /// Appends to the file, then mirrors into the in-memory builder.
     fn write(&mut self, refs: &[WalFrameRef<'_>]) -> Result<()> {
-        self.wal.append(refs)?;
+        if self.wal.append(refs)? {
+            self.shared.write_requested.notify_one();
+        }
         for f in refs {
             if f.size_after == 0 {
                 self.builder.append_frame(f.page_no, f.page)?;

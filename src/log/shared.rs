@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     stored: Mutex<u64>,
     /// Wakes the syncer: someone waits for `Written`, or the log is stopping.
     pub sync_requested: Notify,
+    /// Wakes the syncer to write out pending appends without an fsync.
+    pub write_requested: Notify,
     pub stopping: AtomicBool,
 }
 
@@ -62,6 +64,7 @@ impl Shared {
             targets: Mutex::new(SyncTargets::default()),
             stored: Mutex::new(0),
             sync_requested: Notify::new(),
+            write_requested: Notify::new(),
             stopping: AtomicBool::new(false),
         }
     }
@@ -80,6 +83,17 @@ impl Shared {
         let mut all = std::mem::take(&mut targets.retired);
         all.extend(targets.current.clone());
         all
+    }
+
+    /// Every file with appends that may be pending, without taking any off the list.
+    fn all_targets(&self) -> Vec<SyncTarget> {
+        let targets = lock(&self.targets);
+        targets
+            .retired
+            .iter()
+            .chain(&targets.current)
+            .cloned()
+            .collect()
     }
 
     pub(crate) fn sealed(&self) -> Vec<Sealed> {
@@ -129,7 +143,27 @@ impl Shared {
 /// fsyncs when asked to and every `interval`; see the module docs.
 pub(crate) async fn run_syncer(shared: Arc<Shared>, interval: std::time::Duration) {
     loop {
-        let _ = tokio::time::timeout(interval, shared.sync_requested.notified()).await;
+        let write_only = tokio::select! {
+            _ = shared.sync_requested.notified() => false,
+            _ = shared.write_requested.notified() => true,
+            _ = tokio::time::sleep(interval) => false,
+        };
+        if write_only && !shared.stopping.load(Ordering::Acquire) {
+            // Appends piled up: write them out (no fsync) so the append path never does.
+            let targets = shared.all_targets();
+            let written = tokio::task::spawn_blocking(move || {
+                targets.iter().try_for_each(SyncTarget::write_out)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = written {
+                shared
+                    .tracker
+                    .fail(Error::io("writing the open segment", e));
+                return;
+            }
+            continue;
+        }
         loop {
             let target = shared.tracker.watermark(Durability::Applied);
             if target <= shared.tracker.watermark(Durability::Written) {

@@ -51,38 +51,58 @@ pub(crate) fn parse_name(name: &str) -> Option<u64> {
     (digits.len() == 20).then(|| digits.parse().ok()).flatten()
 }
 
-/// Appended records wait here until the syncer (or a full buffer) writes them out, so an
-/// append costs a copy, not a system call.
-const WRITE_OUT_AT: usize = 4 << 20;
+/// Appended records wait in memory; past this many bytes the syncer is asked to write
+/// them out (without an fsync), so an append costs a copy, not a system call.
+pub(crate) const WRITE_OUT_AT: usize = 1 << 20;
+/// Past this many bytes the append itself writes them out: back-pressure, so memory stays
+/// bounded when the disk cannot keep up.
+const WRITE_INLINE_AT: usize = 32 << 20;
 
 /// An open-segment file and the records appended to it but not yet written out.
 #[derive(Debug)]
 pub(crate) struct WalBuffer {
-    buf: Vec<u8>,
+    pending: Mutex<Vec<u8>>,
+    /// An emptied buffer kept for reuse, so steady appends do not fault in fresh memory.
+    spare: Mutex<Vec<u8>>,
+    /// Held while writing, so that buffers reach the file in append order.
+    file: Mutex<FileState>,
+}
+
+#[derive(Debug)]
+struct FileState {
     file: File,
     /// The directory, until its entry for this file has been fsynced.
     dir: Option<PathBuf>,
 }
 
-impl WalBuffer {
-    fn write_out(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.file.write_all(&self.buf)?;
-            self.buf.clear();
-        }
-        Ok(())
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn lock(buffer: &Mutex<WalBuffer>) -> std::sync::MutexGuard<'_, WalBuffer> {
-    buffer.lock().unwrap_or_else(PoisonError::into_inner)
+impl WalBuffer {
+    /// Writes what is pending to the file (no fsync).
+    fn write_out(&self) -> io::Result<()> {
+        let mut file = lock(&self.file);
+        let mut taken = {
+            let mut pending = lock(&self.pending);
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let spare = std::mem::take(&mut *lock(&self.spare));
+            std::mem::replace(&mut *pending, spare)
+        };
+        file.file.write_all(&taken)?;
+        taken.clear();
+        *lock(&self.spare) = taken;
+        Ok(())
+    }
 }
 
 /// The append side of an open-segment file.
 #[derive(Debug)]
 pub(crate) struct WalFile {
     path: PathBuf,
-    buffer: Arc<Mutex<WalBuffer>>,
+    buffer: Arc<WalBuffer>,
     chain: u32,
 }
 
@@ -101,13 +121,16 @@ impl WalFile {
         file.write_all(&header).map_err(io_err)?;
         let chain = u32::from_le_bytes([header[28], header[29], header[30], header[31]]);
         let buffer = WalBuffer {
-            buf: Vec::new(),
-            file,
-            dir: Some(dir.to_path_buf()),
+            pending: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
+            file: Mutex::new(FileState {
+                file,
+                dir: Some(dir.to_path_buf()),
+            }),
         };
         Ok(Self {
             path,
-            buffer: Arc::new(Mutex::new(buffer)),
+            buffer: Arc::new(buffer),
             chain,
         })
     }
@@ -123,27 +146,31 @@ impl WalFile {
         }
     }
 
-    /// Appends frames: buffered, written out when the buffer fills or the syncer runs.
-    pub(crate) fn append(&mut self, frames: &[WalFrameRef<'_>]) -> Result<()> {
-        let mut buffer = lock(&self.buffer);
-        for f in frames {
-            let mut head = [0u8; RECORD_HEAD_LEN];
-            head[..8].copy_from_slice(&f.frame_no.to_le_bytes());
-            head[8..12].copy_from_slice(&f.page_no.to_le_bytes());
-            head[12..16].copy_from_slice(&f.size_after.to_le_bytes());
-            head[16..24].copy_from_slice(&f.commit_ts.to_le_bytes());
-            self.chain =
-                crc32c::crc32c_append(crc32c::crc32c_append(self.chain, &head[..24]), f.page);
-            head[24..28].copy_from_slice(&self.chain.to_le_bytes());
-            buffer.buf.extend_from_slice(&head);
-            buffer.buf.extend_from_slice(f.page);
-        }
-        if buffer.buf.len() >= WRITE_OUT_AT {
-            buffer
+    /// Appends frames to the in-memory buffer. Returns true when enough is pending that
+    /// the syncer should write it out.
+    pub(crate) fn append(&mut self, frames: &[WalFrameRef<'_>]) -> Result<bool> {
+        let pending_len = {
+            let mut pending = lock(&self.buffer.pending);
+            for f in frames {
+                let mut head = [0u8; RECORD_HEAD_LEN];
+                head[..8].copy_from_slice(&f.frame_no.to_le_bytes());
+                head[8..12].copy_from_slice(&f.page_no.to_le_bytes());
+                head[12..16].copy_from_slice(&f.size_after.to_le_bytes());
+                head[16..24].copy_from_slice(&f.commit_ts.to_le_bytes());
+                self.chain =
+                    crc32c::crc32c_append(crc32c::crc32c_append(self.chain, &head[..24]), f.page);
+                head[24..28].copy_from_slice(&self.chain.to_le_bytes());
+                pending.extend_from_slice(&head);
+                pending.extend_from_slice(f.page);
+            }
+            pending.len()
+        };
+        if pending_len >= WRITE_INLINE_AT {
+            self.buffer
                 .write_out()
                 .map_err(|e| Error::io(format!("appending to {}", self.path.display()), e))?;
         }
-        Ok(())
+        Ok(pending_len >= WRITE_OUT_AT)
     }
 
     /// Writes out and fsyncs what was appended.
@@ -159,17 +186,22 @@ impl WalFile {
 /// time) its directory entry.
 #[derive(Debug, Clone)]
 pub(crate) struct SyncTarget {
-    buffer: Arc<Mutex<WalBuffer>>,
+    buffer: Arc<WalBuffer>,
 }
 
 impl SyncTarget {
-    /// Writes out the buffer (under the lock, so writes stay in append order), then
-    /// fsyncs outside the lock, so appends go on meanwhile.
+    /// Writes out what is pending, without an fsync.
+    pub(crate) fn write_out(&self) -> io::Result<()> {
+        self.buffer.write_out()
+    }
+
+    /// Writes out what is pending, then fsyncs the file (outside the locks, so appends
+    /// and write-outs go on meanwhile) and, the first time, its directory.
     pub(crate) fn sync(&self) -> io::Result<()> {
+        self.buffer.write_out()?;
         let (file, dir) = {
-            let mut buffer = lock(&self.buffer);
-            buffer.write_out()?;
-            (buffer.file.try_clone()?, buffer.dir.take())
+            let mut state = lock(&self.buffer.file);
+            (state.file.try_clone()?, state.dir.take())
         };
         file.sync_data()?;
         if let Some(dir) = dir {
