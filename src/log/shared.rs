@@ -142,12 +142,17 @@ impl Shared {
 
 /// fsyncs when asked to and every `interval`; see the module docs.
 pub(crate) async fn run_syncer(shared: Arc<Shared>, interval: std::time::Duration) {
+    // A fixed deadline: write-out requests must not keep postponing the periodic fsync.
+    let mut next_sync = tokio::time::Instant::now() + interval;
     loop {
         let write_only = tokio::select! {
             _ = shared.sync_requested.notified() => false,
             _ = shared.write_requested.notified() => true,
-            _ = tokio::time::sleep(interval) => false,
+            _ = tokio::time::sleep_until(next_sync) => false,
         };
+        if !write_only {
+            next_sync = tokio::time::Instant::now() + interval;
+        }
         if write_only && !shared.stopping.load(Ordering::Acquire) {
             // Appends piled up: write them out (no fsync) so the append path never does.
             let targets = shared.all_targets();
