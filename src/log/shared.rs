@@ -1,12 +1,16 @@
 //! State the log writer shares with its background tasks: the watermarks, the sealed
 //! segments not yet durable, the file to fsync, and the two tasks themselves.
 //!
-//! * The **syncer** turns `Applied` into `Written`: it waits to be notified of appended
-//!   frames, reads the `Applied` watermark, fsyncs the open-segment file, and advances
-//!   `Written` to what it read. Transactions appended while an fsync runs share the next
-//!   one (group commit).
-//! * The **submitter** hands sealed segments to storage one at a time, in frame order, and
-//!   turns `on_store` into the `Durable` watermark, deleting the local copies then.
+//! * The **syncer** turns `Applied` into `Written`. It runs when a caller waits for
+//!   `Written` (or `Durable`) and at least every `sync_interval`: it reads the `Applied`
+//!   watermark, writes out and fsyncs the files sealed since its last run and the open one
+//!   (and, once, each new file's directory), and advances `Written` to what it read.
+//!   Transactions appended while an fsync runs share the next one (group commit). When
+//!   1 MiB of appends is pending it also writes them out, without an fsync, so appends
+//!   and seals make no system call (until 32 MiB pile up: back-pressure).
+//! * The **submitter** hands sealed segments to storage one at a time, in frame order.
+//!   What storage reports durable becomes the `Durable` watermark once it is also
+//!   `Written`, and only then are the local copies deleted.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
