@@ -50,6 +50,15 @@ async fn append<S: Storage + Clone>(log: &mut LogWriter<S>, txn: u64) -> walvaul
     log.append(&refs, 8).unwrap()
 }
 
+/// Creates the database, then appends transactions `1..=upto`; returns the last.
+async fn write_db<S: Storage + Clone>(log: &mut LogWriter<S>, upto: u64) -> walvault::Appended {
+    let mut last = create_db(log).await;
+    for txn in 1..=upto {
+        last = append(log, txn).await;
+    }
+    last
+}
+
 /// The first transaction creates all 8 pages.
 async fn create_db<S: Storage + Clone>(log: &mut LogWriter<S>) -> walvault::Appended {
     let pages: Vec<(u32, Vec<u8>)> = (1..=8).map(|p| (p, page(0, p))).collect();
@@ -81,12 +90,7 @@ async fn waits_reads_and_restores_at_every_level() {
     let mut log = LogWriter::open(storage.clone(), ns(), config(dir.path()))
         .await
         .unwrap();
-    create_db(&mut log).await;
-    let mut last = None;
-    for txn in 1..=40 {
-        last = Some(append(&mut log, txn).await);
-    }
-    let last = last.unwrap();
+    let last = write_db(&mut log, 40).await;
     assert!(soon(last.wait(Durability::Written)).await.unwrap() >= last.commit_frame_no());
     assert!(log.checkpointable_frame_no() <= log.tracker().watermark(Durability::Durable));
     // Reads see the newest version as of any frame, from wherever it lives.
@@ -143,12 +147,7 @@ async fn an_unclean_stop_loses_nothing_written_and_leaves_a_recorded_gap() {
     let mut log = LogWriter::open(storage.clone(), ns(), config(dir.path()))
         .await
         .unwrap();
-    create_db(&mut log).await;
-    let mut last = None;
-    for txn in 1..=10 {
-        last = Some(append(&mut log, txn).await);
-    }
-    let last = last.unwrap();
+    let last = write_db(&mut log, 10).await;
     soon(last.wait(Durability::Written)).await.unwrap();
     let next_before = log.next_frame_no();
     drop(log); // no seal, no close: the open segment is only in its file
@@ -331,13 +330,9 @@ async fn many_logs_share_one_scheduler() {
                 ..LogConfig::new(root)
             };
             let mut log = LogWriter::open(scheduler, name, config).await.unwrap();
-            create_db(&mut log).await;
-            let mut last = None;
-            for txn in 1..=30 {
-                last = Some(append(&mut log, txn).await);
-            }
+            let last = write_db(&mut log, 30).await;
             log.seal().unwrap();
-            soon(last.unwrap().wait(Durability::Durable)).await.unwrap();
+            soon(last.wait(Durability::Durable)).await.unwrap();
             log.close().await.unwrap();
         }));
     }
