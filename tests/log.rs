@@ -50,6 +50,15 @@ async fn append<S: Storage + Clone>(log: &mut LogWriter<S>, txn: u64) -> walvaul
     log.append(&refs, 8).unwrap()
 }
 
+/// A local store under `dir` and a log writing to it.
+async fn open_local(dir: &std::path::Path) -> (LocalStorage, LogWriter<LocalStorage>) {
+    let storage = LocalStorage::open(dir.join("store")).unwrap();
+    let log = LogWriter::open(storage.clone(), ns(), config(dir))
+        .await
+        .unwrap();
+    (storage, log)
+}
+
 /// Creates the database, then appends transactions `1..=upto`; returns the last.
 async fn write_db<S: Storage + Clone>(log: &mut LogWriter<S>, upto: u64) -> walvault::Appended {
     let mut last = create_db(log).await;
@@ -86,10 +95,7 @@ async fn soon<T>(f: impl std::future::Future<Output = T>) -> T {
 #[tokio::test]
 async fn waits_reads_and_restores_at_every_level() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = LocalStorage::open(dir.path().join("store")).unwrap();
-    let mut log = LogWriter::open(storage.clone(), ns(), config(dir.path()))
-        .await
-        .unwrap();
+    let (storage, mut log) = open_local(dir.path()).await;
     let last = write_db(&mut log, 40).await;
     assert!(soon(last.wait(Durability::Written)).await.unwrap() >= last.commit_frame_no());
     assert!(log.checkpointable_frame_no() <= log.tracker().watermark(Durability::Durable));
@@ -143,10 +149,7 @@ impl<T: tokio_stream::Stream + Send> CountStream for T {
 #[tokio::test]
 async fn an_unclean_stop_loses_nothing_written_and_leaves_a_recorded_gap() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = LocalStorage::open(dir.path().join("store")).unwrap();
-    let mut log = LogWriter::open(storage.clone(), ns(), config(dir.path()))
-        .await
-        .unwrap();
+    let (storage, mut log) = open_local(dir.path()).await;
     let last = write_db(&mut log, 10).await;
     soon(last.wait(Durability::Written)).await.unwrap();
     let next_before = log.next_frame_no();
@@ -190,10 +193,7 @@ async fn an_unclean_stop_loses_nothing_written_and_leaves_a_recorded_gap() {
 #[tokio::test]
 async fn a_torn_transaction_is_dropped_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = LocalStorage::open(dir.path().join("store")).unwrap();
-    let mut log = LogWriter::open(storage.clone(), ns(), config(dir.path()))
-        .await
-        .unwrap();
+    let (storage, mut log) = open_local(dir.path()).await;
     let created = create_db(&mut log).await;
     soon(created.wait(Durability::Written)).await.unwrap();
     drop(log);
@@ -377,10 +377,7 @@ async fn a_storage_that_keeps_nothing_leaves_the_log_usable() {
 #[tokio::test]
 async fn no_wait_hangs_after_close_or_drop() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = LocalStorage::open(dir.path().join("store")).unwrap();
-    let mut log = LogWriter::open(storage.clone(), ns(), config(dir.path()))
-        .await
-        .unwrap();
+    let (storage, mut log) = open_local(dir.path()).await;
     let created = create_db(&mut log).await;
     drop(log); // never sealed: its frames will not become durable in this process
     assert!(soon(created.wait(Durability::Durable)).await.is_err());
