@@ -186,10 +186,9 @@ impl SegmentBuilder {
 
         let mut pages: Vec<(u32, u32)> = self.newest.drain().collect();
         pages.sort_unstable();
-        let index = PageIndex::build(pages.iter().copied());
-        let index_bytes = index.as_bytes();
-        let index_crc = crc32c::crc32c(index_bytes);
-        self.buf.extend_from_slice(index_bytes);
+        let index_bytes = PageIndex::encode(pages.iter().copied());
+        let index_crc = crc32c::crc32c(&index_bytes);
+        self.buf.extend_from_slice(&index_bytes);
         self.buf.extend_from_slice(&index_crc.to_le_bytes());
 
         let (first, last) = (self.commits[0], self.commits[self.commits.len() - 1]);
@@ -221,8 +220,7 @@ impl SegmentBuilder {
 
         let bytes = Bytes::from(self.buf);
         // The layout was computed by the same code that decodes it, from a header we
-        // just built; the index is rebuilt over the shared buffer so it does not hold a
-        // second copy.
+        // just built, and the index is parsed where it now lies in the shared buffer.
         let layout = header.layout().expect("layout of a header we built");
         let index_at = layout.index_off as usize;
         let index = PageIndex::parse(

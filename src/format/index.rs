@@ -16,8 +16,9 @@ pub struct PageIndex {
 }
 
 impl PageIndex {
-    /// Builds an index from `(page_no, position)` pairs sorted by page number.
-    pub(crate) fn build(sorted: impl IntoIterator<Item = (u32, u32)>) -> Self {
+    /// Encodes an index from `(page_no, position)` pairs sorted by page number. The
+    /// bytes are parsed (and checked) with [`parse`](Self::parse) where they are stored.
+    pub(crate) fn encode(sorted: impl IntoIterator<Item = (u32, u32)>) -> Vec<u8> {
         let mut builder = fst::MapBuilder::memory();
         for (page_no, position) in sorted {
             // Keys are strictly increasing (one entry per page, sorted) and the builder
@@ -25,10 +26,7 @@ impl PageIndex {
             let inserted = builder.insert(page_no.to_be_bytes(), u64::from(position));
             debug_assert!(inserted.is_ok());
         }
-        let bytes = builder.into_inner().unwrap_or_default();
-        Self {
-            map: fst::Map::new(Bytes::from(bytes)).unwrap_or_default_map(),
-        }
+        builder.into_inner().unwrap_or_default()
     }
 
     /// Parses index bytes and checks that every key is a 4-byte page number and every
@@ -129,27 +127,14 @@ fn check_entries(map: &fst::Map<Bytes>, frame_count: u32) -> Result<(), &'static
     Ok(())
 }
 
-trait OrEmpty {
-    fn unwrap_or_default_map(self) -> fst::Map<Bytes>;
-}
-
-impl OrEmpty for Result<fst::Map<Bytes>, fst::Error> {
-    /// `fst::Map::new` only fails on bytes that `MapBuilder` did not produce.
-    fn unwrap_or_default_map(self) -> fst::Map<Bytes> {
-        self.unwrap_or_else(|_| {
-            let empty = fst::MapBuilder::memory().into_inner().unwrap_or_default();
-            fst::Map::new(Bytes::from(empty)).expect("an empty fst is valid")
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn lookups_follow_the_pairs() {
-        let idx = PageIndex::build([(1, 0), (7, 3), (70_000, 2)]);
+        let bytes = PageIndex::encode([(1, 0), (7, 3), (70_000, 2)]);
+        let idx = PageIndex::parse(Bytes::from(bytes), 4, 0).unwrap();
         assert_eq!(idx.get(1), Some(0));
         assert_eq!(idx.get(7), Some(3));
         assert_eq!(idx.get(70_000), Some(2));
@@ -167,8 +152,7 @@ mod tests {
 
     #[test]
     fn parse_rejects_out_of_range_positions_and_garbage() {
-        let idx = PageIndex::build([(1, 5)]);
-        let bytes = Bytes::copy_from_slice(idx.as_bytes());
+        let bytes = Bytes::from(PageIndex::encode([(1, 5)]));
         assert!(PageIndex::parse(bytes.clone(), 5, 0).is_err());
         assert!(PageIndex::parse(bytes, 6, 0).is_ok());
         assert!(PageIndex::parse(Bytes::from_static(b"garbage"), 6, 0).is_err());

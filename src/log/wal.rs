@@ -239,7 +239,6 @@ pub(crate) struct Recovered {
     pub start: u64,
     pub page_size: u32,
     pub frames: Vec<WalFrame>,
-    pub chain: u32,
     /// Frames dropped after the last commit (a torn transaction).
     pub dropped: u64,
 }
@@ -269,7 +268,6 @@ pub(crate) fn recover(path: &Path) -> Result<Option<Recovered>> {
         start,
         page_size,
         frames: Vec::new(),
-        chain,
         dropped: 0,
     };
     let mut chain = chain;
@@ -305,7 +303,6 @@ pub(crate) fn recover(path: &Path) -> Result<Option<Recovered>> {
         pending.push(frame);
         if is_commit {
             recovered.frames.append(&mut pending);
-            recovered.chain = chain;
             committed_len = HEADER_LEN as u64
                 + recovered.frames.len() as u64 * (RECORD_HEAD_LEN as u64 + u64::from(page_size));
         }
