@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::index::PageIndex;
 use super::layout::{
-    digest_add, encode_trailer, frame_crc, frm, le_u32, put_u32, put_u64, valid_page_size, Header,
-    COMMIT_LEN, FRAME_HEADER_LEN, HEADER_LEN, TRAILER_LEN,
+    digest_add, encode_trailer, frame_crc, frame_header, frm, le_u32, put_u32, put_u64,
+    valid_page_size, Header, COMMIT_LEN, FRAME_HEADER_LEN, HEADER_LEN, TRAILER_LEN,
 };
 use super::segment::{Commit, SealedSegment};
 use crate::error::{Error, InvalidInput, Result};
@@ -126,6 +126,14 @@ impl SegmentBuilder {
                 let frame_no = crate::format::layout::le_u64(&self.buf, off + frm::FRAME_NO);
                 (frame_no, &self.buf[off + FRAME_HEADER_LEN..off + frame_len])
             })
+    }
+
+    /// The checksum of the last frame appended, so a caller that also logs the frame
+    /// elsewhere can reuse it instead of reading the page again.
+    pub(crate) fn last_frame_crc(&self) -> Option<u32> {
+        let frame_len = FRAME_HEADER_LEN + self.page_size as usize;
+        let last = self.buf.len().checked_sub(frame_len)?;
+        (!self.is_empty()).then(|| le_u32(&self.buf, last + frm::CRC))
     }
 
     /// Bytes of frames buffered so far.
@@ -274,10 +282,7 @@ impl SegmentBuilder {
     }
 
     fn push(&mut self, frame_no: u64, page_no: u32, size_after: u32, page: &[u8]) {
-        let mut header = [0u8; FRAME_HEADER_LEN];
-        put_u64(&mut header, frm::FRAME_NO, frame_no);
-        put_u32(&mut header, frm::PAGE_NO, page_no);
-        put_u32(&mut header, frm::SIZE_AFTER, size_after);
+        let mut header = frame_header(frame_no, page_no, size_after);
         let crc = frame_crc(&header, page);
         put_u32(&mut header, frm::CRC, crc);
         self.buf.extend_from_slice(&header);

@@ -275,6 +275,15 @@ pub(crate) fn frame_crc(frame_header: &[u8], page: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&frame_header[..frm::CRC]), page)
 }
 
+/// A frame's header with every field but the checksum filled in.
+pub(crate) fn frame_header(frame_no: u64, page_no: u32, size_after: u32) -> [u8; FRAME_HEADER_LEN] {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    put_u64(&mut header, frm::FRAME_NO, frame_no);
+    put_u32(&mut header, frm::PAGE_NO, page_no);
+    put_u32(&mut header, frm::SIZE_AFTER, size_after);
+    header
+}
+
 /// Builds a trailer for a file of `file_len` bytes whose parts have the given digest.
 pub(crate) fn encode_trailer(file_len: u64, digest: u32) -> [u8; TRAILER_LEN] {
     let mut t = [0u8; TRAILER_LEN];

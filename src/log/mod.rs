@@ -206,8 +206,7 @@ impl<S: Storage + Clone> LogWriter<S> {
                 reason: "the allocator and the open segment disagree",
             })));
         }
-        let refs = wal_frames(&frames, pages, db_size, commit_ms);
-        if let Err(e) = self.write(&refs) {
+        if let Err(e) = self.write(&frames, pages, db_size, commit_ms) {
             return Err(self.fail(e));
         }
         self.last_commit_ms = commit_ms;
@@ -325,22 +324,37 @@ impl<S: Storage + Clone> LogWriter<S> {
         Ok(())
     }
 
-    /// Appends to the file, then mirrors into the in-memory builder.
-    fn write(&mut self, refs: &[WalFrameRef<'_>]) -> Result<()> {
-        if self.wal.append(refs)? {
-            self.shared.write_requested.notify_one();
-        }
-        for f in refs {
-            if f.size_after == 0 {
-                self.builder.append_frame(f.page_no, f.page)?;
+    /// Appends a transaction to the in-memory segment, then to the open-segment file,
+    /// which reuses each frame's checksum (every page is read once for both).
+    fn write(
+        &mut self,
+        frames: &Range<u64>,
+        pages: &[(u32, &[u8])],
+        db_size: u32,
+        commit_ms: u64,
+    ) -> Result<()> {
+        let last = pages.len() - 1;
+        let mut refs = Vec::with_capacity(pages.len());
+        for (i, (frame_no, (page_no, page))) in frames.clone().zip(pages).enumerate() {
+            let (size_after, commit_ts) = if i == last {
+                let at = ms_to_datetime(commit_ms);
+                self.builder.append_commit(*page_no, page, db_size, at)?;
+                (db_size, commit_ms)
             } else {
-                self.builder.append_commit(
-                    f.page_no,
-                    f.page,
-                    f.size_after,
-                    ms_to_datetime(f.commit_ts),
-                )?;
-            }
+                self.builder.append_frame(*page_no, page)?;
+                (0, 0)
+            };
+            refs.push(WalFrameRef {
+                frame_no,
+                page_no: *page_no,
+                size_after,
+                commit_ts,
+                crc: self.builder.last_frame_crc().unwrap_or_default(),
+                page,
+            });
+        }
+        if self.wal.append(&refs)? {
+            self.shared.write_requested.notify_one();
         }
         Ok(())
     }
@@ -409,27 +423,6 @@ fn segment_frames(config: &LogConfig) -> usize {
     (config.seal_frames as usize)
         .min(config.seal_bytes / frame_len + 1)
         .min(cap)
-}
-
-/// The frames of one transaction: every page, the last one committing.
-fn wal_frames<'a>(
-    frames: &Range<u64>,
-    pages: &[(u32, &'a [u8])],
-    db_size: u32,
-    commit_ms: u64,
-) -> Vec<WalFrameRef<'a>> {
-    let last = pages.len() - 1;
-    frames
-        .clone()
-        .zip(pages.iter().enumerate())
-        .map(|(frame_no, (i, (page_no, page)))| WalFrameRef {
-            frame_no,
-            page_no: *page_no,
-            size_after: if i == last { db_size } else { 0 },
-            commit_ts: if i == last { commit_ms } else { 0 },
-            page,
-        })
-        .collect()
 }
 
 /// Walks storage newest first for the newest version of a page at or before `as_of`.

@@ -2,16 +2,18 @@
 //! checksum chained from the one before, so that recovery can find exactly where valid
 //! data ends after a crash.
 //!
-//! File `open-<start frame:020>.wal`, little-endian, version 1:
+//! File `open-<start frame:020>.wal`, little-endian, version 2:
 //!
 //! * header (32 bytes): magic `WVOPENLG`, version u16, reserved u16 (zero), page size
 //!   u32, start frame u64, salt u32, CRC-32C of bytes 0..28.
 //! * records: frame number u64, page number u32, size after u32 (0 unless a commit),
-//!   commit timestamp u64 (ms; 0 unless a commit), chain u32, reserved u32 (zero), page.
-//!   `chain` is CRC-32C over bytes 0..24 of the record and the page, seeded with the
-//!   previous record's chain (the first record's seed is the header CRC, which covers the
-//!   random salt). A record from another file or another incarnation cannot continue a
-//!   chain.
+//!   commit timestamp u64 (ms; 0 unless a commit), frame checksum u32, chain u32, page.
+//!   The frame checksum is the one the sealed segment stores for this frame (it covers
+//!   the frame number, page number, size after and the page), so each page is checksummed
+//!   once for both files. `chain` is CRC-32C over bytes 0..28 of the record, seeded with
+//!   the previous record's chain (the first record's seed is the header CRC, which covers
+//!   the random salt). A record from another file or another incarnation cannot continue
+//!   a chain.
 //!
 //! Recovery keeps the longest prefix of records with consecutive frame numbers and valid
 //! chains, then drops everything after the last commit (a torn transaction) and truncates
@@ -23,10 +25,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{Error, Result};
+use crate::format::layout;
 use crate::storage::fsutil::fsync_dir;
 
 const MAGIC: [u8; 8] = *b"WVOPENLG";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 pub(crate) const HEADER_LEN: usize = 32;
 pub(crate) const RECORD_HEAD_LEN: usize = 32;
 
@@ -157,9 +160,9 @@ impl WalFile {
                 head[8..12].copy_from_slice(&f.page_no.to_le_bytes());
                 head[12..16].copy_from_slice(&f.size_after.to_le_bytes());
                 head[16..24].copy_from_slice(&f.commit_ts.to_le_bytes());
-                self.chain =
-                    crc32c::crc32c_append(crc32c::crc32c_append(self.chain, &head[..24]), f.page);
-                head[24..28].copy_from_slice(&self.chain.to_le_bytes());
+                head[24..28].copy_from_slice(&f.crc.to_le_bytes());
+                self.chain = crc32c::crc32c_append(self.chain, &head[..28]);
+                head[28..].copy_from_slice(&self.chain.to_le_bytes());
                 pending.extend_from_slice(&head);
                 pending.extend_from_slice(f.page);
             }
@@ -218,7 +221,14 @@ pub(crate) struct WalFrameRef<'a> {
     pub page_no: u32,
     pub size_after: u32,
     pub commit_ts: u64,
+    /// The frame's checksum as the sealed segment stores it ([`frame_crc`]).
+    pub crc: u32,
     pub page: &'a [u8],
+}
+
+/// The checksum the sealed segment stores for a frame, which the record reuses.
+pub(crate) fn frame_crc(frame_no: u64, page_no: u32, size_after: u32, page: &[u8]) -> u32 {
+    layout::frame_crc(&layout::frame_header(frame_no, page_no, size_after), page)
 }
 
 fn encode_header(page_size: u32, start: u64, salt: u32) -> [u8; HEADER_LEN] {
@@ -288,11 +298,11 @@ pub(crate) fn recover(path: &Path) -> Result<Option<Recovered>> {
             commit_ts: u64::from_le_bytes(head[16..24].try_into().unwrap_or_default()),
             page,
         };
-        let next_chain =
-            crc32c::crc32c_append(crc32c::crc32c_append(chain, &head[..24]), &frame.page);
+        let next_chain = crc32c::crc32c_append(chain, &head[..28]);
+        let crc = frame_crc(frame.frame_no, frame.page_no, frame.size_after, &frame.page);
         let expected_no = start + (recovered.frames.len() + pending.len()) as u64;
-        if head[24..28] != next_chain.to_le_bytes()
-            || head[28..] != [0; 4]
+        if head[28..] != next_chain.to_le_bytes()
+            || head[24..28] != crc.to_le_bytes()
             || frame.frame_no != expected_no
             || frame.page_no == 0
         {
@@ -367,6 +377,7 @@ mod tests {
                 page_no: *p,
                 size_after: *s,
                 commit_ts: u64::from(*s) * 10,
+                crc: frame_crc(*n, *p, *s, d),
                 page: d,
             })
             .collect();
