@@ -60,13 +60,30 @@ pub enum Error {
     /// The storage was shut down.
     #[error("storage is shut down")]
     Closed,
+    /// SQLite reported an error while walvault read or checked a database.
+    #[error("SQLite error while {context}: {message}")]
+    Sqlite {
+        /// What walvault was doing.
+        context: String,
+        /// SQLite's message.
+        message: String,
+    },
 }
 
 impl Error {
-    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+    /// An I/O error, with what walvault (or a tool built on it) was doing.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),
             source: Arc::new(source),
+        }
+    }
+
+    /// An error SQLite reported, with what was being done.
+    pub fn sqlite(context: impl Into<String>, e: impl fmt::Display) -> Self {
+        Error::Sqlite {
+            context: context.into(),
+            message: e.to_string(),
         }
     }
 

@@ -53,6 +53,7 @@ mod error;
 mod format;
 mod log;
 mod random;
+mod sqlite;
 mod storage;
 
 pub use crate::durability::{
@@ -65,9 +66,11 @@ pub use crate::format::{
     SegmentKey,
 };
 pub use crate::log::{Appended, Clock, LogConfig, LogWriter, SystemClock};
+pub use crate::sqlite::{integrity_check, IngestReport, Replicator, ReplicatorConfig};
 pub use crate::storage::{
-    on_store, Faults, FaultyStorage, FindSegmentReq, LocalConfig, LocalStorage, MemoryStorage,
-    NoStorage, OnStoreCallback, RestoreOptions, RestoreSummary, SegmentInfo, Storage,
+    on_store, plan_restore, Faults, FaultyStorage, FindSegmentReq, LocalConfig, LocalStorage,
+    MemoryStorage, NoStorage, OnStoreCallback, RestoreOptions, RestorePlan, RestoreSummary,
+    SegmentInfo, Storage,
 };
 
 #[doc(hidden)]

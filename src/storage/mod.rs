@@ -31,7 +31,7 @@ pub use faulty::{Faults, FaultyStorage};
 pub use local::{write_manifest_for_bench, LocalConfig, LocalStorage};
 pub use memory::MemoryStorage;
 pub use none::NoStorage;
-pub use restore::RestoreSummary;
+pub use restore::{plan as plan_restore, RestorePlan, RestoreSummary};
 
 /// Called once a segment is durable, with the namespace's new durable frame number.
 pub type OnStoreCallback =

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::{FindSegmentReq, RestoreOptions, Storage};
 use crate::error::{Error, FormatError, InvalidInput, Part, Result};
-use crate::format::{ms_to_datetime, Commit, NamespaceName, SealedSegment};
+use crate::format::{ms_to_datetime, Commit, NamespaceName, SealedSegment, SegmentKey};
 use crate::storage::fsutil::{fsync_dir, temp_path};
 
 /// What a restore produced.
@@ -63,13 +63,7 @@ where
         }
         segment = match previous(storage, ns, &segment, &config).await? {
             Some(prev) => prev,
-            None => {
-                return Err(Error::NotFound(format!(
-                    "history of {ns} is incomplete: page {} of the database at frame {} is in no segment",
-                    pages.first_missing().unwrap_or(0),
-                    commit.frame_no
-                )))
-            }
+            None => return Err(incomplete(ns, &pages, commit.frame_no)),
         };
         upto = u64::MAX;
     }
@@ -82,6 +76,100 @@ where
         db_pages: commit.size_after,
         segments_read,
     })
+}
+
+/// What a restore will read, computed without writing anything (a dry run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestorePlan {
+    /// Frame number of the commit the database will be restored to.
+    pub frame_no: u64,
+    /// Time of that commit.
+    pub timestamp: DateTime<Utc>,
+    /// Page size of the database.
+    pub page_size: u32,
+    /// Database size in pages (the commit's `size_after`).
+    pub db_pages: u32,
+    /// The segments the restore reads, newest first.
+    pub segments: Vec<SegmentKey>,
+    /// Their encoded size in bytes.
+    pub bytes: u64,
+}
+
+/// Plans a restore: finds the target commit, then walks the page indexes newest first
+/// until every page of the target database has a source. Reads the target segment and
+/// the indexes of older ones; errors as [`restore`] would.
+pub async fn plan<S: Storage + ?Sized>(
+    storage: &S,
+    ns: &NamespaceName,
+    options: RestoreOptions,
+    config: Option<S::Config>,
+) -> Result<RestorePlan> {
+    let (segment, commit) = find_target(storage, ns, options, &config).await?;
+    let mut pages = PageSet::new(commit.size_after);
+    for frame in segment.frames().filter(|f| f.frame_no <= commit.frame_no) {
+        pages.take(frame.page_no);
+    }
+    let mut plan = RestorePlan {
+        frame_no: commit.frame_no,
+        timestamp: ms_to_datetime(commit.timestamp_ms),
+        page_size: segment.page_size(),
+        db_pages: commit.size_after,
+        segments: vec![segment.key()],
+        bytes: segment.encoded_len(),
+    };
+    let mut before = segment.start_frame_no() - 1;
+    while pages.missing > 0 {
+        let req = FindSegmentReq::EndFrameNoLessThan(before);
+        let key = match (before > 0).then_some(()) {
+            Some(()) => match storage.find_segment(ns, req, config.clone()).await {
+                Ok(key) => Some(key),
+                Err(Error::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let Some(key) = key else {
+            return Err(incomplete(ns, &pages, commit.frame_no));
+        };
+        let index = storage
+            .fetch_segment_index(ns, &key, config.clone())
+            .await?;
+        let used = index
+            .iter()
+            .fold(false, |used, (page_no, _)| pages.take(page_no) | used);
+        if used {
+            plan.bytes += segment_size(storage, ns, &key, &config).await?;
+            plan.segments.push(key);
+        }
+        before = key.start_frame_no - 1;
+    }
+    Ok(plan)
+}
+
+/// The encoded size of a stored segment, from the catalog listing.
+async fn segment_size<S: Storage + ?Sized>(
+    storage: &S,
+    ns: &NamespaceName,
+    key: &SegmentKey,
+    config: &Option<S::Config>,
+) -> Result<u64> {
+    use tokio_stream::StreamExt;
+    let listing = storage.list_segments(ns, key.end_frame_no, config.clone());
+    tokio::pin!(listing);
+    while let Some(info) = listing.next().await {
+        let info = info?;
+        if info.key == *key {
+            return Ok(info.size);
+        }
+    }
+    Ok(0)
+}
+
+fn incomplete(ns: &NamespaceName, pages: &PageSet, frame_no: u64) -> Error {
+    Error::NotFound(format!(
+        "history of {ns} is incomplete: page {} of the database at frame {frame_no} is in no segment",
+        pages.first_missing().unwrap_or(0),
+    ))
 }
 
 /// Restores into a new file at `path` atomically: a temp file beside it is written and

@@ -98,6 +98,30 @@ impl LocalStorage {
         blocking(move || scan::scan(&ns, Duration::ZERO)).await
     }
 
+    /// The namespaces in the store: the directories under the root holding a manifest,
+    /// sorted by name. An absent root holds none.
+    pub fn namespaces(&self) -> Result<Vec<NamespaceName>> {
+        let root = &self.inner.config.root;
+        let entries = match std::fs::read_dir(root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("listing {}", root.display()), e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("listing {}", root.display()), e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str().and_then(|n| NamespaceName::new(n).ok()) else {
+                continue;
+            };
+            if entry.path().join(super::manifest::MANIFEST_FILE).is_file() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     fn check_open(&self) -> Result<()> {
         match self.inner.closed.load(Ordering::Acquire) {
             true => Err(Error::Closed),

@@ -1,0 +1,74 @@
+//! Argument types shared by the commands: store URLs, durations, times.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use walvault::{InvalidInput, LocalStorage, NamespaceName, Result};
+
+/// Opens the store named by `--store`: a path or a `file://` URL.
+pub fn open_store(url: &str) -> Result<LocalStorage> {
+    let path = match url.split_once("://") {
+        None => PathBuf::from(url),
+        Some(("file", rest)) => PathBuf::from(rest),
+        Some((scheme, _)) => {
+            return Err(InvalidInput::Config(format!(
+                "store URL {url}: scheme {scheme}:// is not supported by this build (use a path or file://)"
+            ))
+            .into())
+        }
+    };
+    LocalStorage::open(path)
+}
+
+/// Parses a namespace name, saying which argument was wrong.
+pub fn namespace(name: &str) -> Result<NamespaceName> {
+    NamespaceName::new(name)
+}
+
+/// Parses `250ms`, `10s`, `5m`, `2h` or `7d`.
+pub fn duration(text: &str) -> std::result::Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {text:?} needs a unit: ms, s, m, h or d"))?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("duration {text:?} does not start with a number"))?;
+    let ms_per = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "duration {text:?}: unknown unit {unit:?} (ms, s, m, h or d)"
+            ))
+        }
+    };
+    n.checked_mul(ms_per)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {text:?} is too long"))
+}
+
+/// Parses an RFC 3339 time such as `2026-11-21T10:00:00Z`.
+pub fn time(text: &str) -> std::result::Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("time {text:?} is not RFC 3339 (like 2026-11-21T10:00:00Z): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_reject_nonsense() {
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "10", "s", "10x", "99999999999999999999d"] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `walvault`: the command line. Thin: parses arguments and calls the public library API.
+//! Errors print one line (`walvault: error: ...`) and exit with status 1; bad arguments
+//! exit with status 2.
+
+mod args;
+mod demo;
+mod inspect;
+mod replicate;
+mod restore;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Durable WAL storage for SQLite: replicate, restore to any moment, follow.
+#[derive(Debug, Parser)]
+#[command(name = "walvault", version, about)]
+struct Cli {
+    /// Where segments are kept: a directory path or a file:// URL.
+    #[arg(long, global = true, default_value = "./walvault-store")]
+    store: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ship a SQLite database's committed transactions into the store.
+    Replicate(replicate::Args),
+    /// Restore a database as of the latest commit, a time or a frame number.
+    Restore(restore::Args),
+    /// List namespaces, or one namespace's segments.
+    Ls(inspect::LsArgs),
+    /// Summarize a namespace: durable frame number, segments, bytes, commit times.
+    Info(inspect::InfoArgs),
+    /// Read and verify every segment of a namespace.
+    Verify(inspect::VerifyArgs),
+    /// Keep a local database file in step with a namespace.
+    Follow(restore::FollowArgs),
+    /// Replicate a demo database in phases, restore each phase by time and check it.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("starting the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        let store = args::open_store(&cli.store)?;
+        match cli.command {
+            Command::Replicate(a) => replicate::run(store, a).await,
+            Command::Restore(a) => restore::run(store, a).await,
+            Command::Ls(a) => inspect::ls(store, a).await,
+            Command::Info(a) => inspect::info(store, a).await,
+            Command::Verify(a) => inspect::verify(store, a).await,
+            Command::Follow(a) => restore::follow(store, a).await,
+            Command::Demo => demo::run().await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    // One line, whatever the error says.
+    eprintln!("walvault: error: {}", message.replace('\n', " "));
+    ExitCode::FAILURE
+}

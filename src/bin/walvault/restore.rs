@@ -1,0 +1,212 @@
+//! `walvault restore` and `walvault follow`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use walvault::{
+    integrity_check, plan_restore, Error, InvalidInput, LocalStorage, NamespaceName,
+    RestoreOptions, Result, Storage,
+};
+
+use crate::args;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The namespace to restore.
+    #[arg(long)]
+    namespace: String,
+    /// Restore the last commit at or before this time (RFC 3339).
+    #[arg(long, value_parser = args::time, conflicts_with = "frame")]
+    at: Option<DateTime<Utc>>,
+    /// Restore the last commit at or before this frame number.
+    #[arg(long)]
+    frame: Option<u64>,
+    /// The database file to write.
+    #[arg(long)]
+    output: PathBuf,
+    /// Print the plan (segments, bytes) and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Run SQLite's PRAGMA integrity_check on the result before it is put in place.
+    #[arg(long)]
+    integrity_check: bool,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+pub async fn run(store: LocalStorage, a: Args) -> Result<()> {
+    let namespace = args::namespace(&a.namespace)?;
+    let options = match (a.at, a.frame) {
+        (Some(t), _) => RestoreOptions::Timestamp(t),
+        (None, Some(n)) => RestoreOptions::FrameNo(n),
+        (None, None) => RestoreOptions::Latest,
+    };
+    let plan = plan_restore(&store, &namespace, options, None).await?;
+    println!(
+        "plan: commit at frame {} ({}), {} pages of {} bytes, {} segments, {} bytes to read",
+        plan.frame_no,
+        plan.timestamp.to_rfc3339(),
+        plan.db_pages,
+        plan.page_size,
+        plan.segments.len(),
+        plan.bytes
+    );
+    if a.dry_run {
+        for key in &plan.segments {
+            println!("  {key}");
+        }
+        return Ok(());
+    }
+    if a.output.exists() && !a.force {
+        return Err(InvalidInput::Output(format!(
+            "{} exists; pass --force to replace it",
+            a.output.display()
+        ))
+        .into());
+    }
+    let progress = progress(&format!("restoring {namespace}"));
+    let summary = restore_into(&store, &namespace, options, &a.output, a.integrity_check).await;
+    progress.finish_and_clear();
+    let summary = summary?;
+    println!(
+        "restored {namespace} to {} at frame {} ({}): {} pages, {} segments read{}",
+        a.output.display(),
+        summary.frame_no,
+        summary.timestamp.to_rfc3339(),
+        summary.db_pages,
+        summary.segments_read,
+        if a.integrity_check {
+            ", integrity_check ok"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// Restores into a temp file beside `output`, checks it if asked, then renames it over
+/// `output`: an error leaves `output` as it was.
+pub async fn restore_into(
+    store: &LocalStorage,
+    namespace: &NamespaceName,
+    options: RestoreOptions,
+    output: &Path,
+    check: bool,
+) -> Result<walvault::RestoreSummary> {
+    let tmp = sibling(output, ".walvault-restore");
+    let _ = std::fs::remove_file(&tmp);
+    let result = async {
+        let summary = store
+            .restore_to_path(namespace, options, &tmp, None)
+            .await?;
+        if check {
+            integrity_check(&tmp)?;
+        }
+        std::fs::rename(&tmp, output)
+            .and_then(|()| sync_parent(output))
+            .map_err(|e| Error::io(format!("putting {} in place", output.display()), e))?;
+        Ok(summary)
+    }
+    .await;
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// A spinner on a terminal; plain lines otherwise.
+fn progress(message: &str) -> indicatif::ProgressBar {
+    if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner().with_message(message.to_string());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    } else {
+        eprintln!("{message}");
+        indicatif::ProgressBar::hidden()
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FollowArgs {
+    /// The namespace to follow.
+    #[arg(long)]
+    namespace: String,
+    /// The local database file kept in step.
+    #[arg(long)]
+    output: PathBuf,
+    /// How often to look for new durable frames.
+    #[arg(long, default_value = "1s", value_parser = args::duration)]
+    interval: Duration,
+    /// Bring the output up to date once and exit.
+    #[arg(long)]
+    once: bool,
+}
+
+/// Follows a namespace: whenever its durable frame number moves past the one recorded
+/// in the sidecar `<output>.walvault-position`, restores the latest state into a temp
+/// file and renames it over the output, then records the new position (atomically).
+pub async fn follow(store: LocalStorage, a: FollowArgs) -> Result<()> {
+    let namespace = args::namespace(&a.namespace)?;
+    let sidecar = sibling(&a.output, ".walvault-position");
+    loop {
+        let applied = read_position(&sidecar)?;
+        let durable = store.durable_frame_no(&namespace, None).await?;
+        if durable > applied || !a.output.exists() {
+            let summary =
+                restore_into(&store, &namespace, RestoreOptions::Latest, &a.output, false).await?;
+            write_position(&sidecar, summary.frame_no)?;
+            println!(
+                "{}: at frame {} ({})",
+                a.output.display(),
+                summary.frame_no,
+                summary.timestamp.to_rfc3339()
+            );
+        }
+        if a.once {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(a.interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+fn read_position(path: &Path) -> Result<u64> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            InvalidInput::Config(format!("{} does not hold a frame number", path.display())).into()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+fn write_position(path: &Path, frame_no: u64) -> Result<()> {
+    let tmp = sibling(path, ".tmp");
+    let io = |e| Error::io(format!("writing {}", path.display()), e);
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{frame_no}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_parent(path)
+    };
+    write().map_err(io)
+}
+
+/// fsyncs the directory holding `path`, so a rename into it is durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => std::fs::File::open(".")?.sync_all(),
+    }
+}

@@ -1,0 +1,43 @@
+//! SQLite ingestion: read a real SQLite database in WAL mode and ship its committed
+//! transactions into a walvault log.
+//!
+//! * [`wal`] reads SQLite's own `-wal` file format (header, salts, cumulative checksums)
+//!   and hands out committed transactions only.
+//! * [`state`] is the replicator's position in that WAL, kept in a small sidecar file
+//!   written atomically after the frames it covers are `Written` in the log.
+//! * [`replicate`] decides, on each run, between shipping the new transactions and
+//!   shipping a fresh snapshot (first run, or the WAL was reset under us), and in
+//!   continuous mode holds a read transaction so that nobody else's checkpoint can reset
+//!   the WAL before we have read it.
+
+mod replicate;
+mod snapshot;
+mod state;
+pub(crate) mod wal;
+
+pub use replicate::{IngestReport, Replicator, ReplicatorConfig};
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Runs SQLite's own `PRAGMA integrity_check` on the database at `path` (opened read-only);
+/// an error carrying SQLite's findings unless it reports `ok`.
+pub fn integrity_check(path: &Path) -> Result<()> {
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let context = format!("checking the integrity of {}", path.display());
+    let conn = rusqlite::Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::sqlite(&context, e))?;
+    let mut stmt = conn
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| Error::sqlite(&context, e))?;
+    let findings: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| Error::sqlite(&context, e))?;
+    match findings.as_slice() {
+        [ok] if ok == "ok" => Ok(()),
+        _ => Err(Error::sqlite(context, findings.join("; "))),
+    }
+}

@@ -1,0 +1,368 @@
+//! The replicator: ships a SQLite database's committed transactions into a log.
+//!
+//! Each [`Replicator::run_once`] reads the WAL from where the last run stopped:
+//!
+//! * **Same WAL generation** (salts and the checksum at our position still match): the
+//!   transactions after our position are appended to the log, one log transaction each,
+//!   with their commit sizes.
+//! * **First run, or the WAL was reset or rewritten** by someone else's checkpoint: a
+//!   fresh snapshot of the whole database (as of the end of the WAL) is shipped as one
+//!   transaction, so no transaction is lost; frames of two WAL generations are never
+//!   mixed.
+//! * **Continuous mode** ([`Replicator::poll`]): a read transaction is held between
+//!   runs, handed over between two connections so there is never a moment without one.
+//!   SQLite cannot restart the WAL while a reader may still need its frames, so a new
+//!   WAL generation can only appear after every frame of the old one was read by us; the
+//!   replicator then continues with the new generation instead of shipping a snapshot.
+//!   Checkpoints the replicator runs itself happen only when all it shipped is durable.
+//!
+//! The position is saved only after the frames it covers are `Written` in the log.
+
+use std::path::{Path, PathBuf};
+
+use hashbrown::HashMap;
+use rusqlite::Connection;
+
+use super::snapshot;
+use super::state::IngestState;
+use super::wal::{self, WalPosition, WalScan, WalTransaction};
+use crate::durability::Durability;
+use crate::error::{Error, InvalidInput, Result};
+use crate::format::NamespaceName;
+use crate::log::{Appended, LogConfig, LogWriter};
+use crate::storage::Storage;
+
+/// How a [`Replicator`] finds its database and keeps its log.
+#[derive(Debug, Clone)]
+pub struct ReplicatorConfig {
+    /// The SQLite database file (in WAL mode). Its WAL is `<db>-wal`.
+    pub db: PathBuf,
+    /// The log's settings. `log.dir` defaults to `<db>-walvault` (see
+    /// [`ReplicatorConfig::new`]); `log.page_size` is always the database's.
+    pub log: LogConfig,
+}
+
+impl ReplicatorConfig {
+    /// Defaults for `db`: the log lives in `<db>-walvault` beside it.
+    pub fn new(db: impl Into<PathBuf>) -> Self {
+        let db = db.into();
+        let mut dir = db.clone().into_os_string();
+        dir.push("-walvault");
+        Self {
+            log: LogConfig::new(dir),
+            db,
+        }
+    }
+}
+
+/// What one run shipped.
+#[derive(Debug, Clone, Default)]
+pub struct IngestReport {
+    /// True when the run shipped a snapshot of the whole database.
+    pub snapshot: bool,
+    /// Transactions appended to the log (a snapshot counts as one).
+    pub transactions: u64,
+    /// Frames appended to the log.
+    pub frames: u64,
+    /// The last transaction appended, to wait on.
+    pub last: Option<Appended>,
+}
+
+impl IngestReport {
+    fn add(&mut self, appended: Appended) {
+        self.transactions += 1;
+        self.frames += appended.frames.end - appended.frames.start;
+        self.last = Some(appended);
+    }
+}
+
+/// Ships one SQLite database into a walvault namespace. See the module docs.
+#[derive(Debug)]
+pub struct Replicator<S: Storage + Clone> {
+    db: PathBuf,
+    wal: PathBuf,
+    dir: PathBuf,
+    /// Two connections; one holds a read transaction while the other is idle.
+    readers: [Connection; 2],
+    held: Option<usize>,
+    /// True when a read transaction has been held without a break since `state` was read
+    /// from the WAL (see the module docs).
+    continuous: bool,
+    page_size: u32,
+    state: IngestState,
+    log: LogWriter<S>,
+}
+
+fn sqlite_err(context: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| Error::sqlite(context, e)
+}
+
+impl<S: Storage + Clone> Replicator<S> {
+    /// Opens the database (which must be in WAL mode) and the log for `namespace`.
+    pub async fn open(
+        storage: S,
+        namespace: NamespaceName,
+        config: ReplicatorConfig,
+    ) -> Result<Self> {
+        let db = config.db;
+        if !db.is_file() {
+            return Err(Error::NotFound(format!("database {}", db.display())));
+        }
+        let open = || Connection::open(&db).map_err(sqlite_err("opening the database"));
+        let readers = [open()?, open()?];
+        let mode: String = readers[0]
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(sqlite_err("reading the journal mode"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(InvalidInput::Config(format!(
+                "{} is in journal mode {mode}; walvault replicates databases in WAL mode (PRAGMA journal_mode=WAL)",
+                db.display()
+            ))
+            .into());
+        }
+        let page_size: u32 = readers[0]
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(sqlite_err("reading the page size"))?;
+        for r in &readers {
+            r.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(sqlite_err("setting a busy timeout"))?;
+        }
+        let mut log_config = config.log;
+        log_config.page_size = page_size;
+        let dir = log_config.dir.clone();
+        let log = LogWriter::open(storage, namespace, log_config).await?;
+        let mut state = IngestState::load(&dir)?;
+        if state.page_size != page_size {
+            // Another database, or a first run: start over with a snapshot.
+            state = IngestState {
+                page_size,
+                ..IngestState::default()
+            };
+        }
+        let mut wal = db.clone().into_os_string();
+        wal.push("-wal");
+        Ok(Self {
+            wal: PathBuf::from(wal),
+            db,
+            dir,
+            readers,
+            held: None,
+            continuous: false,
+            page_size,
+            state,
+            log,
+        })
+    }
+
+    /// The log the transactions go to.
+    pub fn log(&self) -> &LogWriter<S> {
+        &self.log
+    }
+
+    /// The database file.
+    pub fn db(&self) -> &Path {
+        &self.db
+    }
+
+    /// Ships what is new since the last run (or a snapshot, when it must), waits until it
+    /// is `Written` in the log, and saves the position. A read transaction is held
+    /// afterwards; [`poll`](Self::poll) keeps one held for good.
+    pub async fn run_once(&mut self) -> Result<IngestReport> {
+        self.hold_reader()?;
+        let mut report = IngestReport::default();
+        let shipped = match self.state.position {
+            Some(position) => self.ship_after(Some(position), &mut report)?,
+            None => match self.state.fingerprint {
+                // The WAL was empty last time: if the database file has not changed since,
+                // everything newer is in the WAL.
+                Some(fp) if self.continuous || snapshot::fingerprint(&self.db)? == fp => {
+                    self.ship_after(None, &mut report)?
+                }
+                _ => false,
+            },
+        };
+        if !shipped {
+            self.ship_snapshot(&mut report)?;
+        }
+        if let Some(last) = &report.last {
+            last.wait(Durability::Written).await?;
+        }
+        self.state.save(&self.dir)?;
+        Ok(report)
+    }
+
+    /// One step of continuous replication: [`run_once`](Self::run_once), seal by the log's
+    /// age policy, checkpoint the database if everything shipped is durable, and hand the
+    /// read transaction over to the other connection.
+    pub async fn poll(&mut self) -> Result<IngestReport> {
+        let report = self.run_once().await?;
+        self.log.maybe_seal()?;
+        let everything_durable =
+            self.log.checkpointable_frame_no() >= self.log.tracker().watermark(Durability::Applied);
+        if everything_durable {
+            self.checkpoint()?;
+        }
+        self.hand_over_reader()?;
+        Ok(report)
+    }
+
+    /// Seals what is open, waits until every shipped frame is durable, and closes the log.
+    pub async fn close(self) -> Result<()> {
+        let Self { mut log, .. } = self;
+        log.seal()?;
+        let applied = log.tracker().watermark(Durability::Applied);
+        if applied > 0 {
+            log.wait(applied, Durability::Durable).await?;
+        }
+        log.close().await
+    }
+
+    /// Appends the transactions after `start`. False when the WAL no longer holds `start`
+    /// and the replicator cannot vouch that nothing was lost: a snapshot is needed.
+    fn ship_after(
+        &mut self,
+        start: Option<WalPosition>,
+        report: &mut IngestReport,
+    ) -> Result<bool> {
+        let log = &mut self.log;
+        let scanned = wal::scan(&self.wal, start, |txn| append(log, &txn, report))?;
+        let restarted = match scanned {
+            WalScan::Continued { end, .. } => {
+                self.record(Some(end));
+                return Ok(true);
+            }
+            WalScan::Empty if start.is_none() => {
+                return Ok(true); // still empty: nothing happened
+            }
+            WalScan::Empty | WalScan::Reset { .. } => self.continuous,
+        };
+        if !restarted {
+            return Ok(false);
+        }
+        // Held readers kept SQLite from restarting the WAL before we had read all of it:
+        // the new generation continues exactly where we stopped.
+        match wal::scan(&self.wal, None, |txn| append(&mut self.log, &txn, report))? {
+            WalScan::Continued { end, .. } => self.record(Some(end)),
+            WalScan::Empty => {
+                let fp = snapshot::fingerprint(&self.db)?;
+                self.state.position = None;
+                self.state.fingerprint = Some(fp);
+            }
+            WalScan::Reset { .. } => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Ships the whole database as of the end of its WAL as one transaction.
+    fn ship_snapshot(&mut self, report: &mut IngestReport) -> Result<()> {
+        report.snapshot = true;
+        let (overlay, db_size, end) = loop {
+            let before = wal_header(&self.wal)?;
+            let mut overlay = HashMap::new();
+            let mut db_size = None;
+            let scanned = wal::scan(&self.wal, None, |txn| {
+                db_size = Some(txn.db_size);
+                overlay.extend(txn.pages);
+                Ok(())
+            })?;
+            // A WAL restarted while we read it would mix generations: read it again.
+            if wal_header(&self.wal)? == before {
+                let end = match scanned {
+                    WalScan::Continued { end, .. } => Some(end),
+                    _ => None,
+                };
+                break (overlay, db_size, end);
+            }
+        };
+        let mut overlay = overlay;
+        let db_size = match db_size {
+            Some(size) => size,
+            None => snapshot::db_pages(&self.db, self.page_size)?,
+        };
+        if db_size > 0 {
+            let pages = snapshot::read(&self.db, self.page_size, db_size, &mut overlay)?;
+            let refs: Vec<(u32, &[u8])> = pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+            report.add(self.log.append(&refs, db_size)?);
+        }
+        match end {
+            Some(end) => self.record(Some(end)),
+            None => {
+                self.state.position = None;
+                self.state.fingerprint = Some(snapshot::fingerprint(&self.db)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, position: Option<WalPosition>) {
+        self.state.position = position;
+        self.state.fingerprint = None;
+    }
+
+    /// Starts a read transaction on a reader, unless one is held already.
+    fn hold_reader(&mut self) -> Result<()> {
+        if self.held.is_none() {
+            begin_read(&self.readers[0])?;
+            self.held = Some(0);
+            self.continuous = false;
+        }
+        Ok(())
+    }
+
+    /// Starts a read transaction on the idle reader, then ends the held one, so a reader
+    /// is held at every moment.
+    fn hand_over_reader(&mut self) -> Result<()> {
+        let held = self.held.unwrap_or(0);
+        let idle = 1 - held;
+        begin_read(&self.readers[idle])?;
+        self.readers[held]
+            .execute_batch("COMMIT")
+            .map_err(sqlite_err("ending a read transaction"))?;
+        self.held = Some(idle);
+        self.continuous = true;
+        Ok(())
+    }
+
+    /// A passive checkpoint from the idle connection: it copies into the database file
+    /// only frames older than the held reader's, which were shipped.
+    fn checkpoint(&mut self) -> Result<()> {
+        let idle = 1 - self.held.unwrap_or(0);
+        self.readers[idle]
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(sqlite_err("checkpointing the database"))
+    }
+}
+
+fn begin_read(conn: &Connection) -> Result<()> {
+    conn.execute_batch("BEGIN")
+        .and_then(|()| conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())))
+        .map_err(sqlite_err("starting a read transaction"))
+}
+
+fn append<S: Storage + Clone>(
+    log: &mut LogWriter<S>,
+    txn: &WalTransaction,
+    report: &mut IngestReport,
+) -> Result<()> {
+    // SQLite may write a page twice in one transaction; the later image wins, and the
+    // log keeps both (its index points at the newest).
+    let refs: Vec<(u32, &[u8])> = txn.pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+    report.add(log.append(&refs, txn.db_size)?);
+    Ok(())
+}
+
+/// The WAL's header bytes, to tell whether it was restarted meanwhile.
+fn wal_header(path: &Path) -> Result<Option<[u8; 32]>> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let mut header = [0u8; 32];
+    match file.read_exact(&mut header) {
+        Ok(()) => Ok(Some(header)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
