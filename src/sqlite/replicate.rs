@@ -40,6 +40,9 @@ pub struct ReplicatorConfig {
     /// The log's settings. `log.dir` defaults to `<db>-walvault` (see
     /// [`ReplicatorConfig::new`]); `log.page_size` is always the database's.
     pub log: LogConfig,
+    /// In continuous mode ([`Replicator::poll`]), checkpoint once the WAL file is this
+    /// long. Default 4 MiB (about SQLite's own 1000-page auto-checkpoint).
+    pub checkpoint_wal_bytes: u64,
 }
 
 impl ReplicatorConfig {
@@ -51,6 +54,7 @@ impl ReplicatorConfig {
         Self {
             log: LogConfig::new(dir),
             db,
+            checkpoint_wal_bytes: 4 << 20,
         }
     }
 }
@@ -89,9 +93,13 @@ pub struct Replicator<S: Storage + Clone> {
     /// from the WAL (see the module docs).
     continuous: bool,
     page_size: u32,
+    checkpoint_wal_bytes: u64,
     state: IngestState,
     log: LogWriter<S>,
 }
+
+/// How long a statement waits for a lock the application holds.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn sqlite_err(context: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
     move |e| Error::sqlite(context, e)
@@ -124,7 +132,7 @@ impl<S: Storage + Clone> Replicator<S> {
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(sqlite_err("reading the page size"))?;
         for r in &readers {
-            r.busy_timeout(std::time::Duration::from_secs(5))
+            r.busy_timeout(BUSY_TIMEOUT)
                 .map_err(sqlite_err("setting a busy timeout"))?;
         }
         let mut log_config = config.log;
@@ -149,6 +157,7 @@ impl<S: Storage + Clone> Replicator<S> {
             held: None,
             continuous: false,
             page_size,
+            checkpoint_wal_bytes: config.checkpoint_wal_bytes,
             state,
             log,
         })
@@ -192,17 +201,72 @@ impl<S: Storage + Clone> Replicator<S> {
     }
 
     /// One step of continuous replication: [`run_once`](Self::run_once), seal by the log's
-    /// age policy, checkpoint the database if everything shipped is durable, and hand the
-    /// read transaction over to the other connection.
+    /// age policy, hand the read transaction over to the other connection, and once the
+    /// WAL holds [`ReplicatorConfig::checkpoint_wal_bytes`], checkpoint it (see
+    /// [`checkpoint`](Self::checkpoint)).
     pub async fn poll(&mut self) -> Result<IngestReport> {
-        let report = self.run_once().await?;
+        let mut report = self.run_once().await?;
         self.log.maybe_seal()?;
-        let everything_durable =
-            self.log.checkpointable_frame_no() >= self.log.tracker().watermark(Durability::Applied);
-        if everything_durable {
-            self.checkpoint()?;
-        }
         self.hand_over_reader()?;
+        let wal_len = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
+        if wal_len >= self.checkpoint_wal_bytes {
+            let shipped = self.checkpoint().await?;
+            report.transactions += shipped.transactions;
+            report.frames += shipped.frames;
+            report.last = shipped.last.or(report.last);
+        }
+        Ok(report)
+    }
+
+    /// Checkpoints the database so SQLite can restart its WAL, copying into the database
+    /// file only frames that are durable in the store:
+    ///
+    /// 1. take SQLite's write lock (`BEGIN IMMEDIATE` on the idle connection), so no
+    ///    frame can be added meanwhile; if the application holds it, try again later;
+    /// 2. ship the rest of the WAL, seal, and wait until all of it is `Durable`;
+    /// 3. end the held read transaction and run a passive checkpoint (the write lock's
+    ///    own snapshot is the WAL's end, so nothing limits it);
+    /// 4. start a new read transaction, then release the write lock: the WAL is fully
+    ///    copied, so SQLite restarts it on the next write, and our reader keeps anyone
+    ///    from copying the new generation's frames before we have read them.
+    ///
+    /// Application writers wait while this runs (for the store's `Durable` latency).
+    pub async fn checkpoint(&mut self) -> Result<IngestReport> {
+        self.hold_reader()?;
+        let held = self.held.unwrap_or(0);
+        let writer = 1 - held;
+        let short = std::time::Duration::from_millis(100);
+        let locked = self.readers[writer]
+            .busy_timeout(short)
+            .and_then(|()| self.readers[writer].execute_batch("BEGIN IMMEDIATE"));
+        let _ = self.readers[writer].busy_timeout(BUSY_TIMEOUT);
+        if let Err(e) = locked {
+            tracing::debug!(error = %e, "the application holds the write lock; checkpoint later");
+            return Ok(IngestReport::default());
+        }
+        let result = self.checkpoint_locked(held).await;
+        let released = self.readers[writer].execute_batch("COMMIT");
+        let report = result?;
+        released.map_err(sqlite_err("releasing the write lock"))?;
+        Ok(report)
+    }
+
+    async fn checkpoint_locked(&mut self, held: usize) -> Result<IngestReport> {
+        let report = self.run_once().await?;
+        self.log.seal()?;
+        let applied = self.log.tracker().watermark(Durability::Applied);
+        if applied > 0 {
+            self.log.wait(applied, Durability::Durable).await?;
+        }
+        let reader = &self.readers[held];
+        reader
+            .execute_batch("COMMIT")
+            .map_err(sqlite_err("ending a read transaction"))?;
+        let checkpointed = reader
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(sqlite_err("checkpointing the database"));
+        begin_read(reader)?;
+        checkpointed?;
         Ok(report)
     }
 
@@ -321,15 +385,6 @@ impl<S: Storage + Clone> Replicator<S> {
         self.held = Some(idle);
         self.continuous = true;
         Ok(())
-    }
-
-    /// A passive checkpoint from the idle connection: it copies into the database file
-    /// only frames older than the held reader's, which were shipped.
-    fn checkpoint(&mut self) -> Result<()> {
-        let idle = 1 - self.held.unwrap_or(0);
-        self.readers[idle]
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            .map_err(sqlite_err("checkpointing the database"))
     }
 }
 
