@@ -1,0 +1,283 @@
+//! The `walvault` CLI driven as a subprocess: every command on a real SQLite database,
+//! and the exit codes and one-line messages for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rusqlite::Connection;
+
+fn walvault(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_walvault"))
+        .current_dir(dir)
+        .arg("--store")
+        .arg(dir.join("store"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Exit status 1 and one line on stderr that contains `needle`.
+fn fails_with(out: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+}
+
+fn database(dir: &Path) -> (PathBuf, Connection) {
+    let db = dir.join("shop.db");
+    let conn = Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT);
+         INSERT INTO items(name) VALUES ('apple'), ('pear');",
+    )
+    .unwrap();
+    (db, conn)
+}
+
+fn names(db: &Path) -> Vec<String> {
+    let conn = Connection::open(db).unwrap();
+    let mut stmt = conn.prepare("SELECT name FROM items ORDER BY id").unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn replicate_list_inspect_restore_and_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (db, conn) = database(d);
+    let db_arg = db.to_str().unwrap();
+    assert!(ok(&walvault(d, &["replicate", "--db", db_arg, "--once"])).contains("snapshot"));
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let between = chrono::Utc::now().to_rfc3339();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    conn.execute("INSERT INTO items(name) VALUES ('plum')", [])
+        .unwrap();
+    ok(&walvault(d, &["replicate", "--db", db_arg, "--once"]));
+
+    assert_eq!(ok(&walvault(d, &["ls"])).trim(), "shop");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&walvault(d, &["ls", "--json"]))).unwrap();
+    assert_eq!(json["namespaces"][0], "shop");
+    let segs: serde_json::Value =
+        serde_json::from_str(&ok(&walvault(d, &["ls", "--namespace", "shop", "--json"]))).unwrap();
+    assert_eq!(segs["segments"].as_array().unwrap().len(), 2);
+    let info: serde_json::Value = serde_json::from_str(&ok(&walvault(
+        d,
+        &["info", "--namespace", "shop", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(info["segments"], 2);
+    assert_eq!(
+        info["durable_frame_no"],
+        segs["segments"][0]["end_frame_no"]
+    );
+    assert!(ok(&walvault(d, &["verify", "--namespace", "shop"])).contains("2 segments verified"));
+
+    let dry = ok(&walvault(
+        d,
+        &[
+            "restore",
+            "--namespace",
+            "shop",
+            "--output",
+            "x.db",
+            "--dry-run",
+        ],
+    ));
+    assert!(dry.contains("plan:") && !d.join("x.db").exists());
+    ok(&walvault(
+        d,
+        &[
+            "restore",
+            "--namespace",
+            "shop",
+            "--output",
+            "latest.db",
+            "--integrity-check",
+        ],
+    ));
+    assert_eq!(names(&d.join("latest.db")), ["apple", "pear", "plum"]);
+    ok(&walvault(
+        d,
+        &[
+            "restore",
+            "--namespace",
+            "shop",
+            "--at",
+            &between,
+            "--output",
+            "before.db",
+        ],
+    ));
+    assert_eq!(names(&d.join("before.db")), ["apple", "pear"]);
+    let out = walvault(
+        d,
+        &["restore", "--namespace", "shop", "--output", "before.db"],
+    );
+    fails_with(&out, 1, "exists; pass --force");
+    ok(&walvault(
+        d,
+        &[
+            "restore",
+            "--namespace",
+            "shop",
+            "--output",
+            "before.db",
+            "--force",
+        ],
+    ));
+    assert_eq!(names(&d.join("before.db")), ["apple", "pear", "plum"]);
+
+    ok(&walvault(
+        d,
+        &[
+            "follow",
+            "--namespace",
+            "shop",
+            "--output",
+            "replica.db",
+            "--once",
+        ],
+    ));
+    assert_eq!(names(&d.join("replica.db")), ["apple", "pear", "plum"]);
+    conn.execute("DELETE FROM items WHERE name = 'pear'", [])
+        .unwrap();
+    ok(&walvault(d, &["replicate", "--db", db_arg, "--once"]));
+    ok(&walvault(
+        d,
+        &[
+            "follow",
+            "--namespace",
+            "shop",
+            "--output",
+            "replica.db",
+            "--once",
+        ],
+    ));
+    assert_eq!(names(&d.join("replica.db")), ["apple", "plum"]);
+}
+
+#[test]
+fn bad_input_exits_non_zero_with_a_one_line_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (db, _conn) = database(d);
+    ok(&walvault(
+        d,
+        &["replicate", "--db", db.to_str().unwrap(), "--once"],
+    ));
+
+    fails_with(
+        &walvault(d, &["info", "--namespace", "nope"]),
+        1,
+        "not found: namespace nope",
+    );
+    fails_with(
+        &walvault(d, &["restore", "--namespace", "nope", "--output", "o.db"]),
+        1,
+        "nope",
+    );
+    fails_with(
+        &walvault(
+            d,
+            &[
+                "restore",
+                "--namespace",
+                "shop",
+                "--at",
+                "yesterday",
+                "--output",
+                "o.db",
+            ],
+        ),
+        2,
+        "RFC 3339",
+    );
+    fails_with(
+        &walvault(
+            d,
+            &[
+                "restore",
+                "--namespace",
+                "shop",
+                "--at",
+                "1999-01-01T00:00:00Z",
+                "--output",
+                "o.db",
+            ],
+        ),
+        1,
+        "not found",
+    );
+    fails_with(
+        &walvault(d, &["replicate", "--db", "missing.db", "--once"]),
+        1,
+        "missing.db",
+    );
+    let s3 = Command::new(env!("CARGO_BIN_EXE_walvault"))
+        .args(["--store", "s3://bucket/x", "ls"])
+        .output()
+        .unwrap();
+    fails_with(&s3, 1, "s3://");
+    fails_with(
+        &walvault(d, &["ls", "--namespace", "bad/name"]),
+        1,
+        "invalid input",
+    );
+    assert!(!d.join("o.db").exists());
+
+    // A flipped byte in a stored segment: verify names it, restore writes nothing.
+    let ns_dir = d.join("store").join("shop");
+    let seg = std::fs::read_dir(&ns_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[200] ^= 0x20;
+    std::fs::write(&seg, bytes).unwrap();
+    let key = seg.file_stem().unwrap().to_str().unwrap().to_string();
+    let out = walvault(d, &["verify", "--namespace", "shop"]);
+    fails_with(&out, 1, "failed verification");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&key));
+    fails_with(
+        &walvault(d, &["restore", "--namespace", "shop", "--output", "o.db"]),
+        1,
+        "corrupt",
+    );
+    assert!(!d.join("o.db").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !leftovers
+            .iter()
+            .any(|n| n.to_string_lossy().contains("walvault-restore")),
+        "{leftovers:?}"
+    );
+}
+
+#[test]
+fn demo_runs_on_a_fresh_directory_and_checks_every_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&walvault(dir.path(), &["demo"]));
+    let checked = out
+        .lines()
+        .filter(|l| l.trim_end().ends_with("matches"))
+        .count();
+    assert_eq!(checked, 4, "{out}");
+    assert!(dir.path().join("walvault-demo").join("app.db").exists());
+}
