@@ -53,6 +53,7 @@ mod error;
 mod format;
 mod log;
 mod random;
+mod replica;
 mod sqlite;
 mod storage;
 
@@ -66,6 +67,7 @@ pub use crate::format::{
     SegmentKey,
 };
 pub use crate::log::{Appended, Clock, LogConfig, LogWriter, SystemClock};
+pub use crate::replica::{durable_frames, transactions, Follower, Transaction};
 pub use crate::sqlite::{integrity_check, IngestReport, Replicator, ReplicatorConfig};
 pub use crate::storage::{
     on_store, plan_restore, Faults, FaultyStorage, FindSegmentReq, LocalConfig, LocalStorage,

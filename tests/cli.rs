@@ -281,3 +281,51 @@ fn demo_runs_on_a_fresh_directory_and_checks_every_phase() {
     assert_eq!(checked, 4, "{out}");
     assert!(dir.path().join("walvault-demo").join("app.db").exists());
 }
+
+#[test]
+fn a_follower_killed_mid_apply_resumes_and_ends_equal_to_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (db, conn) = database(d);
+    let db_arg = db.to_str().unwrap().to_string();
+    ok(&walvault(d, &["replicate", "--db", &db_arg, "--once"]));
+    let mut seed = 0x9e37_79b9_u64;
+    for round in 0..15 {
+        for i in 0..40 {
+            conn.execute(
+                "INSERT INTO items(name) VALUES (?1)",
+                [format!("r{round} i{i} {}", "y".repeat(i * 30))],
+            )
+            .unwrap();
+        }
+        ok(&walvault(d, &["replicate", "--db", &db_arg, "--once"]));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_walvault"))
+            .current_dir(d)
+            .arg("--store")
+            .arg(d.join("store"))
+            .args(["follow", "--namespace", "shop", "--output", "replica.db"])
+            .args(["--interval", "1ms"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(std::time::Duration::from_millis(seed % 40));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    ok(&walvault(
+        d,
+        &[
+            "follow",
+            "--namespace",
+            "shop",
+            "--output",
+            "replica.db",
+            "--once",
+        ],
+    ));
+    walvault::integrity_check(&d.join("replica.db")).unwrap();
+    assert_eq!(names(&d.join("replica.db")), names(&db));
+}

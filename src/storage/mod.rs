@@ -194,6 +194,19 @@ pub trait Storage: Send + Sync + 'static {
         restore::restore_to_path(self, namespace, options, path, config_override)
     }
 
+    /// Brings this handle's view of `namespace` up to date with what other handles or
+    /// processes stored since it was opened, for readers that follow a writer elsewhere.
+    /// A backend whose view is always current (memory) does nothing; the local backend
+    /// re-reads the manifest only if the file changed (one `stat` otherwise).
+    fn refresh(
+        &self,
+        namespace: &NamespaceName,
+        config_override: Option<Self::Config>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (namespace, config_override);
+        async { Ok(()) }
+    }
+
     /// Stops accepting work. Stores that already returned are durable; later calls fail
     /// with [`Error::Closed`](crate::Error::Closed).
     fn shutdown(&self) -> impl Future<Output = ()> + Send {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use walvault::{
-    integrity_check, plan_restore, Error, InvalidInput, LocalStorage, NamespaceName,
+    integrity_check, plan_restore, Error, Follower, InvalidInput, LocalStorage, NamespaceName,
     RestoreOptions, Result, Storage,
 };
 
@@ -149,25 +149,17 @@ pub struct FollowArgs {
     once: bool,
 }
 
-/// Follows a namespace: whenever its durable frame number moves past the one recorded
-/// in the sidecar `<output>.walvault-position`, restores the latest state into a temp
-/// file and renames it over the output, then records the new position (atomically).
+/// Follows a namespace with [`Follower`]: restores the latest state once, then applies
+/// each new durable transaction in place, recording its position beside the output.
 pub async fn follow(store: LocalStorage, a: FollowArgs) -> Result<()> {
     let namespace = args::namespace(&a.namespace)?;
-    let sidecar = sibling(&a.output, ".walvault-position");
+    let mut follower = Follower::open(store, namespace, &a.output)?;
+    let mut reported = None;
     loop {
-        let applied = read_position(&sidecar)?;
-        let durable = store.durable_frame_no(&namespace, None).await?;
-        if durable > applied || !a.output.exists() {
-            let summary =
-                restore_into(&store, &namespace, RestoreOptions::Latest, &a.output, false).await?;
-            write_position(&sidecar, summary.frame_no)?;
-            println!(
-                "{}: at frame {} ({})",
-                a.output.display(),
-                summary.frame_no,
-                summary.timestamp.to_rfc3339()
-            );
+        let position = follower.catch_up().await?;
+        if reported != Some(position) {
+            println!("{}: at frame {position}", a.output.display());
+            reported = Some(position);
         }
         if a.once {
             return Ok(());
@@ -177,30 +169,6 @@ pub async fn follow(store: LocalStorage, a: FollowArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
-}
-
-fn read_position(path: &Path) -> Result<u64> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text.trim().parse().map_err(|_| {
-            InvalidInput::Config(format!("{} does not hold a frame number", path.display())).into()
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
-    }
-}
-
-fn write_position(path: &Path, frame_no: u64) -> Result<()> {
-    let tmp = sibling(path, ".tmp");
-    let io = |e| Error::io(format!("writing {}", path.display()), e);
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{frame_no}")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_parent(path)
-    };
-    write().map_err(io)
 }
 
 /// fsyncs the directory holding `path`, so a rename into it is durable.

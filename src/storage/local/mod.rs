@@ -245,6 +245,11 @@ impl Storage for LocalStorage {
         Ok(durable)
     }
 
+    async fn refresh(&self, namespace: &NamespaceName, config: Option<LocalConfig>) -> Result<()> {
+        let ns = self.namespace(&self.config_for(config), namespace).await?;
+        blocking(move || ns.refresh()).await
+    }
+
     async fn find_segment(
         &self,
         namespace: &NamespaceName,

@@ -32,6 +32,21 @@ pub(super) struct Namespace {
     writer: Mutex<Option<Writer>>,
     /// Set when a manifest write failed: its on-disk state is unknown until reopened.
     poisoned: OnceLock<String>,
+    /// The manifest's identity and length when last read (see [`Namespace::refresh`]).
+    seen: Mutex<Option<ManifestStamp>>,
+}
+
+/// What tells a reader the manifest changed: its inode (compaction renames a new file
+/// into place), length (appends) and modification time.
+type ManifestStamp = (u64, u64, Option<std::time::SystemTime>);
+
+fn manifest_stamp(dir: &Path) -> Option<ManifestStamp> {
+    let m = fs::metadata(dir.join(crate::storage::manifest::MANIFEST_FILE)).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((inode, m.len(), m.modified().ok()))
 }
 
 /// The exclusive right to write a namespace: an advisory lock on `LOCK`, held for the
@@ -45,8 +60,10 @@ struct Writer {
 impl Namespace {
     /// Opens for reading: replays the manifest without touching it.
     pub(super) fn open(name: NamespaceName, dir: PathBuf) -> Result<Self> {
+        let seen = manifest_stamp(&dir);
         let catalog = manifest::load(&dir)?.unwrap_or_default();
         Ok(Self {
+            seen: Mutex::new(seen),
             name,
             dir,
             catalog: Arc::new(RwLock::new(catalog)),
@@ -54,6 +71,29 @@ impl Namespace {
             writer: Mutex::new(None),
             poisoned: OnceLock::new(),
         })
+    }
+
+    /// Replays the manifest again if it changed since this handle last read it (a
+    /// writer in another handle or process stored segments). The writer's own view is
+    /// always current, so it skips this.
+    pub(super) fn refresh(&self) -> Result<()> {
+        if self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            return Ok(());
+        }
+        let stamp = manifest_stamp(&self.dir);
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if stamp.is_some() && stamp == *seen {
+            return Ok(());
+        }
+        let catalog = manifest::load(&self.dir)?.unwrap_or_default();
+        *self.catalog.write().unwrap_or_else(PoisonError::into_inner) = catalog;
+        *seen = stamp;
+        Ok(())
     }
 
     pub(super) fn check_usable(&self) -> Result<()> {
