@@ -24,7 +24,7 @@ use hashbrown::HashMap;
 use rusqlite::Connection;
 
 use super::snapshot;
-use super::state::IngestState;
+use super::state::{IngestState, StateFile};
 use super::wal::{self, WalPosition, WalScan, WalTransaction};
 use crate::durability::Durability;
 use crate::error::{Error, InvalidInput, Result};
@@ -85,7 +85,6 @@ impl IngestReport {
 pub struct Replicator<S: Storage + Clone> {
     db: PathBuf,
     wal: PathBuf,
-    dir: PathBuf,
     /// Two connections; one holds a read transaction while the other is idle.
     readers: [Connection; 2],
     held: Option<usize>,
@@ -95,6 +94,7 @@ pub struct Replicator<S: Storage + Clone> {
     page_size: u32,
     checkpoint_wal_bytes: u64,
     state: IngestState,
+    state_file: StateFile,
     log: LogWriter<S>,
 }
 
@@ -139,7 +139,7 @@ impl<S: Storage + Clone> Replicator<S> {
         log_config.page_size = page_size;
         let dir = log_config.dir.clone();
         let log = LogWriter::open(storage, namespace, log_config).await?;
-        let mut state = IngestState::load(&dir)?;
+        let (state_file, mut state) = StateFile::open(&dir)?;
         if state.page_size != page_size {
             // Another database, or a first run: start over with a snapshot.
             state = IngestState {
@@ -152,13 +152,13 @@ impl<S: Storage + Clone> Replicator<S> {
         Ok(Self {
             wal: PathBuf::from(wal),
             db,
-            dir,
             readers,
             held: None,
             continuous: false,
             page_size,
             checkpoint_wal_bytes: config.checkpoint_wal_bytes,
             state,
+            state_file,
             log,
         })
     }
@@ -196,7 +196,7 @@ impl<S: Storage + Clone> Replicator<S> {
         if let Some(last) = &report.last {
             last.wait(Durability::Written).await?;
         }
-        self.state.save(&self.dir)?;
+        self.state_file.save(&self.state)?;
         Ok(report)
     }
 

@@ -1,15 +1,22 @@
 //! The replicator's position in a database's WAL, kept in `SQLITE_POSITION` in the log
-//! directory. Written atomically (temp file, fsync, rename, directory fsync) only after
-//! the transactions it covers are `Written` in the log, so after a crash the replicator
-//! resumes at or before what it shipped: a transaction may be shipped twice (its page
-//! images are applied again, which changes nothing), never skipped.
+//! directory. Saved only after the transactions it covers are `Written` in the log, so
+//! after a crash the replicator resumes at or before what it shipped: a transaction may
+//! be shipped twice (its page images are applied again, which changes nothing), never
+//! skipped.
 //!
-//! Layout (48 bytes, little-endian): magic `WVSQLPOS`, version u16 (1), reserved u16,
-//! page size u32, flags u32 (bit 0: a WAL position follows; bit 1: a database
-//! fingerprint follows), salt-1 u32, salt-2 u32, frames u32, checksum-1 u32,
-//! checksum-2 u32, fingerprint u32, CRC-32C of bytes 0..44.
+//! The file holds two 56-byte slots. Each save overwrites the older slot in place and
+//! fdatasyncs (one flush, no rename, no directory sync); loading takes the valid slot
+//! with the higher sequence number, so a torn save leaves the previous position. The
+//! file itself is created atomically (temp file, fsync, rename, directory fsync).
+//!
+//! Slot layout (little-endian): magic `WVSQLPOS`, version u16 (1), reserved u16, page
+//! size u32, flags u32 (bit 0: a WAL position follows; bit 1: a database fingerprint
+//! follows), salt-1 u32, salt-2 u32, frames u32, checksum-1 u32, checksum-2 u32,
+//! fingerprint u32, sequence u64, CRC-32C of bytes 0..52.
 
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use super::wal::WalPosition;
 use crate::error::{Error, FormatError, Part, Result};
@@ -18,7 +25,7 @@ use crate::storage::fsutil::write_atomic;
 pub(crate) const FILE_NAME: &str = "SQLITE_POSITION";
 const MAGIC: [u8; 8] = *b"WVSQLPOS";
 const VERSION: u16 = 1;
-const LEN: usize = 48;
+const LEN: usize = 56;
 const HAS_POSITION: u32 = 1;
 const HAS_FINGERPRINT: u32 = 2;
 
@@ -34,7 +41,7 @@ pub(crate) struct IngestState {
 }
 
 impl IngestState {
-    fn encode(&self) -> [u8; LEN] {
+    fn encode(&self, seq: u64) -> [u8; LEN] {
         let mut b = [0u8; LEN];
         let flags = self.position.map_or(0, |_| HAS_POSITION)
             | self.fingerprint.map_or(0, |_| HAS_FINGERPRINT);
@@ -58,12 +65,14 @@ impl IngestState {
         for (i, w) in words.iter().enumerate() {
             b[12 + 4 * i..16 + 4 * i].copy_from_slice(&w.to_le_bytes());
         }
-        let crc = crc32c::crc32c(&b[..44]);
-        b[44..].copy_from_slice(&crc.to_le_bytes());
+        b[44..52].copy_from_slice(&seq.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..52]);
+        b[52..].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
-    fn decode(b: &[u8]) -> Result<Self, FormatError> {
+    /// Decodes one slot: the state and its sequence number.
+    fn decode(b: &[u8]) -> Result<(Self, u64), FormatError> {
         let invalid = |offset, reason| FormatError::Invalid {
             part: Part::Header,
             offset,
@@ -79,10 +88,10 @@ impl IngestState {
             return Err(FormatError::BadMagic(Part::Header));
         }
         let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        if crc32c::crc32c(&b[..44]) != word(44) {
+        if crc32c::crc32c(&b[..52]) != word(52) {
             return Err(FormatError::Checksum {
                 part: Part::Header,
-                offset: 44,
+                offset: 52,
             });
         }
         let version = u16::from_le_bytes([b[8], b[9]]);
@@ -99,33 +108,94 @@ impl IngestState {
             checksum: (word(32), word(36)),
         });
         let fingerprint = (flags & HAS_FINGERPRINT != 0).then(|| word(40));
-        Ok(Self {
+        let seq = u64::from(word(44)) | u64::from(word(48)) << 32;
+        let state = Self {
             page_size: word(12),
             position,
             fingerprint,
-        })
+        };
+        Ok((state, seq))
     }
+}
 
-    /// Loads the state in `dir`; the default (ship a snapshot) when there is none.
-    pub(crate) fn load(dir: &Path) -> Result<Self> {
+/// The open position file.
+#[derive(Debug)]
+pub(crate) struct StateFile {
+    path: PathBuf,
+    file: Option<File>,
+    dir: PathBuf,
+    seq: u64,
+}
+
+impl StateFile {
+    /// Opens the position file in `dir`: the saved state, or the default (ship a
+    /// snapshot) when there is none.
+    pub(crate) fn open(dir: &Path) -> Result<(Self, IngestState)> {
         let path = dir.join(FILE_NAME);
-        match std::fs::read(&path) {
-            Ok(bytes) => Self::decode(&bytes).map_err(|e| Error::corrupt(path.display(), e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        let io_err = |e| Error::io(format!("reading {}", path.display()), e);
+        let mut this = Self {
+            path: path.clone(),
+            file: None,
+            dir: dir.to_path_buf(),
+            seq: 0,
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((this, IngestState::default()))
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        if bytes.len() != 2 * LEN {
+            let reason = FormatError::Length {
+                expected: 2 * LEN as u64,
+                actual: bytes.len() as u64,
+            };
+            return Err(Error::corrupt(path.display(), reason));
         }
+        let slots = [
+            IngestState::decode(&bytes[..LEN]),
+            IngestState::decode(&bytes[LEN..]),
+        ];
+        let newest = match slots {
+            [Ok(a), Ok(b)] => Ok(if a.1 >= b.1 { a } else { b }),
+            [Ok(a), Err(_)] => Ok(a),
+            [Err(_), Ok(b)] => Ok(b),
+            [Err(e), Err(_)] => Err(Error::corrupt(path.display(), e)),
+        };
+        let (state, seq) = newest?;
+        this.seq = seq;
+        this.file = Some(OpenOptions::new().write(true).open(&path).map_err(io_err)?);
+        Ok((this, state))
     }
 
-    /// Replaces the state in `dir`, durably.
-    pub(crate) fn save(&self, dir: &Path) -> Result<()> {
-        write_atomic(dir, FILE_NAME, &[&self.encode()])
-            .map(drop)
-            .map_err(|e| {
-                Error::io(
-                    format!("writing {}", dir.join(FILE_NAME).display()),
-                    e.into(),
-                )
-            })
+    /// Saves `state` durably into the older slot.
+    pub(crate) fn save(&mut self, state: &IngestState) -> Result<()> {
+        let io_err = |e| Error::io(format!("writing {}", self.path.display()), e);
+        let seq = self.seq + 1;
+        let record = state.encode(seq);
+        match &mut self.file {
+            Some(file) => {
+                let offset = if seq.is_multiple_of(2) { 0 } else { LEN as u64 };
+                file.seek(SeekFrom::Start(offset))
+                    .and_then(|_| file.write_all(&record))
+                    .map_err(io_err)?;
+                file.sync_data().map_err(io_err)?;
+            }
+            None => {
+                let empty = [0u8; LEN];
+                let (first, second) = if seq.is_multiple_of(2) {
+                    (&record, &empty)
+                } else {
+                    (&empty, &record)
+                };
+                let file = write_atomic(&self.dir, FILE_NAME, &[first, second])
+                    .map_err(|e| io_err(e.source))?;
+                self.file = Some(file);
+            }
+        }
+        self.seq = seq;
+        Ok(())
     }
 }
 
@@ -133,32 +203,47 @@ impl IngestState {
 mod tests {
     use super::*;
 
-    #[test]
-    fn states_round_trip_and_damage_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(
-            IngestState::load(dir.path()).unwrap(),
-            IngestState::default()
-        );
-        let state = IngestState {
+    fn state(frames: u32) -> IngestState {
+        IngestState {
             page_size: 1024,
             position: Some(WalPosition {
                 salt: (7, 9),
-                frames: 12,
+                frames,
                 checksum: (3, 4),
             }),
             fingerprint: Some(77),
-        };
-        state.save(dir.path()).unwrap();
-        assert_eq!(IngestState::load(dir.path()).unwrap(), state);
-        let good = state.encode();
-        for at in 0..LEN {
-            let mut bad = good;
+        }
+    }
+
+    #[test]
+    fn saves_round_trip_and_a_torn_save_keeps_the_previous_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, loaded) = StateFile::open(dir.path()).unwrap();
+        assert_eq!(loaded, IngestState::default());
+        for frames in 1..=5 {
+            file.save(&state(frames)).unwrap();
+            assert_eq!(StateFile::open(dir.path()).unwrap().1, state(frames));
+        }
+        // Damage the newest slot: the one before it is loaded.
+        let path = dir.path().join(FILE_NAME);
+        let good = std::fs::read(&path).unwrap();
+        let newest = LEN; // the fifth save went to the second slot
+        for at in newest..newest + LEN {
+            let mut bad = good.clone();
             bad[at] ^= 0x10;
-            assert!(IngestState::decode(&bad).is_err(), "flip at {at}");
+            std::fs::write(&path, &bad).unwrap();
+            assert_eq!(
+                StateFile::open(dir.path()).unwrap().1,
+                state(4),
+                "flip at {at}"
+            );
         }
-        for len in 0..LEN {
-            assert!(IngestState::decode(&good[..len]).is_err());
-        }
+        let mut both = good.clone();
+        both[3] ^= 1;
+        both[LEN + 3] ^= 1;
+        std::fs::write(&path, &both).unwrap();
+        assert!(StateFile::open(dir.path()).unwrap_err().is_corrupt());
+        std::fs::write(&path, &good[..LEN]).unwrap();
+        assert!(StateFile::open(dir.path()).unwrap_err().is_corrupt());
     }
 }
