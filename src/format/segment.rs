@@ -495,4 +495,35 @@ pub(crate) fn parse_index_with_crc(
     PageIndex::parse(body, header.frame_count, layout.index_off)
 }
 
+/// Verifies one frame read on its own from the segment `header` describes (the header
+/// itself verified by [`index_range`]): its length, its checksum, that it sits at
+/// `position`, and that its page number is valid. Returns the page number and the page.
+pub(crate) fn verify_frame(
+    header: &Header,
+    position: u32,
+    frame: Bytes,
+) -> Result<(u32, Bytes), FormatError> {
+    let layout = header.layout()?;
+    let off = layout.frame_off(position);
+    if position >= header.frame_count || frame.len() as u64 != layout.frame_len {
+        return Err(FormatError::Length {
+            expected: layout.frame_len,
+            actual: frame.len() as u64,
+        });
+    }
+    let part = Part::Frame(position);
+    if frame_crc(&frame[..FRAME_HEADER_LEN], &frame[FRAME_HEADER_LEN..]) != le_u32(&frame, frm::CRC)
+    {
+        return Err(FormatError::Checksum { part, offset: off });
+    }
+    if le_u64(&frame, frm::FRAME_NO) != header.start_frame_no + u64::from(position) {
+        return Err(invalid(part, frm::FRAME_NO, "frame number out of sequence"));
+    }
+    let page_no = le_u32(&frame, frm::PAGE_NO);
+    if page_no == 0 {
+        return Err(invalid(part, frm::PAGE_NO, "page number 0"));
+    }
+    Ok((page_no, frame.slice(FRAME_HEADER_LEN..)))
+}
+
 const _: () = assert!(HEADER_LEN.is_multiple_of(8) && FRAME_HEADER_LEN.is_multiple_of(8));

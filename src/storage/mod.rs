@@ -20,10 +20,11 @@ use std::future::Future;
 use std::io::{Seek, Write};
 use std::pin::Pin;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio_stream::Stream;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
 
 pub(crate) use catalog::{Catalog, CatalogEntry};
@@ -158,6 +159,33 @@ pub trait Storage: Send + Sync + 'static {
         key: &SegmentKey,
         config_override: Option<Self::Config>,
     ) -> impl Future<Output = Result<SealedSegment>> + Send;
+
+    /// Fetches the frames at `positions` (0-based, as a [`PageIndex`] gives them) of a
+    /// stored segment, each verified by its own checksum: page number and page image, in
+    /// the order asked. Backends that can read ranges read only those frames (restore
+    /// uses this to read each page once); the default fetches the whole segment.
+    fn fetch_frames(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        positions: &[u32],
+        config_override: Option<Self::Config>,
+    ) -> impl Future<Output = Result<Vec<(u32, Bytes)>>> + Send {
+        let positions = positions.to_vec();
+        let fetch = self.fetch_segment_data(namespace, key, config_override);
+        async move {
+            let segment = fetch.await?;
+            positions
+                .iter()
+                .map(|&p| {
+                    let frame = segment.frame(p).ok_or_else(|| {
+                        Error::NotFound(format!("frame #{p} of segment {}", segment.key()))
+                    })?;
+                    Ok((frame.page_no, segment.encoded().slice_ref(frame.data)))
+                })
+                .collect()
+        }
+    }
 
     /// Streams the segments whose end frame number is at least `until`, newest first.
     fn list_segments<'a>(

@@ -1,11 +1,16 @@
 //! Restore over any [`Storage`]: find the target commit, then walk segments newest
-//! first, writing each page of the target database once. Work grows with the database
-//! size, not the history length: the walk stops as soon as every page is written.
+//! first, writing each page of the target database once. Older segments are read through
+//! their page indexes: only the frames that supply a page still missing are fetched
+//! ([`Storage::fetch_frames`]), and a segment that supplies none is skipped after its
+//! index. Work grows with the database size, not the history length, and memory holds
+//! the target segment and one segment's needed frames at a time. Pages are written
+//! sorted, in runs of adjacent pages.
 
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::{FindSegmentReq, RestoreOptions, Storage};
@@ -39,36 +44,63 @@ where
     S: Storage + ?Sized,
     W: Write + Seek + Send,
 {
-    let (mut segment, commit) = find_target(storage, ns, options, &config).await?;
+    let (segment, commit) = find_target(storage, ns, options, &config).await?;
     let page_size = segment.page_size();
     let mut pages = PageSet::new(commit.size_after);
-    let mut upto = commit.frame_no;
-    let mut segments_read = 0;
-    loop {
-        segments_read += 1;
-        if segment.page_size() != page_size {
+    let mut writer = PageWriter::new(out, page_size);
+    // The target segment: the newest frame of each page at or before the commit.
+    let mut found: Vec<(u32, Bytes)> = Vec::new();
+    for frame in segment
+        .frames()
+        .rev()
+        .filter(|f| f.frame_no <= commit.frame_no)
+    {
+        if pages.take(frame.page_no) {
+            found.push((frame.page_no, segment.encoded().slice_ref(frame.data)));
+        }
+    }
+    writer.write_all(&mut found)?;
+    let mut segments_read = 1;
+    let mut before = segment.start_frame_no() - 1;
+    drop(segment);
+    // Older segments, newest first: their indexes say which missing pages they hold,
+    // and only those frames are read.
+    while pages.missing > 0 {
+        let Some(key) = previous_key(storage, ns, before, &config).await? else {
+            return Err(incomplete(ns, &pages, commit.frame_no));
+        };
+        before = key.start_frame_no - 1;
+        let index = storage
+            .fetch_segment_index(ns, &key, config.clone())
+            .await?;
+        let mut positions: Vec<u32> = index
+            .iter()
+            .filter(|&(page_no, _)| pages.take(page_no))
+            .map(|(_, position)| position)
+            .collect();
+        if positions.is_empty() {
+            continue;
+        }
+        positions.sort_unstable();
+        let mut frames = storage
+            .fetch_frames(ns, &key, &positions, config.clone())
+            .await?;
+        if let Some((_, data)) = frames.iter().find(|(_, d)| d.len() != page_size as usize) {
             let reason = FormatError::Invalid {
                 part: Part::Header,
                 offset: 12,
-                reason: "page size differs from the newer segments of the history",
+                reason: if data.is_empty() {
+                    "empty page"
+                } else {
+                    "page size differs from the newer segments of the history"
+                },
             };
-            return Err(Error::corrupt(
-                format!("segment {} of {ns}", segment.key()),
-                reason,
-            ));
+            return Err(Error::corrupt(format!("segment {key} of {ns}"), reason));
         }
-        write_pages(&segment, upto, &mut pages, out)?;
-        if pages.missing == 0 {
-            break;
-        }
-        segment = match previous(storage, ns, &segment, &config).await? {
-            Some(prev) => prev,
-            None => return Err(incomplete(ns, &pages, commit.frame_no)),
-        };
-        upto = u64::MAX;
+        writer.write_all(&mut frames)?;
+        segments_read += 1;
     }
-    out.flush()
-        .map_err(|e| Error::io("flushing the restored database", e))?;
+    writer.finish()?;
     Ok(RestoreSummary {
         frame_no: commit.frame_no,
         timestamp: ms_to_datetime(commit.timestamp_ms),
@@ -76,6 +108,79 @@ where
         db_pages: commit.size_after,
         segments_read,
     })
+}
+
+/// The newest segment ending at or before `before`, if any.
+async fn previous_key<S: Storage + ?Sized>(
+    storage: &S,
+    ns: &NamespaceName,
+    before: u64,
+    config: &Option<S::Config>,
+) -> Result<Option<SegmentKey>> {
+    if before == 0 {
+        return Ok(None);
+    }
+    let req = FindSegmentReq::EndFrameNoLessThan(before);
+    match storage.find_segment(ns, req, config.clone()).await {
+        Ok(key) => Ok(Some(key)),
+        Err(Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes pages at their offsets, sorted, in runs of adjacent pages gathered into one
+/// buffer: large sequential writes instead of a seek and a write per page.
+struct PageWriter<'a, W: Write + Seek> {
+    out: &'a mut W,
+    page_size: u64,
+    buf: Vec<u8>,
+    /// Offset in the file of `buf[0]`.
+    buf_at: u64,
+}
+
+const WRITE_BUFFER: usize = 1 << 20;
+
+impl<'a, W: Write + Seek> PageWriter<'a, W> {
+    fn new(out: &'a mut W, page_size: u32) -> Self {
+        Self {
+            out,
+            page_size: u64::from(page_size),
+            buf: Vec::with_capacity(WRITE_BUFFER),
+            buf_at: 0,
+        }
+    }
+
+    fn write_all(&mut self, pages: &mut [(u32, Bytes)]) -> Result<()> {
+        pages.sort_unstable_by_key(|(page_no, _)| *page_no);
+        for (page_no, data) in pages.iter() {
+            let at = u64::from(page_no - 1) * self.page_size;
+            let next = self.buf_at + self.buf.len() as u64;
+            if at != next || self.buf.len() + data.len() > WRITE_BUFFER {
+                self.flush()?;
+                self.buf_at = at;
+            }
+            self.buf.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.out
+                .seek(SeekFrom::Start(self.buf_at))
+                .and_then(|_| self.out.write_all(&self.buf))
+                .map_err(|e| Error::io("writing the restored database", e))?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.flush()?;
+        self.out
+            .flush()
+            .map_err(|e| Error::io("flushing the restored database", e))
+    }
 }
 
 /// What a restore will read, computed without writing anything (a dry run).
@@ -119,16 +224,7 @@ pub async fn plan<S: Storage + ?Sized>(
     };
     let mut before = segment.start_frame_no() - 1;
     while pages.missing > 0 {
-        let req = FindSegmentReq::EndFrameNoLessThan(before);
-        let key = match (before > 0).then_some(()) {
-            Some(()) => match storage.find_segment(ns, req, config.clone()).await {
-                Ok(key) => Some(key),
-                Err(Error::NotFound(_)) => None,
-                Err(e) => return Err(e),
-            },
-            None => None,
-        };
-        let Some(key) = key else {
+        let Some(key) = previous_key(storage, ns, before, &config).await? else {
             return Err(incomplete(ns, &pages, commit.frame_no));
         };
         let index = storage
@@ -276,49 +372,6 @@ async fn fetch<S: Storage + ?Sized>(
 ) -> Result<SealedSegment> {
     let key = storage.find_segment(ns, req, config.clone()).await?;
     storage.fetch_segment_data(ns, &key, config.clone()).await
-}
-
-async fn previous<S: Storage + ?Sized>(
-    storage: &S,
-    ns: &NamespaceName,
-    segment: &SealedSegment,
-    config: &Option<S::Config>,
-) -> Result<Option<SealedSegment>> {
-    let before = segment.start_frame_no() - 1;
-    if before == 0 {
-        return Ok(None);
-    }
-    let req = FindSegmentReq::EndFrameNoLessThan(before);
-    let key = match storage.find_segment(ns, req, config.clone()).await {
-        Ok(key) => key,
-        Err(Error::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    // A catalogued segment that cannot be read is an error, not the start of history.
-    storage
-        .fetch_segment_data(ns, &key, config.clone())
-        .await
-        .map(Some)
-}
-
-/// Writes the newest version (at or before `upto`) of each page still missing.
-fn write_pages<W: Write + Seek>(
-    segment: &SealedSegment,
-    upto: u64,
-    pages: &mut PageSet,
-    out: &mut W,
-) -> Result<()> {
-    let page_size = u64::from(segment.page_size());
-    for frame in segment.frames().rev().filter(|f| f.frame_no <= upto) {
-        if !pages.take(frame.page_no) {
-            continue;
-        }
-        let offset = u64::from(frame.page_no - 1) * page_size;
-        out.seek(SeekFrom::Start(offset))
-            .and_then(|_| out.write_all(frame.data))
-            .map_err(|e| Error::io("writing the restored database", e))?;
-    }
-    Ok(())
 }
 
 /// Which pages of the target database are still to be written: one bit per page.

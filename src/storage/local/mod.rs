@@ -271,6 +271,18 @@ impl Storage for LocalStorage {
         blocking(move || ns.read_index(&key)).await
     }
 
+    async fn fetch_frames(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        positions: &[u32],
+        config: Option<LocalConfig>,
+    ) -> Result<Vec<(u32, bytes::Bytes)>> {
+        let ns = self.catalogued(config, namespace, key).await?;
+        let (key, positions) = (*key, positions.to_vec());
+        blocking(move || ns.read_frames(&key, &positions)).await
+    }
+
     async fn fetch_segment_data(
         &self,
         namespace: &NamespaceName,

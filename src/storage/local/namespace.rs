@@ -11,8 +11,8 @@ use bytes::Bytes;
 use super::{LOCK_FILE, SEGMENT_EXT};
 use crate::error::{Error, FormatError, Part, Result};
 use crate::format::{
-    index_range, parse_index_with_crc, NamespaceName, PageIndex, SealedSegment, SegmentKey,
-    HEADER_LEN,
+    index_range, parse_index_with_crc, verify_frame, NamespaceName, PageIndex, SealedSegment,
+    SegmentKey, FRAME_HEADER_LEN, HEADER_LEN,
 };
 use crate::storage::catalog::{Catalog, CatalogEntry};
 use crate::storage::fsutil::{create_dir_durable, fsync_dir, write_atomic};
@@ -221,6 +221,55 @@ impl Namespace {
         Ok(segment)
     }
 
+    /// Reads only the frames at `positions` (and the header), verifying each frame's
+    /// checksum; adjacent positions are read together.
+    pub(super) fn read_frames(
+        &self,
+        key: &SegmentKey,
+        positions: &[u32],
+    ) -> Result<Vec<(u32, Bytes)>> {
+        let path = self.segment_path(key);
+        let read_err = |e| self.read_error(key, &path, e);
+        let corrupt = |e| Error::corrupt(self.describe(key, &path), e);
+        let file = File::open(&path).map_err(read_err)?;
+        let mut head = [0u8; HEADER_LEN];
+        read_exact_at(&file, &mut head, 0).map_err(read_err)?;
+        let (header, _) = index_range(&head).map_err(corrupt)?;
+        let found = SegmentKey {
+            start_frame_no: header.start_frame_no,
+            end_frame_no: header.end_frame_no,
+            timestamp: header.first_commit_ts,
+        };
+        self.check_key(key, found, &path)?;
+        let frame_len = FRAME_HEADER_LEN as u64 + u64::from(header.page_size);
+        let mut out = Vec::with_capacity(positions.len());
+        let mut i = 0;
+        while i < positions.len() {
+            let mut run = 1;
+            while i + run < positions.len() && positions[i + run] == positions[i] + run as u32 {
+                run += 1;
+            }
+            if positions[i].saturating_add(run as u32) > header.frame_count {
+                let reason = FormatError::Invalid {
+                    part: Part::PageIndex,
+                    offset: 0,
+                    reason: "frame position beyond the segment",
+                };
+                return Err(corrupt(reason));
+            }
+            let mut buf = vec![0u8; run * frame_len as usize];
+            let off = HEADER_LEN as u64 + u64::from(positions[i]) * frame_len;
+            read_exact_at(&file, &mut buf, off).map_err(read_err)?;
+            let buf = Bytes::from(buf);
+            for k in 0..run {
+                let frame = buf.slice(k * frame_len as usize..(k + 1) * frame_len as usize);
+                out.push(verify_frame(&header, positions[i] + k as u32, frame).map_err(corrupt)?);
+            }
+            i += run;
+        }
+        Ok(out)
+    }
+
     /// Reads the header and the page index only, verifying both.
     pub(super) fn read_index(&self, key: &SegmentKey) -> Result<PageIndex> {
         let path = self.segment_path(key);
@@ -292,4 +341,18 @@ fn make_dir_durable(dir: &Path) -> io::Result<()> {
         fsync_dir(ancestor)?;
     }
     Ok(())
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`.
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        let mut file = file;
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(buf)
+    }
 }
