@@ -159,10 +159,18 @@ async fn run(mode: Mode, page_size: u32, autocheckpoint: bool) {
             ("frame", RestoreOptions::FrameNo(b.frame_no)),
         ] {
             let out = dir.path().join(format!("restored-{i}-{how}.db"));
+            let plan = walvault::plan_restore(&store, &ns, options, None)
+                .await
+                .unwrap();
             let summary = store
                 .restore_to_path(&ns, options, &out, None)
                 .await
                 .unwrap();
+            assert_eq!(plan.segments.len(), summary.segments_read);
+            assert_eq!(
+                (plan.frame_no, plan.db_pages),
+                (summary.frame_no, summary.db_pages)
+            );
             assert_eq!(summary.page_size, page_size);
             integrity_check(&out).unwrap();
             let restored = rows(&Connection::open(&out).unwrap());

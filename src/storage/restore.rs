@@ -59,46 +59,31 @@ where
             found.push((frame.page_no, segment.encoded().slice_ref(frame.data)));
         }
     }
-    writer.write_all(&mut found)?;
     let mut segments_read = 1;
     let mut before = segment.start_frame_no() - 1;
     drop(segment);
     // Older segments, newest first: their indexes say which missing pages they hold,
-    // and only those frames are read.
-    while pages.missing > 0 {
-        let Some(key) = previous_key(storage, ns, before, &config).await? else {
-            return Err(incomplete(ns, &pages, commit.frame_no));
+    // and only those frames are read. The next segment is read while the current one's
+    // pages are written.
+    let mut current = found;
+    let mut next = next_needed(storage, ns, &mut pages, &mut before, &config).await?;
+    while let Some((key, positions)) = next {
+        let fetch = async {
+            let frames = storage
+                .fetch_frames(ns, &key, &positions, config.clone())
+                .await?;
+            check_page_size(ns, &key, &frames, page_size)?;
+            let following = next_needed(storage, ns, &mut pages, &mut before, &config).await?;
+            Ok::<_, Error>((frames, following))
         };
-        before = key.start_frame_no - 1;
-        let index = storage
-            .fetch_segment_index(ns, &key, config.clone())
-            .await?;
-        let mut positions: Vec<u32> = index
-            .iter()
-            .filter(|&(page_no, _)| pages.take(page_no))
-            .map(|(_, position)| position)
-            .collect();
-        if positions.is_empty() {
-            continue;
-        }
-        positions.sort_unstable();
-        let mut frames = storage
-            .fetch_frames(ns, &key, &positions, config.clone())
-            .await?;
-        if let Some((_, data)) = frames.iter().find(|(_, d)| d.len() != page_size as usize) {
-            let reason = FormatError::Invalid {
-                part: Part::Header,
-                offset: 12,
-                reason: if data.is_empty() {
-                    "empty page"
-                } else {
-                    "page size differs from the newer segments of the history"
-                },
-            };
-            return Err(Error::corrupt(format!("segment {key} of {ns}"), reason));
-        }
-        writer.write_all(&mut frames)?;
+        let (fetched, written) = tokio::join!(fetch, async { writer.write_all(&mut current) });
+        written?;
+        (current, next) = fetched?;
         segments_read += 1;
+    }
+    writer.write_all(&mut current)?;
+    if pages.missing > 0 {
+        return Err(incomplete(ns, &pages, commit.frame_no));
     }
     writer.finish()?;
     Ok(RestoreSummary {
@@ -108,6 +93,54 @@ where
         db_pages: commit.size_after,
         segments_read,
     })
+}
+
+/// The next older segment that holds a page still missing, and the positions of those
+/// frames (sorted); the pages are marked taken. `None` when nothing is missing or the
+/// history ends.
+async fn next_needed<S: Storage + ?Sized>(
+    storage: &S,
+    ns: &NamespaceName,
+    pages: &mut PageSet,
+    before: &mut u64,
+    config: &Option<S::Config>,
+) -> Result<Option<(SegmentKey, Vec<u32>)>> {
+    while pages.missing > 0 {
+        let Some(key) = previous_key(storage, ns, *before, config).await? else {
+            return Ok(None);
+        };
+        *before = key.start_frame_no - 1;
+        let index = storage
+            .fetch_segment_index(ns, &key, config.clone())
+            .await?;
+        let mut positions: Vec<u32> = index
+            .iter()
+            .filter(|&(page_no, _)| pages.take(page_no))
+            .map(|(_, position)| position)
+            .collect();
+        if !positions.is_empty() {
+            positions.sort_unstable();
+            return Ok(Some((key, positions)));
+        }
+    }
+    Ok(None)
+}
+
+fn check_page_size(
+    ns: &NamespaceName,
+    key: &SegmentKey,
+    frames: &[(u32, Bytes)],
+    page_size: u32,
+) -> Result<()> {
+    if frames.iter().all(|(_, d)| d.len() == page_size as usize) {
+        return Ok(());
+    }
+    let reason = FormatError::Invalid {
+        part: Part::Header,
+        offset: 12,
+        reason: "page size differs from the newer segments of the history",
+    };
+    Err(Error::corrupt(format!("segment {key} of {ns}"), reason))
 }
 
 /// The newest segment ending at or before `before`, if any.
@@ -223,21 +256,12 @@ pub async fn plan<S: Storage + ?Sized>(
         bytes: segment.encoded_len(),
     };
     let mut before = segment.start_frame_no() - 1;
-    while pages.missing > 0 {
-        let Some(key) = previous_key(storage, ns, before, &config).await? else {
-            return Err(incomplete(ns, &pages, commit.frame_no));
-        };
-        let index = storage
-            .fetch_segment_index(ns, &key, config.clone())
-            .await?;
-        let used = index
-            .iter()
-            .fold(false, |used, (page_no, _)| pages.take(page_no) | used);
-        if used {
-            plan.bytes += segment_size(storage, ns, &key, &config).await?;
-            plan.segments.push(key);
-        }
-        before = key.start_frame_no - 1;
+    while let Some((key, _)) = next_needed(storage, ns, &mut pages, &mut before, &config).await? {
+        plan.bytes += segment_size(storage, ns, &key, &config).await?;
+        plan.segments.push(key);
+    }
+    if pages.missing > 0 {
+        return Err(incomplete(ns, &pages, commit.frame_no));
     }
     Ok(plan)
 }
