@@ -160,9 +160,9 @@ pub trait Storage: Send + Sync + 'static {
         config_override: Option<Self::Config>,
     ) -> impl Future<Output = Result<SealedSegment>> + Send;
 
-    /// Fetches the frames at `positions` (0-based, as a [`PageIndex`] gives them) of a
-    /// stored segment, each verified by its own checksum: page number and page image, in
-    /// the order asked. Backends that can read ranges read only those frames (restore
+    /// Fetches the frames at `positions` (0-based, as a [`PageIndex`] gives them, strictly
+    /// ascending) of a stored segment, each verified by its own checksum: page number and
+    /// page image, in the order asked. Backends that can read ranges read only those frames (restore
     /// uses this to read each page once); the default fetches the whole segment.
     fn fetch_frames(
         &self,
