@@ -20,13 +20,13 @@
 //! the file there.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::format::layout;
-use crate::storage::fsutil::fsync_dir;
+use crate::storage::fsutil::{fsync_dir, read_full};
 
 const MAGIC: [u8; 8] = *b"WVOPENLG";
 const VERSION: u16 = 2;
@@ -326,18 +326,6 @@ pub(crate) fn recover(path: &Path) -> Result<Option<Recovered>> {
     }
     file.sync_all().map_err(io_err)?;
     Ok(Some(recovered))
-}
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 fn decode_header(h: &[u8; HEADER_LEN]) -> Option<(u32, u64, u32)> {

@@ -13,6 +13,7 @@ use std::path::Path;
 use hashbrown::HashMap;
 
 use crate::error::{Error, FormatError, Part, Result};
+use crate::storage::fsutil::read_full;
 
 /// The database's size in pages from its header when the header vouches for it (its
 /// "version valid for" equals its change counter), else from the file length.
@@ -91,15 +92,4 @@ pub(crate) fn fingerprint(db: &Path) -> Result<u32> {
             n => crc = crc32c::crc32c_append(crc, &buf[..n]),
         }
     }
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }

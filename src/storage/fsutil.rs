@@ -84,3 +84,18 @@ pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
         _ => Ok(()),
     }
 }
+
+/// Reads until `buf` is full or the source ends; returns the bytes read (fewer than
+/// `buf.len()` only at the end).
+pub(crate) fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
