@@ -68,13 +68,15 @@ where
     let mut current = found;
     let mut next = next_needed(storage, ns, &mut pages, &mut before, &config).await?;
     while let Some((key, positions)) = next {
+        // This segment's frames and the next segment's index are read at once.
         let fetch = async {
-            let frames = storage
-                .fetch_frames(ns, &key, &positions, config.clone())
-                .await?;
+            let (frames, following) = tokio::join!(
+                storage.fetch_frames(ns, &key, &positions, config.clone()),
+                next_needed(storage, ns, &mut pages, &mut before, &config),
+            );
+            let frames = frames?;
             check_page_size(ns, &key, &frames, page_size)?;
-            let following = next_needed(storage, ns, &mut pages, &mut before, &config).await?;
-            Ok::<_, Error>((frames, following))
+            Ok::<_, Error>((frames, following?))
         };
         let (fetched, written) = tokio::join!(fetch, async { writer.write_all(&mut current) });
         written?;
