@@ -71,6 +71,9 @@ pub enum Error {
     /// The storage was shut down.
     #[error("storage is shut down")]
     Closed,
+    /// The backend cannot do what was asked (for example, edit its catalog).
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// SQLite reported an error while walvault read or checked a database.
     #[error("SQLite error while {context}: {message}")]
     Sqlite {
@@ -193,6 +196,14 @@ pub enum InvalidInput {
     /// A bad configuration value.
     #[error("configuration: {0}")]
     Config(String),
+    /// A catalog edit (compaction, retention) that does not fit the catalog.
+    #[error("cannot replace segments of namespace {namespace}: {reason}")]
+    Replace {
+        /// The namespace.
+        namespace: String,
+        /// Which rule the edit broke.
+        reason: String,
+    },
 }
 
 /// What exactly is wrong with a byte sequence that failed verification.

@@ -52,6 +52,7 @@ mod durability;
 mod error;
 mod format;
 mod log;
+mod ops;
 mod random;
 mod replica;
 mod sqlite;
@@ -67,13 +68,17 @@ pub use crate::format::{
     SegmentKey,
 };
 pub use crate::log::{Appended, Clock, LogConfig, LogWriter, SystemClock};
+pub use crate::ops::{
+    apply_retention, compact, plan_compaction, CompactionPolicy, CompactionReport, Merge,
+    RetentionReport,
+};
 pub use crate::replica::{durable_frames, transactions, Follower, Transaction};
 pub use crate::sqlite::{integrity_check, IngestReport, Replicator, ReplicatorConfig};
 pub use crate::storage::restore_to_path_with_progress;
 pub use crate::storage::{
-    on_store, plan_restore, Faults, FaultyStorage, FindSegmentReq, LocalConfig, LocalStorage,
-    MemoryStorage, NoStorage, ObjectStorage, OnStoreCallback, RestoreOptions, RestorePlan,
-    RestoreProgress, RestoreSummary, SegmentInfo, Storage,
+    on_store, plan_restore, Faults, FaultyStorage, FindSegmentReq, GcOptions, GcReport,
+    LocalConfig, LocalStorage, MemoryStorage, NoStorage, ObjectStorage, OnStoreCallback,
+    RestoreOptions, RestorePlan, RestoreProgress, RestoreSummary, SegmentInfo, Storage,
 };
 
 #[doc(hidden)]

@@ -55,6 +55,10 @@ macro_rules! every_backend {
 }
 
 every_backend!(
+    compaction_keeps_every_commit,
+    replace_checks_its_inputs,
+    gc_waits_for_grace_then_deletes,
+    retention_keeps_the_window,
     store_fetch_round_trip,
     callbacks_report_durable_in_order,
     lookups_at_every_boundary,

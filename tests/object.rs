@@ -71,6 +71,10 @@ macro_rules! every_object_store {
 }
 
 every_object_store!(
+    compaction_keeps_every_commit,
+    replace_checks_its_inputs,
+    gc_waits_for_grace_then_deletes,
+    retention_keeps_the_window,
     store_fetch_round_trip,
     callbacks_report_durable_in_order,
     lookups_at_every_boundary,
@@ -86,7 +90,51 @@ every_object_store!(
     a_newer_writer_fences_the_older_one,
     a_fenced_writer_cannot_replace_a_visible_segment,
     writers_racing_to_open_one_namespace_leave_one_winner,
+    compaction_elsewhere_does_not_fence_the_writer,
 );
+
+/// A writer keeps storing while another handle (another process, say `walvault compact`)
+/// compacts and collects: the writer is never fenced, every segment it stores stays
+/// visible, and every commit restores exactly.
+pub async fn compaction_elsewhere_does_not_fence_the_writer<B: Backend<S = ObjectStorage>>(b: &B) {
+    let name = ns("busy");
+    let history = small_history();
+    let writer = b.open();
+    let maintainer = b.open();
+    let (early, late) = history.split_at(12);
+    for seg in early.iter().cloned() {
+        store(&writer, &name, seg).await.unwrap();
+    }
+    let storing = {
+        let (writer, name, late) = (writer.clone(), name.clone(), late.to_vec());
+        tokio::spawn(async move {
+            for seg in late {
+                store(&writer, &name, seg).await.unwrap();
+            }
+        })
+    };
+    for _ in 0..3 {
+        maintainer.refresh(&name, None).await.unwrap();
+        walvault::compact(&maintainer, &name, &small_policy(), false)
+            .await
+            .unwrap();
+    }
+    storing.await.unwrap();
+    let no_grace = walvault::GcOptions {
+        grace: std::time::Duration::ZERO,
+        dry_run: false,
+    };
+    maintainer
+        .collect_garbage(&name, no_grace, None)
+        .await
+        .unwrap();
+    let reader = b.open();
+    assert_eq!(reader.durable_frame_no(&name, None).await.unwrap(), 96);
+    check_commits(&reader, &name, &history, |_| true).await;
+    store(&writer, &name, segment(97, 4, 2, 6, 2_000))
+        .await
+        .unwrap();
+}
 
 /// A fenced writer that does not know it yet stores a segment under the key of one the
 /// new writer made visible (same frames and time, other bytes): refused, and the visible

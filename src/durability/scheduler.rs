@@ -409,6 +409,71 @@ impl<B: Storage> Storage for StoreScheduler<B> {
             .fetch_segment_data(namespace, key, config)
     }
 
+    fn fetch_frames(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        positions: &[u32],
+        config: Option<B::Config>,
+    ) -> impl Future<Output = Result<Vec<(u32, bytes::Bytes)>>> + Send {
+        self.inner
+            .backend
+            .fetch_frames(namespace, key, positions, config)
+    }
+
+    fn fetch_segment_indexes(
+        &self,
+        namespace: &NamespaceName,
+        keys: &[SegmentKey],
+        config: Option<B::Config>,
+    ) -> impl Future<Output = Vec<Result<PageIndex>>> + Send {
+        self.inner
+            .backend
+            .fetch_segment_indexes(namespace, keys, config)
+    }
+
+    fn fetch_frames_batch(
+        &self,
+        namespace: &NamespaceName,
+        requests: Vec<(SegmentKey, Vec<u32>)>,
+        config: Option<B::Config>,
+    ) -> impl Future<Output = Result<Vec<Vec<(u32, bytes::Bytes)>>>> + Send {
+        self.inner
+            .backend
+            .fetch_frames_batch(namespace, requests, config)
+    }
+
+    fn replace_segments(
+        &self,
+        namespace: &NamespaceName,
+        inputs: &[SegmentKey],
+        output: SealedSegment,
+        config: Option<B::Config>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.inner
+            .backend
+            .replace_segments(namespace, inputs, output, config)
+    }
+
+    fn collect_garbage(
+        &self,
+        namespace: &NamespaceName,
+        options: crate::storage::GcOptions,
+        config: Option<B::Config>,
+    ) -> impl Future<Output = Result<crate::storage::GcReport>> + Send {
+        self.inner
+            .backend
+            .collect_garbage(namespace, options, config)
+    }
+
+    fn refresh(
+        &self,
+        namespace: &NamespaceName,
+        config: Option<B::Config>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.inner.backend.refresh(namespace, config)
+    }
+
     fn list_segments<'a>(
         &'a self,
         namespace: &'a NamespaceName,

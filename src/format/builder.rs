@@ -26,6 +26,9 @@ pub struct SegmentBuilder {
     page_size: u32,
     start_frame_no: u64,
     frame_count: u32,
+    /// The number the next frame gets: `start_frame_no + frame_count` unless
+    /// [`skip_to`](Self::skip_to) left numbers out.
+    next_frame_no: u64,
     newest: HashMap<u32, u32>,
     commits: Vec<Commit>,
     log_id: Uuid,
@@ -50,6 +53,7 @@ impl SegmentBuilder {
             page_size,
             start_frame_no,
             frame_count: 0,
+            next_frame_no: start_frame_no,
             newest: HashMap::new(),
             commits: Vec::new(),
             log_id: Uuid::nil(),
@@ -107,24 +111,45 @@ impl SegmentBuilder {
 
     /// The frame number the next appended frame will get.
     pub fn next_frame_no(&self) -> u64 {
-        self.start_frame_no + u64::from(self.frame_count)
+        self.next_frame_no
+    }
+
+    /// Makes `frame_no` the number of the next frame, leaving the numbers before it
+    /// out. The sealed segment is then sparse (`docs/FORMAT.md` §3.2): compaction uses
+    /// this to keep page versions under their original frame numbers while dropping the
+    /// ones no retained commit needs. Numbers only move forward.
+    pub fn skip_to(&mut self, frame_no: u64) -> Result<()> {
+        if frame_no < self.next_frame_no {
+            return Err(InvalidInput::FrameNo {
+                frame_no,
+                reason: "frame numbers in a segment only increase",
+            }
+            .into());
+        }
+        self.next_frame_no = frame_no;
+        Ok(())
+    }
+
+    fn is_sparse(&self) -> bool {
+        self.next_frame_no != self.start_frame_no + u64::from(self.frame_count)
     }
 
     /// The newest frame of `page_no` at or before frame `as_of`, among the frames
     /// appended since the last seal: its frame number and page.
     pub fn find_page(&self, page_no: u32, as_of: u64) -> Option<(u64, &[u8])> {
         let frame_len = FRAME_HEADER_LEN + self.page_size as usize;
-        let frames_in_view = as_of
-            .checked_sub(self.start_frame_no)?
-            .saturating_add(1)
-            .min(u64::from(self.frame_count));
-        (0..frames_in_view as usize)
+        let frame_no_at =
+            |off: usize| crate::format::layout::le_u64(&self.buf, off + frm::FRAME_NO);
+        (0..self.frame_count as usize)
             .rev()
             .map(|position| HEADER_LEN + position * frame_len)
+            .skip_while(|&off| frame_no_at(off) > as_of)
             .find(|&off| le_u32(&self.buf, off + frm::PAGE_NO) == page_no)
             .map(|off| {
-                let frame_no = crate::format::layout::le_u64(&self.buf, off + frm::FRAME_NO);
-                (frame_no, &self.buf[off + FRAME_HEADER_LEN..off + frame_len])
+                (
+                    frame_no_at(off),
+                    &self.buf[off + FRAME_HEADER_LEN..off + frame_len],
+                )
             })
     }
 
@@ -164,6 +189,7 @@ impl SegmentBuilder {
             page_size: self.page_size,
             start_frame_no: self.next_frame_no(),
             frame_count: 0,
+            next_frame_no: self.next_frame_no(),
             newest: HashMap::new(),
             commits: Vec::new(),
             log_id: self.log_id,
@@ -172,6 +198,7 @@ impl SegmentBuilder {
     }
 
     fn finish(mut self, sealed_at: u64) -> SealedSegment {
+        let sparse = self.is_sparse();
         let mut digest = 0;
         let frame_len = FRAME_HEADER_LEN + self.page_size as usize;
         let mut frame_crcs = Vec::with_capacity(self.frame_count as usize);
@@ -213,6 +240,7 @@ impl SegmentBuilder {
             sealed_at,
             log_id: self.log_id,
             index_len: index_bytes.len() as u64,
+            sparse,
         };
         let encoded_header = header.encode();
         self.buf[..HEADER_LEN].copy_from_slice(&encoded_header);
@@ -289,6 +317,7 @@ impl SegmentBuilder {
         self.buf.extend_from_slice(page);
         self.newest.insert(page_no, self.frame_count);
         self.frame_count += 1;
+        self.next_frame_no = frame_no + 1;
     }
 }
 

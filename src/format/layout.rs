@@ -20,6 +20,12 @@ pub(crate) const COMMIT_LEN: usize = 24;
 pub(crate) const CRC_LEN: usize = 4;
 pub(crate) const TRAILER_LEN: usize = 32;
 
+/// Header flag: the segment is sparse. Its frames keep their own, strictly increasing
+/// frame numbers inside the key's range but need not fill it, because compaction left
+/// out page versions no retained commit needs. Readers that do not know this flag
+/// refuse the segment (they reject unknown flags).
+pub(crate) const FLAG_SPARSE: u16 = 1;
+
 // Header field offsets.
 pub(crate) mod hdr {
     pub const MAGIC: usize = 0;
@@ -107,6 +113,8 @@ pub(crate) struct Header {
     pub sealed_at: u64,
     pub log_id: Uuid,
     pub index_len: u64,
+    /// [`FLAG_SPARSE`]: frame numbers need not be contiguous.
+    pub sparse: bool,
 }
 
 impl Header {
@@ -123,7 +131,11 @@ impl Header {
         let mut b = [0u8; HEADER_LEN];
         b[hdr::MAGIC..hdr::MAGIC + 8].copy_from_slice(&SEGMENT_MAGIC);
         put_u16(&mut b, hdr::VERSION, FORMAT_VERSION);
-        put_u16(&mut b, hdr::FLAGS, 0);
+        put_u16(
+            &mut b,
+            hdr::FLAGS,
+            if self.sparse { FLAG_SPARSE } else { 0 },
+        );
         put_u32(&mut b, hdr::PAGE_SIZE, self.page_size);
         put_u64(&mut b, hdr::START_FRAME_NO, self.start_frame_no);
         put_u64(&mut b, hdr::END_FRAME_NO, self.end_frame_no);
@@ -177,8 +189,9 @@ impl Header {
             log_id: Uuid::from_slice(&b[hdr::LOG_ID..hdr::LOG_ID + 16])
                 .map_err(|_| invalid(Part::Header, hdr::LOG_ID, "bad log id"))?,
             index_len: le_u64(b, hdr::INDEX_LEN),
+            sparse: le_u16(b, hdr::FLAGS) & FLAG_SPARSE != 0,
         };
-        if le_u16(b, hdr::FLAGS) != 0 {
+        if le_u16(b, hdr::FLAGS) & !FLAG_SPARSE != 0 {
             return Err(invalid(Part::Header, hdr::FLAGS, "unknown flags"));
         }
         if b[hdr::RESERVED..hdr::CRC].iter().any(|&x| x != 0) {
@@ -200,7 +213,9 @@ impl Header {
         if self.start_frame_no == 0 || self.start_frame_no > self.end_frame_no {
             return bad(hdr::START_FRAME_NO, "bad frame range");
         }
-        if u64::from(self.frame_count) != self.end_frame_no - self.start_frame_no + 1 {
+        let span = self.end_frame_no - self.start_frame_no + 1;
+        let count = u64::from(self.frame_count);
+        if (!self.sparse && count != span) || count > span || count == 0 {
             return bad(hdr::FRAME_COUNT, "frame count disagrees with frame range");
         }
         if self.commit_count == 0 || self.commit_count > self.frame_count {

@@ -151,8 +151,8 @@ impl SealedSegment {
             return Err(table("commit count disagrees with the frames"));
         }
         for commit in &self.inner.commits {
-            let frame = self.frame_at((commit.frame_no - h.start_frame_no) as u32);
-            if frame.size_after != commit.size_after {
+            let frame = self.position_of(commit.frame_no).map(|p| self.frame_at(p));
+            if frame.is_none_or(|f| f.size_after != commit.size_after) {
                 return Err(table("commit disagrees with its frame"));
             }
         }
@@ -255,6 +255,34 @@ impl SealedSegment {
             .find(|f| f.frame_no <= as_of && f.page_no == page_no)
     }
 
+    /// True when compaction left frames out, so frame numbers are not contiguous
+    /// (`docs/FORMAT.md` §3.2, flag `sparse`).
+    pub fn is_sparse(&self) -> bool {
+        self.inner.header.sparse
+    }
+
+    /// The position (0-based) of frame `frame_no`, if the segment holds it.
+    pub fn position_of(&self, frame_no: u64) -> Option<u32> {
+        let h = &self.inner.header;
+        if !(h.start_frame_no..=h.end_frame_no).contains(&frame_no) {
+            return None;
+        }
+        if !h.sparse {
+            return Some((frame_no - h.start_frame_no) as u32);
+        }
+        // Sparse frame numbers increase strictly, so a binary search finds it.
+        let (mut lo, mut hi) = (0u32, h.frame_count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.frame_at(mid).frame_no.cmp(&frame_no) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
+    }
+
     /// The frame at `position` (0-based), if there is one.
     pub fn frame(&self, position: u32) -> Option<FrameRef<'_>> {
         (position < self.frame_count()).then(|| self.frame_at(position))
@@ -302,6 +330,7 @@ impl std::fmt::Debug for SealedSegment {
 
 fn verify_frames(b: &[u8], h: &Header, l: &Layout, mut digest: u32) -> Result<u32, FormatError> {
     let frame_len = l.frame_len as usize;
+    let mut previous = 0;
     for position in 0..h.frame_count {
         let off = l.frame_off(position) as usize;
         let frame = &b[off..off + frame_len];
@@ -313,13 +342,15 @@ fn verify_frames(b: &[u8], h: &Header, l: &Layout, mut digest: u32) -> Result<u3
                 offset: off as u64,
             });
         }
-        if le_u64(frame, frm::FRAME_NO) != h.start_frame_no + u64::from(position) {
+        let frame_no = le_u64(frame, frm::FRAME_NO);
+        if !frame_no_fits(h, position, frame_no, previous) {
             return Err(invalid(
                 part,
                 off + frm::FRAME_NO,
                 "frame number out of sequence",
             ));
         }
+        previous = frame_no;
         if le_u32(frame, frm::PAGE_NO) == 0 {
             return Err(invalid(part, off + frm::PAGE_NO, "page number 0"));
         }
@@ -491,6 +522,17 @@ pub(crate) fn parse_index_with_crc(
     PageIndex::parse(body, header.frame_count, layout.index_off)
 }
 
+/// Whether `frame_no` may sit at `position`, after a frame numbered `previous` (0 for
+/// the first): exactly `start + position` in a dense segment; in a sparse one, strictly
+/// after the previous frame and inside the key's range.
+fn frame_no_fits(h: &Header, position: u32, frame_no: u64, previous: u64) -> bool {
+    if h.sparse {
+        frame_no > previous && (h.start_frame_no..=h.end_frame_no).contains(&frame_no)
+    } else {
+        frame_no == h.start_frame_no + u64::from(position)
+    }
+}
+
 /// Verifies one frame read on its own from the segment `header` describes (the header
 /// itself verified by [`index_range`]): its length, its checksum, that it sits at
 /// `position`, and that its page number is valid. Returns the page number and the page.
@@ -512,7 +554,9 @@ pub(crate) fn verify_frame(
     {
         return Err(FormatError::Checksum { part, offset: off });
     }
-    if le_u64(&frame, frm::FRAME_NO) != header.start_frame_no + u64::from(position) {
+    let frame_no = le_u64(&frame, frm::FRAME_NO);
+    let in_range = (header.start_frame_no..=header.end_frame_no).contains(&frame_no);
+    if !in_range || (!header.sparse && frame_no != header.start_frame_no + u64::from(position)) {
         return Err(invalid(part, frm::FRAME_NO, "frame number out of sequence"));
     }
     let page_no = le_u32(&frame, frm::PAGE_NO);

@@ -172,6 +172,46 @@ impl Catalog {
         before - self.entries.len()
     }
 
+    /// This catalog with the consecutive entries `inputs` replaced by `output`, which
+    /// must cover exactly their frames: the same first and last frame, a first commit no
+    /// earlier than the first input's, and the last input's last commit time (so
+    /// lookups by time keep their answers). An error says which rule failed.
+    pub(crate) fn replaced(
+        &self,
+        inputs: &[SegmentKey],
+        output: CatalogEntry,
+    ) -> Result<Self, String> {
+        let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
+            return Err("no segments to replace".into());
+        };
+        let at = self.first_ending_at_or_after(first.end_frame_no);
+        let run = self.entries.get(at..at + inputs.len());
+        if run.is_none_or(|run| !run.iter().map(|e| e.key).eq(inputs.iter().copied())) {
+            return Err("the segments to replace are not consecutive entries of the catalog (another compaction may have replaced them)".into());
+        }
+        let last_ts = self.entries[at + inputs.len() - 1].last_commit_ts;
+        let key = output.key;
+        if key.start_frame_no != first.start_frame_no || key.end_frame_no != last.end_frame_no {
+            return Err(format!(
+                "segment {key} does not cover frames {}..={} exactly",
+                first.start_frame_no, last.end_frame_no
+            ));
+        }
+        if key.timestamp < first.timestamp || output.last_commit_ts != last_ts {
+            return Err(format!(
+                "segment {key} changes the commit times of the segments it replaces"
+            ));
+        }
+        if inputs.contains(&key) {
+            return Err(format!("segment {key} would replace itself"));
+        }
+        let mut entries = Vec::with_capacity(self.entries.len() + 1 - inputs.len());
+        entries.extend_from_slice(&self.entries[..at]);
+        entries.push(output);
+        entries.extend_from_slice(&self.entries[at + inputs.len()..]);
+        Self::from_entries(entries)
+    }
+
     /// Frees capacity left over from growth.
     pub(crate) fn shrink_to_fit(&mut self) {
         self.entries.shrink_to_fit();

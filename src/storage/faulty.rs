@@ -171,6 +171,62 @@ impl<S: Storage + Clone> Storage for FaultyStorage<S> {
         self.inner.fetch_segment_data(namespace, key, config)
     }
 
+    fn fetch_frames(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        positions: &[u32],
+        config: Option<S::Config>,
+    ) -> impl Future<Output = Result<Vec<(u32, bytes::Bytes)>>> + Send {
+        self.inner.fetch_frames(namespace, key, positions, config)
+    }
+
+    fn fetch_segment_indexes(
+        &self,
+        namespace: &NamespaceName,
+        keys: &[SegmentKey],
+        config: Option<S::Config>,
+    ) -> impl Future<Output = Vec<Result<PageIndex>>> + Send {
+        self.inner.fetch_segment_indexes(namespace, keys, config)
+    }
+
+    fn fetch_frames_batch(
+        &self,
+        namespace: &NamespaceName,
+        requests: Vec<(SegmentKey, Vec<u32>)>,
+        config: Option<S::Config>,
+    ) -> impl Future<Output = Result<Vec<Vec<(u32, bytes::Bytes)>>>> + Send {
+        self.inner.fetch_frames_batch(namespace, requests, config)
+    }
+
+    fn replace_segments(
+        &self,
+        namespace: &NamespaceName,
+        inputs: &[SegmentKey],
+        output: SealedSegment,
+        config: Option<S::Config>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.inner
+            .replace_segments(namespace, inputs, output, config)
+    }
+
+    fn collect_garbage(
+        &self,
+        namespace: &NamespaceName,
+        options: crate::storage::GcOptions,
+        config: Option<S::Config>,
+    ) -> impl Future<Output = Result<crate::storage::GcReport>> + Send {
+        self.inner.collect_garbage(namespace, options, config)
+    }
+
+    fn refresh(
+        &self,
+        namespace: &NamespaceName,
+        config: Option<S::Config>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.inner.refresh(namespace, config)
+    }
+
     fn list_segments<'a>(
         &'a self,
         namespace: &'a NamespaceName,

@@ -6,13 +6,16 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use hashbrown::HashMap;
+use std::time::SystemTime;
+
+use hashbrown::{HashMap, HashSet};
 use tokio_stream::Stream;
 
 use super::listing::{self, CatalogStream, SharedCatalog};
+use super::retired::{self, GcOptions, GcReport, Record};
 use super::{
-    check_append, entry_for, find_in, spawn_store, FindSegmentReq, OnStoreCallback, SegmentInfo,
-    Storage,
+    check_append, check_replace, entry_for, find_in, spawn_store, FindSegmentReq, OnStoreCallback,
+    SegmentInfo, Storage,
 };
 use crate::error::{Error, Result};
 use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
@@ -33,6 +36,8 @@ struct Inner {
 struct Namespace {
     catalog: SharedCatalog,
     segments: RwLock<HashMap<SegmentKey, SealedSegment>>,
+    /// Segments replaced out of the catalog, with when: still readable until collected.
+    retired: Mutex<Vec<(SegmentKey, SystemTime)>>,
     /// Held from the check through `on_store`, so callbacks run in durable order.
     store_lock: async_lock::Mutex<()>,
 }
@@ -135,6 +140,93 @@ impl Storage for MemoryStorage {
         _config: Option<()>,
     ) -> Result<SealedSegment> {
         self.segment(namespace, key)
+    }
+
+    async fn replace_segments(
+        &self,
+        namespace: &NamespaceName,
+        inputs: &[SegmentKey],
+        output: SealedSegment,
+        _config: Option<()>,
+    ) -> Result<()> {
+        let missing = || Error::NotFound(format!("namespace {namespace}"));
+        let ns = self.namespace(namespace, false)?.ok_or_else(missing)?;
+        let _ordered = ns.store_lock.lock().await;
+        let mut catalog = listing::write(&ns.catalog);
+        let next = check_replace(&catalog, namespace, inputs, &output)?;
+        let mut segments = ns.segments.write().unwrap_or_else(PoisonError::into_inner);
+        segments.insert(output.key(), output);
+        *catalog = next;
+        let now = SystemTime::now();
+        let mut retired = ns.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        retired.extend(inputs.iter().map(|key| (*key, now)));
+        Ok(())
+    }
+
+    async fn collect_garbage(
+        &self,
+        namespace: &NamespaceName,
+        options: GcOptions,
+        _config: Option<()>,
+    ) -> Result<GcReport> {
+        let Some(ns) = self.namespace(namespace, false)? else {
+            return Ok(GcReport::default());
+        };
+        let _ordered = ns.store_lock.lock().await;
+        let live: HashSet<SegmentKey> = listing::read(&ns.catalog)
+            .entries()
+            .iter()
+            .map(|e| e.key)
+            .collect();
+        let records: Vec<Record<usize>> = ns
+            .retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .enumerate()
+            .map(|(id, (key, at))| Record {
+                id,
+                at: *at,
+                keys: vec![*key],
+            })
+            .collect();
+        // A segment is put in the map and the catalog at once, so nothing here is ever
+        // an orphan of an interrupted store; anything unnamed is garbage.
+        let objects: Vec<(SegmentKey, SystemTime)> = ns
+            .segments
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .map(|key| (*key, SystemTime::UNIX_EPOCH))
+            .collect();
+        let forks = HashSet::new();
+        let decision = retired::decide(
+            &live,
+            &forks,
+            records,
+            &objects,
+            SystemTime::now(),
+            options.grace,
+        );
+        if !options.dry_run {
+            let mut segments = ns.segments.write().unwrap_or_else(PoisonError::into_inner);
+            for key in decision
+                .report
+                .deleted
+                .iter()
+                .chain(&decision.report.orphans)
+            {
+                segments.remove(key);
+            }
+            let done: HashSet<usize> = decision.records.into_iter().collect();
+            let mut retired = ns.retired.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut id = 0;
+            retired.retain(|_| {
+                id += 1;
+                !done.contains(&(id - 1))
+            });
+        }
+        Ok(decision.report)
     }
 
     fn list_segments<'a>(

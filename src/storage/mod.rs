@@ -15,6 +15,7 @@ mod memory;
 mod none;
 mod object;
 mod restore;
+mod retired;
 
 use std::fmt;
 use std::future::Future;
@@ -38,6 +39,7 @@ pub use restore::{
     plan as plan_restore, restore_to_path_with_progress, RestorePlan, RestoreProgress,
     RestoreSummary,
 };
+pub use retired::{GcOptions, GcReport};
 
 /// Called once a segment is durable, with the namespace's new durable frame number.
 pub type OnStoreCallback =
@@ -276,6 +278,50 @@ pub trait Storage: Send + Sync + 'static {
         restore::restore_to_path(self, namespace, options, path, config_override, None)
     }
 
+    /// Replaces the consecutive stored segments `inputs` (oldest first) with `output` in
+    /// one catalog edit: compaction and retention merge segments this way (see
+    /// [`compact`](crate::compact)). `output` must cover exactly the inputs' frames:
+    /// the same first and last frame numbers, a first commit no earlier than the first
+    /// input's, and the last input's last commit time. Afterwards lookups find `output`
+    /// and never an input; the inputs stay readable by key, so readers in flight keep
+    /// working, until [`collect_garbage`](Storage::collect_garbage) deletes them after
+    /// its grace period. If another edit replaced an input first, this fails and changes
+    /// nothing. The default refuses with [`Error::Unsupported`].
+    fn replace_segments(
+        &self,
+        namespace: &NamespaceName,
+        inputs: &[SegmentKey],
+        output: SealedSegment,
+        config_override: Option<Self::Config>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (namespace, inputs, output, config_override);
+        async {
+            Err(Error::Unsupported(
+                "this backend cannot replace segments".into(),
+            ))
+        }
+    }
+
+    /// Deletes segments no catalog needs any more: those a catalog edit retired longer
+    /// than `options.grace` ago, and orphans (segment objects no catalog or retired
+    /// record names, such as an upload whose catalog edit never happened) written
+    /// longer ago than that. Segments a fork still names are kept. This is the one
+    /// operation besides `ls` that lists the backend. The default refuses with
+    /// [`Error::Unsupported`].
+    fn collect_garbage(
+        &self,
+        namespace: &NamespaceName,
+        options: GcOptions,
+        config_override: Option<Self::Config>,
+    ) -> impl Future<Output = Result<GcReport>> + Send {
+        let _ = (namespace, options, config_override);
+        async {
+            Err(Error::Unsupported(
+                "this backend cannot collect garbage".into(),
+            ))
+        }
+    }
+
     /// Brings this handle's view of `namespace` up to date with what other handles or
     /// processes stored since it was opened, for readers that follow a writer elsewhere.
     /// A backend whose view is always current (memory) does nothing; the local backend
@@ -351,6 +397,24 @@ pub(crate) fn entry_for(segment: &SealedSegment) -> CatalogEntry {
         size: segment.encoded_len(),
         last_commit_ts: segment.commits().last().map_or(0, |c| c.timestamp_ms),
     }
+}
+
+/// `catalog` with `inputs` replaced by `output`, or the error saying why not.
+pub(crate) fn check_replace(
+    catalog: &Catalog,
+    namespace: &NamespaceName,
+    inputs: &[SegmentKey],
+    output: &SealedSegment,
+) -> Result<Catalog> {
+    catalog
+        .replaced(inputs, entry_for(output))
+        .map_err(|reason| {
+            crate::InvalidInput::Replace {
+                namespace: namespace.to_string(),
+                reason,
+            }
+            .into()
+        })
 }
 
 /// Whether `entry` extends `catalog`: `Ok(true)` if new, `Ok(false)` if already stored.

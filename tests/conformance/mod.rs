@@ -16,6 +16,10 @@ use walvault::{
     SegmentKey, Storage,
 };
 
+mod maintain;
+#[allow(unused_imports)]
+pub use maintain::*;
+
 /// How a test opens (and reopens) one backend over the same underlying data.
 pub trait Backend {
     type S: Storage;
@@ -446,7 +450,7 @@ pub async fn shutdown_refuses_new_work<B: Backend>(b: &B) {
 }
 
 /// The database as of frame `upto`, by replaying every frame: the restore model.
-fn replay_model(segments: &[SealedSegment], upto: u64) -> Vec<u8> {
+pub fn replay_model(segments: &[SealedSegment], upto: u64) -> Vec<u8> {
     let mut pages = BTreeMap::new();
     let mut size = 0;
     for seg in segments {

@@ -17,6 +17,7 @@
 //! `LOCK` (another handle or process gets [`Error::Conflict`]) and replays the manifest
 //! again before writing. Readers never modify the manifest.
 
+mod gc;
 mod namespace;
 mod scan;
 
@@ -34,7 +35,10 @@ use self::namespace::Namespace;
 use super::catalog::CatalogEntry;
 use super::fsutil::create_dir_durable;
 use super::listing::{self, CatalogStream};
-use super::{find_in, spawn_store, FindSegmentReq, OnStoreCallback, SegmentInfo, Storage};
+use super::{
+    find_in, spawn_store, FindSegmentReq, GcOptions, GcReport, OnStoreCallback, SegmentInfo,
+    Storage,
+};
 use crate::error::{Error, InvalidInput, Result};
 use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
 
@@ -315,6 +319,35 @@ impl Storage for LocalStorage {
             requests.iter().map(read_one).collect()
         })
         .await
+    }
+
+    async fn replace_segments(
+        &self,
+        namespace: &NamespaceName,
+        inputs: &[SegmentKey],
+        output: SealedSegment,
+        config: Option<LocalConfig>,
+    ) -> Result<()> {
+        let ns = self.namespace(&self.config_for(config), namespace).await?;
+        let _ordered = ns.store_lock.lock().await;
+        self.check_open()?;
+        ns.check_usable()?;
+        let (inputs, writer) = (inputs.to_vec(), ns.clone());
+        blocking(move || writer.replace(&inputs, &output)).await
+    }
+
+    async fn collect_garbage(
+        &self,
+        namespace: &NamespaceName,
+        options: GcOptions,
+        config: Option<LocalConfig>,
+    ) -> Result<GcReport> {
+        let ns = self.namespace(&self.config_for(config), namespace).await?;
+        // Holding the store lock keeps this handle's own stores out of the listing; a
+        // writer elsewhere is protected by the grace period.
+        let _ordered = ns.store_lock.lock().await;
+        let (forks, collector) = (hashbrown::HashSet::new(), ns.clone());
+        blocking(move || gc::collect(&collector, &forks, options)).await
     }
 
     async fn fetch_segment_data(

@@ -19,7 +19,7 @@ use crate::storage::catalog::{Catalog, CatalogEntry};
 use crate::storage::fsutil::{create_dir_durable, fsync_dir, write_atomic};
 use crate::storage::listing::{self, SharedCatalog};
 use crate::storage::manifest::{self, Edit, ManifestFile};
-use crate::storage::{check_append, entry_for};
+use crate::storage::{check_append, check_replace, entry_for};
 
 #[derive(Debug)]
 pub(super) struct Namespace {
@@ -137,6 +137,38 @@ impl Namespace {
         Ok(durable)
     }
 
+    /// Replaces `inputs` with `output` (the caller holds the store lock): writes the
+    /// output's file, records the inputs as retired (for garbage collection), then
+    /// rewrites the manifest as one snapshot of the new catalog, atomically.
+    pub(super) fn replace(&self, inputs: &[SegmentKey], output: &SealedSegment) -> Result<()> {
+        let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let writer = match slot.take() {
+            Some(writer) => writer,
+            None => self.acquire_writer()?,
+        };
+        let writer = slot.insert(writer);
+        let next = check_replace(&listing::read(&self.catalog), &self.name, inputs, output)?;
+        let key = output.key();
+        let file_name = format!("{key}{SEGMENT_EXT}");
+        write_atomic(&self.dir, &file_name, &[output.encoded()])
+            .map_err(|e| Error::io(format!("writing segment {key} of {}", self.name), e.source))?;
+        super::gc::record_retired(&self.dir, inputs)?;
+        match ManifestFile::create(&self.dir, &next) {
+            Ok(file) => writer.manifest = Some(file),
+            Err(failed) => {
+                let context = format!("rewriting the manifest of {}", self.name);
+                let e = Error::io(context, failed.source);
+                // Renamed but not durable: the manifest on disk is unknown until reopened.
+                if failed.renamed {
+                    self.poison(&e);
+                }
+                return Err(e);
+            }
+        }
+        *listing::write(&self.catalog) = next;
+        Ok(())
+    }
+
     /// Takes the namespace's lock, then replays the manifest again (another writer may
     /// have appended since this handle loaded it) and drops a torn tail, which only the
     /// lock holder may do.
@@ -222,9 +254,11 @@ impl Namespace {
         Ok(segment)
     }
 
-    /// `NotFound` unless the catalog holds `key`.
+    /// `NotFound` unless the catalog holds `key` or its file is still there: segments a
+    /// compaction replaced stay readable by key until garbage collection, so restores
+    /// that planned before the edit keep working.
     pub(super) fn check_catalogued(&self, key: &SegmentKey) -> Result<()> {
-        if listing::read(&self.catalog).get(key).is_none() {
+        if listing::read(&self.catalog).get(key).is_none() && !self.segment_path(key).exists() {
             return Err(Error::NotFound(format!(
                 "segment {key} in namespace {}",
                 self.name

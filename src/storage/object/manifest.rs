@@ -5,7 +5,8 @@
 //! Object `manifest/<n:020>` (n = 1, 2, ...) holds a 52-byte header followed by a
 //! manifest in the local format (`WVMANIFS` file header and one snapshot record; see
 //! `docs/FORMAT.md` §5). Header, little-endian: magic `WVOBJMAN`, version u16 (1),
-//! reserved u16 (zero), body length u32 (bytes after the header), manifest version u64
+//! flags u16 (bit 0: a maintenance edit, written under the current writer's epoch by
+//! compaction or retention; other bits zero), body length u32 (bytes after the header), manifest version u64
 //! (n, repeated so a misplaced object is caught), writer epoch u64, writer id (16
 //! bytes), CRC-32C of bytes 0..48.
 //!
@@ -24,6 +25,7 @@ use crate::storage::manifest::{encode_snapshot_file, replay};
 const MAGIC: [u8; 8] = *b"WVOBJMAN";
 const VERSION: u16 = 1;
 const HEADER_LEN: usize = 52;
+const FLAG_MAINTENANCE: u16 = 1;
 
 /// One decoded manifest version.
 #[derive(Debug)]
@@ -34,17 +36,25 @@ pub(crate) struct Version {
     pub epoch: u64,
     /// That writer's id.
     pub writer: Uuid,
+    /// Written by a maintenance edit rather than by the epoch's writer.
+    pub maintenance: bool,
     /// The catalog as of this version.
     pub catalog: Catalog,
 }
 
 /// Encodes version `number` of a manifest holding `catalog`.
-pub(crate) fn encode(number: u64, epoch: u64, writer: Uuid, catalog: &Catalog) -> Result<Bytes> {
+pub(crate) fn encode(
+    number: u64,
+    epoch: u64,
+    writer: Uuid,
+    maintenance: bool,
+    catalog: &Catalog,
+) -> Result<Bytes> {
     let body = encode_snapshot_file(catalog)?;
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&[0; 2]);
+    out.extend_from_slice(&u16::from(maintenance).to_le_bytes());
     let body_len = u32::try_from(body.len()).map_err(|_| {
         crate::error::InvalidInput::Config(format!(
             "a manifest of {} bytes is more than one object version holds",
@@ -96,8 +106,9 @@ pub(crate) fn decode(number: u64, bytes: &[u8], what: &str) -> Result<Version> {
     if version != VERSION {
         return Err(corrupt(FormatError::Version(version)));
     }
-    if h[10..12] != [0; 2] {
-        return Err(invalid(10, "reserved bytes are not zero"));
+    let flags = u16::from_le_bytes([h[10], h[11]]);
+    if flags & !FLAG_MAINTENANCE != 0 {
+        return Err(invalid(10, "unknown flags"));
     }
     let body_len = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
     if bytes.len() - HEADER_LEN != body_len {
@@ -120,6 +131,7 @@ pub(crate) fn decode(number: u64, bytes: &[u8], what: &str) -> Result<Version> {
         number,
         epoch: u64_at(24),
         writer: Uuid::from_bytes(writer),
+        maintenance: flags & FLAG_MAINTENANCE != 0,
         catalog: replayed.catalog,
     })
 }
@@ -159,9 +171,12 @@ mod tests {
     #[test]
     fn versions_round_trip_and_every_flip_is_caught() {
         let writer = Uuid::from_u128(7);
-        let bytes = encode(3, 2, writer, &catalog(4)).unwrap();
+        let bytes = encode(3, 2, writer, true, &catalog(4)).unwrap();
         let v = decode(3, &bytes, "v3").unwrap();
-        assert_eq!((v.number, v.epoch, v.writer), (3, 2, writer));
+        assert_eq!(
+            (v.number, v.epoch, v.writer, v.maintenance),
+            (3, 2, writer, true)
+        );
         assert_eq!(v.catalog.entries(), catalog(4).entries());
         assert!(decode(4, &bytes, "v4").unwrap_err().is_corrupt());
         for at in 0..bytes.len() {

@@ -1,0 +1,191 @@
+//! Merging a run of adjacent segments into one: the work behind compaction and
+//! retention.
+//!
+//! The merged segment keeps the commits a [`Retain`] rule selects and, for each retained
+//! commit, exactly the page versions a restore to it needs: of the frames since the
+//! previous retained commit, the newest of each page. Every retained commit therefore
+//! restores to the same database as before, and the frames keep their original numbers
+//! (the segment is sparse, `docs/FORMAT.md` §3.2), so lookups by frame number and time
+//! keep their meaning.
+//!
+//! Two passes keep memory to one input segment plus the output: the first reads the
+//! inputs newest first and decides which frames to keep (a frame is kept unless a newer
+//! frame of its page falls before the same retained commit); the second fetches only
+//! the kept frames, oldest first, and appends them.
+
+use hashbrown::HashMap;
+
+use crate::error::{Error, FormatError, InvalidInput, Part, Result};
+use crate::format::{
+    ms_to_datetime, Commit, NamespaceName, SealedSegment, SegmentBuilder, SegmentKey,
+};
+use crate::storage::Storage;
+
+/// Which commits a merge keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retain {
+    /// Keep the last commit of every window of this many milliseconds (windows are
+    /// aligned to the Unix epoch); 0 keeps every commit, `u64::MAX` only the last.
+    pub precision_ms: u64,
+    /// Also keep the first commit, so the merged segment's key keeps the first input's
+    /// time (a compacted segment must not look newer than its inputs).
+    pub keep_first: bool,
+    /// Retention's cutoff (ms): a commit followed by another at or before it restores
+    /// only moments before the cutoff, and is dropped.
+    pub cutoff_ms: Option<u64>,
+}
+
+impl Retain {
+    /// Whether `commit` is kept, given the time of the commit after it (None for the
+    /// last one) and whether it is the first of the run.
+    fn keeps(&self, ts: u64, next_ts: Option<u64>, first: bool) -> bool {
+        let Some(next_ts) = next_ts else {
+            return true;
+        };
+        if self.cutoff_ms.is_some_and(|cutoff| next_ts <= cutoff) {
+            return false;
+        }
+        (first && self.keep_first)
+            || self.precision_ms == 0
+            || ts / self.precision_ms != next_ts / self.precision_ms
+    }
+}
+
+/// One kept frame of an input: its position there, its number, and the commit it
+/// carries if it is a retained commit.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    position: u32,
+    frame_no: u64,
+    page_no: u32,
+    commit: Option<Commit>,
+}
+
+/// What the first pass learns.
+struct Selection {
+    /// Per input, oldest input first: its kept frames in frame order.
+    kept: Vec<Vec<Kept>>,
+    page_size: u32,
+    log_id: uuid::Uuid,
+    sealed_at: u64,
+}
+
+/// Merges the consecutive stored segments `inputs` (oldest first) into one segment.
+pub(crate) async fn merge<S: Storage + ?Sized>(
+    storage: &S,
+    ns: &NamespaceName,
+    inputs: &[SegmentKey],
+    retain: Retain,
+    config: &Option<S::Config>,
+) -> Result<SealedSegment> {
+    let Some(first) = inputs.first() else {
+        return Err(InvalidInput::Config("nothing to merge".into()).into());
+    };
+    let selection = select(storage, ns, inputs, retain, config).await?;
+    let mut builder = SegmentBuilder::new(first.start_frame_no, selection.page_size)?
+        .with_log_id(selection.log_id);
+    for (key, kept) in inputs.iter().zip(&selection.kept) {
+        if kept.is_empty() {
+            continue;
+        }
+        let positions: Vec<u32> = kept.iter().map(|k| k.position).collect();
+        let frames = storage
+            .fetch_frames(ns, key, &positions, config.clone())
+            .await?;
+        if frames.len() != kept.len() {
+            return Err(changed(ns, key, "returned another number of frames"));
+        }
+        for (k, (page_no, page)) in kept.iter().zip(frames) {
+            if page_no != k.page_no {
+                return Err(changed(ns, key, "holds another page than when first read"));
+            }
+            builder.skip_to(k.frame_no)?;
+            match k.commit {
+                Some(c) => builder.append_commit(page_no, &page, c.size_after, c.timestamp())?,
+                None => builder.append_frame(page_no, &page)?,
+            };
+        }
+    }
+    builder.seal(ms_to_datetime(selection.sealed_at))
+}
+
+/// The first pass: reads the inputs newest first and picks the frames to keep.
+async fn select<S: Storage + ?Sized>(
+    storage: &S,
+    ns: &NamespaceName,
+    inputs: &[SegmentKey],
+    retain: Retain,
+    config: &Option<S::Config>,
+) -> Result<Selection> {
+    let mut kept = vec![Vec::new(); inputs.len()];
+    let mut next_ts = None;
+    // The retained commit the frames being read lead up to, counted from the newest,
+    // and for each page the newest such number among the frames read so far.
+    let mut interval = 0u64;
+    let mut newest: HashMap<u32, u64> = HashMap::new();
+    let mut meta: Option<(u32, uuid::Uuid, u64)> = None;
+    for (i, key) in inputs.iter().enumerate().rev() {
+        let segment = storage.fetch_segment_data(ns, key, config.clone()).await?;
+        let (page_size, ..) = *meta.get_or_insert((
+            segment.page_size(),
+            segment.log_id(),
+            segment.sealed_at().timestamp_millis().max(0) as u64,
+        ));
+        if segment.page_size() != page_size {
+            return Err(InvalidInput::Config(format!(
+                "segments {key} and {} of {ns} have different page sizes ({} and {page_size} bytes) and cannot be merged",
+                inputs[i + 1],
+                segment.page_size()
+            ))
+            .into());
+        }
+        let commits = segment.commits();
+        let mut commit_at = commits.len();
+        let out = &mut kept[i];
+        for (position, frame) in segment.frames().enumerate().rev() {
+            let mut retained = None;
+            if frame.is_commit() {
+                commit_at -= 1;
+                let c = commits[commit_at];
+                let first = i == 0 && commit_at == 0;
+                if retain.keeps(c.timestamp_ms, next_ts, first) {
+                    interval += 1;
+                    retained = Some(c);
+                }
+                next_ts = Some(c.timestamp_ms);
+            }
+            if newest.insert(frame.page_no, interval) != Some(interval) {
+                out.push(Kept {
+                    position: position as u32,
+                    frame_no: frame.frame_no,
+                    page_no: frame.page_no,
+                    commit: retained,
+                });
+            }
+        }
+        out.reverse();
+    }
+    let (page_size, log_id, sealed_at) =
+        meta.ok_or_else(|| InvalidInput::Config("nothing to merge".into()))?;
+    Ok(Selection {
+        kept,
+        page_size,
+        log_id,
+        sealed_at,
+    })
+}
+
+/// A segment that read differently the second time: storage is not what it was.
+fn changed(ns: &NamespaceName, key: &SegmentKey, what: &'static str) -> Error {
+    Error::corrupt(
+        format!("segment {key} of {ns}"),
+        FormatError::Invalid {
+            part: Part::Frame(0),
+            offset: 0,
+            reason: what,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests;

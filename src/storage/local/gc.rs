@@ -1,0 +1,133 @@
+//! Garbage collection for the local backend (see `storage/retired.rs` for the rules):
+//! retired records are files in `<namespace>/retired/`, segment ages are file
+//! modification times.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::SystemTime;
+
+use hashbrown::HashSet;
+
+use super::namespace::Namespace;
+use super::SEGMENT_EXT;
+use crate::error::{Error, Result};
+use crate::format::SegmentKey;
+use crate::storage::fsutil::{create_dir_durable, fsync_dir, write_atomic};
+use crate::storage::listing;
+use crate::storage::retired::{self, GcOptions, GcReport, Record, RETIRED_DIR};
+
+/// Writes a retired record naming `keys`, durably, before the catalog edit that
+/// retires them.
+pub(super) fn record_retired(dir: &Path, keys: &[SegmentKey]) -> Result<()> {
+    let records = dir.join(RETIRED_DIR);
+    let io_err = |e| {
+        Error::io(
+            format!("writing a retired record in {}", records.display()),
+            e,
+        )
+    };
+    create_dir_durable(&records).map_err(io_err)?;
+    let name = retired::record_name(SystemTime::now());
+    write_atomic(&records, &name, &[&retired::encode(keys)]).map_err(|e| io_err(e.source))?;
+    Ok(())
+}
+
+/// Collects `ns`: `forks` are the keys of this namespace that forks still name.
+pub(super) fn collect(
+    ns: &Namespace,
+    forks: &HashSet<SegmentKey>,
+    options: GcOptions,
+) -> Result<GcReport> {
+    ns.refresh()?;
+    let live: HashSet<SegmentKey> = listing::read(&ns.catalog)
+        .entries()
+        .iter()
+        .map(|e| e.key)
+        .collect();
+    let records = read_records(&ns.dir.join(RETIRED_DIR))?;
+    let objects = segment_files(&ns.dir)?;
+    let decision = retired::decide(
+        &live,
+        forks,
+        records,
+        &objects,
+        SystemTime::now(),
+        options.grace,
+    );
+    if options.dry_run {
+        return Ok(decision.report);
+    }
+    let report = decision.report;
+    for key in report.deleted.iter().chain(&report.orphans) {
+        remove(&ns.segment_path(key))?;
+    }
+    fsync(&ns.dir)?;
+    if !decision.records.is_empty() {
+        for path in &decision.records {
+            remove(path)?;
+        }
+        fsync(&ns.dir.join(RETIRED_DIR))?;
+    }
+    Ok(report)
+}
+
+fn read_records(dir: &Path) -> Result<Vec<Record<std::path::PathBuf>>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    let mut records = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        let name = entry.file_name();
+        // Temp files of an interrupted write are not records.
+        let Some(at) = retired::parse_name(&name.to_string_lossy()) else {
+            continue;
+        };
+        let path = entry.path();
+        let what = path.display().to_string();
+        let bytes = fs::read(&path).map_err(|e| Error::io(format!("reading {what}"), e))?;
+        let keys = retired::decode(&bytes, &what)?;
+        records.push(Record { id: path, at, keys });
+    }
+    Ok(records)
+}
+
+/// The namespace's segment files with their modification times.
+fn segment_files(dir: &Path) -> Result<Vec<(SegmentKey, SystemTime)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        let name = entry.file_name();
+        let key = name
+            .to_string_lossy()
+            .strip_suffix(SEGMENT_EXT)
+            .and_then(|k| k.parse::<SegmentKey>().ok());
+        let Some(key) = key else { continue };
+        let modified = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .map_err(|e| Error::io(format!("reading the age of {}", entry.path().display()), e))?;
+        out.push((key, modified));
+    }
+    Ok(out)
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("deleting {}", path.display()), e)),
+    }
+}
+
+fn fsync(dir: &Path) -> Result<()> {
+    fsync_dir(dir).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
+}

@@ -1,0 +1,174 @@
+//! Catalog edits other than appends, and garbage collection, for the object store.
+//!
+//! A maintenance edit (compaction, retention) creates the next manifest version like a
+//! store does, but under the epoch of the newest version rather than a new one: it
+//! never fences the namespace's writer. The writer, finding a version of its own epoch
+//! that another handle created, adopts it and appends again (see `store_one`). Only a
+//! newer epoch fences.
+
+use std::time::SystemTime;
+
+use hashbrown::HashSet;
+use object_store::path::Path;
+use object_store::PutPayload;
+use tokio_stream::StreamExt;
+
+use super::{fenced, listing, store_error, ObjectStorage};
+use crate::error::{Error, Result};
+use crate::format::{NamespaceName, SealedSegment, SegmentKey};
+use crate::storage::catalog::Catalog;
+use crate::storage::check_replace;
+use crate::storage::retired::{self, GcOptions, GcReport, Record, RETIRED_DIR};
+
+/// Attempts at creating the next version while other handles keep creating versions.
+const EDIT_ATTEMPTS: usize = 16;
+
+impl ObjectStorage {
+    /// [`Storage::replace_segments`](crate::Storage::replace_segments): uploads the
+    /// output, writes the retired record, then creates the next manifest version.
+    pub(super) async fn replace(
+        &self,
+        name: &NamespaceName,
+        inputs: &[SegmentKey],
+        output: SealedSegment,
+    ) -> Result<()> {
+        let ns = self.namespace(name)?;
+        let mut state = ns.state.lock().await;
+        for attempt in 0..EDIT_ATTEMPTS {
+            let newest = self.newest_version(name, state.version).await?;
+            let (number, epoch, catalog) = match newest {
+                Some(v) => (v.number, v.epoch, v.catalog),
+                None => (0, 0, Catalog::default()),
+            };
+            if let Some(ours) = state.epoch.filter(|&ours| epoch > ours) {
+                state.fenced_by = Some(epoch);
+                return Err(fenced(name, ours, epoch));
+            }
+            let next = check_replace(&catalog, name, inputs, &output)?;
+            if attempt == 0 {
+                let path = self.segment_path(name, &output.key());
+                self.put_segment(&path, output.encoded().clone()).await?;
+                self.put_retired(name, inputs).await?;
+            }
+            if self
+                .create_version(name, number + 1, epoch, true, &next)
+                .await?
+            {
+                self.adopt(name, &ns, &mut state, number + 1, next).await;
+                state.loaded = true;
+                return Ok(());
+            }
+        }
+        Err(Error::Conflict {
+            namespace: name.to_string(),
+            detail: format!(
+                "other handles kept editing the manifest; gave up after {EDIT_ATTEMPTS} attempts"
+            ),
+        })
+    }
+
+    async fn put_retired(&self, name: &NamespaceName, keys: &[SegmentKey]) -> Result<()> {
+        let path = self.path(name, RETIRED_DIR, &retired::record_name(SystemTime::now()));
+        let payload = PutPayload::from(retired::encode(keys));
+        self.inner
+            .store
+            .put(&path, payload)
+            .await
+            .map_err(|e| store_error(&format!("writing {path}"), e))?;
+        Ok(())
+    }
+
+    /// [`Storage::collect_garbage`](crate::Storage::collect_garbage).
+    pub(super) async fn collect(
+        &self,
+        name: &NamespaceName,
+        forks: &HashSet<SegmentKey>,
+        options: GcOptions,
+    ) -> Result<GcReport> {
+        let ns = self.namespace(name)?;
+        let mut state = ns.state.lock().await;
+        self.reload(name, &ns, &mut state).await?;
+        let live: HashSet<SegmentKey> = listing::read(&ns.catalog)
+            .entries()
+            .iter()
+            .map(|e| e.key)
+            .collect();
+        drop(state);
+        let records = self.retired_records(name).await?;
+        let objects = self.segment_objects(name).await?;
+        let decision = retired::decide(
+            &live,
+            forks,
+            records,
+            &objects,
+            SystemTime::now(),
+            options.grace,
+        );
+        if options.dry_run {
+            return Ok(decision.report);
+        }
+        for key in decision
+            .report
+            .deleted
+            .iter()
+            .chain(&decision.report.orphans)
+        {
+            self.delete(&self.segment_path(name, key)).await?;
+        }
+        for path in &decision.records {
+            self.delete(path).await?;
+        }
+        Ok(decision.report)
+    }
+
+    async fn list(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>> {
+        self.inner
+            .store
+            .list(Some(prefix))
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| store_error(&format!("listing {prefix}"), e))
+    }
+
+    async fn retired_records(&self, name: &NamespaceName) -> Result<Vec<Record<Path>>> {
+        let prefix = self.inner.prefix.child(name.as_str()).child(RETIRED_DIR);
+        let mut records = Vec::new();
+        for meta in self.list(&prefix).await? {
+            let Some(at) = meta.location.filename().and_then(retired::parse_name) else {
+                continue;
+            };
+            let Some(bytes) = self.get(&meta.location).await? else {
+                continue; // deleted meanwhile by another collection
+            };
+            let keys = retired::decode(&bytes, meta.location.as_ref())?;
+            records.push(Record {
+                id: meta.location,
+                at,
+                keys,
+            });
+        }
+        Ok(records)
+    }
+
+    /// The namespace's segment objects with their modification times (used only for the
+    /// age of orphans, never for a segment's own time).
+    async fn segment_objects(&self, name: &NamespaceName) -> Result<Vec<(SegmentKey, SystemTime)>> {
+        let prefix = self.inner.prefix.child(name.as_str()).child("segments");
+        Ok(self
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|meta| {
+                let key = meta.location.filename()?.parse::<SegmentKey>().ok()?;
+                Some((key, SystemTime::from(meta.last_modified)))
+            })
+            .collect())
+    }
+
+    async fn delete(&self, path: &Path) -> Result<()> {
+        match self.inner.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_error(&format!("deleting {path}"), e)),
+        }
+    }
+}

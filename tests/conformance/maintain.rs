@@ -1,0 +1,256 @@
+//! Compaction, retention and garbage collection, on every backend.
+
+use std::io::Cursor;
+use std::time::Duration;
+
+use walvault::{
+    apply_retention, compact, CompactionPolicy, GcOptions, RestoreOptions, SealedSegment,
+    SegmentBuilder, Storage,
+};
+
+use super::{at, list, ns, replay_model, segment, store, Backend, PAGE};
+
+/// 24 segments of 4 frames and 2 commits each over a 6-page database; segment `i`
+/// commits at `1000 + 10i` and `1001 + 10i` ms.
+pub fn small_history() -> Vec<SealedSegment> {
+    (0..24)
+        .map(|i| segment(1 + 4 * i as u64, 4, 2, 6, 1_000 + 10 * i))
+        .collect()
+}
+
+/// A small policy, so that a few small segments already merge.
+pub fn small_policy() -> CompactionPolicy {
+    CompactionPolicy {
+        target_size: 1 << 20,
+        fan_in: 4,
+        max_small: 2,
+        ..CompactionPolicy::default()
+    }
+}
+
+/// Restores each of `commits` by frame number and by time and compares it with a
+/// replay of `segments` (the original history).
+pub async fn check_commits<S: Storage>(
+    s: &S,
+    name: &walvault::NamespaceName,
+    segments: &[SealedSegment],
+    keep: impl Fn(&walvault::Commit) -> bool,
+) {
+    let commits = segments.iter().flat_map(|s| s.commits().to_vec());
+    for commit in commits.filter(|c| keep(c)) {
+        for options in [
+            RestoreOptions::FrameNo(commit.frame_no),
+            RestoreOptions::Timestamp(commit.timestamp()),
+        ] {
+            let mut out = Cursor::new(Vec::new());
+            let summary = s.restore(name, options, &mut out, None).await.unwrap();
+            assert_eq!(summary.frame_no, commit.frame_no, "{options:?}");
+            let expected = replay_model(segments, commit.frame_no);
+            assert!(out.into_inner() == expected, "{options:?} differs");
+        }
+    }
+}
+
+/// One dense segment holding every frame of `segments`, for hand-made edits.
+pub fn concat(segments: &[SealedSegment]) -> SealedSegment {
+    let mut b = SegmentBuilder::new(segments[0].start_frame_no(), PAGE as u32).unwrap();
+    for seg in segments {
+        b.skip_to(seg.start_frame_no()).unwrap();
+        let mut commits = seg.commits().iter();
+        for f in seg.frames() {
+            if f.is_commit() {
+                let c = commits.next().unwrap();
+                b.append_commit(f.page_no, f.data, f.size_after, c.timestamp())
+                    .unwrap();
+            } else {
+                b.append_frame(f.page_no, f.data).unwrap();
+            }
+        }
+    }
+    b.seal(at(9_999)).unwrap()
+}
+
+pub async fn compaction_keeps_every_commit<B: Backend>(b: &B) {
+    let s = b.open();
+    let name = ns("compact");
+    let history = small_history();
+    for seg in history.clone() {
+        store(&s, &name, seg).await.unwrap();
+    }
+    let dry = compact(&s, &name, &small_policy(), true).await.unwrap();
+    assert!(!dry.merges.is_empty());
+    assert_eq!(
+        list(&s, &name, 0).await.len(),
+        24,
+        "a dry run changes nothing"
+    );
+    let report = compact(&s, &name, &small_policy(), false).await.unwrap();
+    assert_eq!(report.merges.len(), dry.merges.len());
+    let after = list(&s, &name, 0).await;
+    assert_eq!(after.len(), report.segments_after);
+    assert!(
+        after.len() <= 4,
+        "{} segments after compaction",
+        after.len()
+    );
+    assert_eq!(s.durable_frame_no(&name, None).await.unwrap(), 96);
+    check_commits(&s, &name, &history, |_| true).await;
+    // Readers that planned before the edit can still read an input.
+    let input = report.merges[0].inputs[0];
+    s.fetch_segment_data(&name, &input, None).await.unwrap();
+    // Another handle sees the compacted catalog, and the writer goes on.
+    let other = b.open();
+    other.refresh(&name, None).await.unwrap();
+    assert_eq!(list(&other, &name, 0).await, after);
+    store(&s, &name, segment(97, 4, 2, 6, 2_000)).await.unwrap();
+    assert_eq!(s.durable_frame_no(&name, None).await.unwrap(), 100);
+}
+
+pub async fn replace_checks_its_inputs<B: Backend>(b: &B) {
+    let s = b.open();
+    let name = ns("replace-rules");
+    let history = small_history();
+    for seg in history[..4].iter().cloned() {
+        store(&s, &name, seg).await.unwrap();
+    }
+    let keys: Vec<_> = history[..4].iter().map(SealedSegment::key).collect();
+    let first_two = concat(&history[..2]);
+    let refused = [
+        (vec![keys[0], keys[2]], first_two.clone()), // not consecutive
+        (vec![keys[1], keys[2]], first_two.clone()), // does not cover them
+        (vec![keys[0]], history[0].clone()),         // replaces itself
+    ];
+    for (inputs, output) in refused {
+        let err = s
+            .replace_segments(&name, &inputs, output, None)
+            .await
+            .unwrap_err();
+        assert!(err.is_invalid_input(), "{err}");
+    }
+    assert_eq!(
+        list(&s, &name, 0).await.len(),
+        4,
+        "refused edits change nothing"
+    );
+    s.replace_segments(&name, &keys[..2], first_two.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(list(&s, &name, 0).await.len(), 3);
+    let err = s
+        .replace_segments(&name, &keys[..2], first_two, None)
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_input(), "inputs already replaced: {err}");
+    check_commits(&s, &name, &history[..4], |_| true).await;
+}
+
+pub async fn gc_waits_for_grace_then_deletes<B: Backend>(b: &B) {
+    let s = b.open();
+    let name = ns("gc");
+    let history = small_history();
+    for seg in history.clone() {
+        store(&s, &name, seg).await.unwrap();
+    }
+    let report = compact(&s, &name, &small_policy(), false).await.unwrap();
+    let inputs: Vec<_> = report
+        .merges
+        .iter()
+        .flat_map(|m| m.inputs.clone())
+        .collect();
+    let hour = GcOptions {
+        grace: Duration::from_secs(3600),
+        dry_run: false,
+    };
+    let waiting = s.collect_garbage(&name, hour, None).await.unwrap();
+    assert!(waiting.deleted.is_empty() && waiting.orphans.is_empty());
+    assert_eq!(waiting.waiting, inputs.len());
+    let now = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: true,
+    };
+    let dry = s.collect_garbage(&name, now, None).await.unwrap();
+    let mut expected = inputs.clone();
+    expected.sort_unstable();
+    assert_eq!(dry.deleted, expected);
+    s.fetch_segment_data(&name, &inputs[0], None).await.unwrap();
+    let done = s
+        .collect_garbage(
+            &name,
+            GcOptions {
+                dry_run: false,
+                ..now
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.deleted, expected);
+    assert!(done.orphans.is_empty());
+    let gone = s
+        .fetch_segment_data(&name, &inputs[0], None)
+        .await
+        .unwrap_err();
+    assert!(gone.is_not_found(), "{gone}");
+    check_commits(&s, &name, &history, |_| true).await;
+    let again = s
+        .collect_garbage(
+            &name,
+            GcOptions {
+                dry_run: false,
+                ..now
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, walvault::GcReport::default());
+}
+
+pub async fn retention_keeps_the_window<B: Backend>(b: &B) {
+    let s = b.open();
+    let name = ns("retain");
+    let history = small_history();
+    for seg in history.clone() {
+        store(&s, &name, seg).await.unwrap();
+    }
+    // The cutoff falls between segment 8's two commits (1080 and 1081 ms).
+    let cutoff = at(1_080);
+    let window = Duration::from_secs(60);
+    let now = cutoff + chrono::Duration::seconds(60);
+    let report = apply_retention(&s, &name, window, now, false)
+        .await
+        .unwrap();
+    assert_eq!(report.cutoff, cutoff);
+    let merge = report.merge.expect("history before the window was dropped");
+    assert_eq!(merge.inputs.len(), 9);
+    let base = history[8].commits()[0];
+    check_commits(&s, &name, &history, |c| c.timestamp_ms >= base.timestamp_ms).await;
+    let before = s
+        .restore(
+            &name,
+            RestoreOptions::Timestamp(at(1_079)),
+            &mut Cursor::new(Vec::new()),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(before.is_not_found(), "{before}");
+    // Nothing more to drop at the same moment.
+    let again = apply_retention(&s, &name, window, now, false)
+        .await
+        .unwrap();
+    assert!(again.merge.is_none(), "{again:?}");
+    let collected = s
+        .collect_garbage(
+            &name,
+            GcOptions {
+                grace: Duration::ZERO,
+                dry_run: false,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(collected.deleted.len(), 9);
+    check_commits(&s, &name, &history, |c| c.timestamp_ms >= base.timestamp_ms).await;
+}
