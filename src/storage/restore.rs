@@ -53,6 +53,31 @@ where
     S: Storage + ?Sized,
     W: Write + Seek + Send,
 {
+    let mut attempt = 1;
+    loop {
+        if let Some(p) = progress {
+            p.inner.written.store(0, Ordering::Relaxed);
+        }
+        match restore_once(storage, ns, options, out, config.clone(), progress).await {
+            // Every page is written again, at the same offsets, by the next attempt.
+            Err(e) if catalog_changed(&e) && attempt < RESTORE_ATTEMPTS => attempt += 1,
+            done => return done,
+        }
+    }
+}
+
+async fn restore_once<S, W>(
+    storage: &S,
+    ns: &NamespaceName,
+    options: RestoreOptions,
+    out: &mut W,
+    config: Option<S::Config>,
+    progress: Option<&RestoreProgress>,
+) -> Result<RestoreSummary>
+where
+    S: Storage + ?Sized,
+    W: Write + Seek + Send,
+{
     let (segment, commit) = find_target(storage, ns, options, &config).await?;
     let page_size = segment.page_size();
     let mut pages = PageSet::new(commit.size_after);
@@ -327,11 +352,37 @@ async fn previous_key<S: Storage + ?Sized>(
         return Ok(None);
     }
     let req = FindSegmentReq::EndFrameNoLessThan(before);
-    match storage.find_segment(ns, req, config.clone()).await {
-        Ok(key) => Ok(Some(key)),
-        Err(Error::NotFound(_)) => Ok(None),
+    let key = match storage.find_segment(ns, req, config.clone()).await {
+        Ok(key) => Some(key),
+        Err(Error::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    if key.is_some_and(|k| k.end_frame_no == before) {
+        return Ok(key);
+    }
+    // Frames are missing just below the walk: an allocator gap, or a compaction swapped
+    // in a segment reaching above `before` since the walk began. Only the latter leaves a
+    // segment containing `before`, and reading past it would take older page versions.
+    match storage
+        .find_segment(ns, FindSegmentReq::Containing(before), config.clone())
+        .await
+    {
+        Ok(_) => Err(Error::Conflict {
+            namespace: ns.to_string(),
+            detail: CATALOG_CHANGED.into(),
+        }),
+        Err(Error::NotFound(_)) => Ok(key),
         Err(e) => Err(e),
     }
+}
+
+/// Why a restore starts over: its catalog changed under it.
+const CATALOG_CHANGED: &str = "a compaction replaced segments during the restore";
+/// Restores that start over after a compaction, before giving up.
+const RESTORE_ATTEMPTS: usize = 3;
+
+fn catalog_changed(e: &Error) -> bool {
+    matches!(e, Error::Conflict { detail, .. } if detail == CATALOG_CHANGED)
 }
 
 /// Writes pages at their offsets, sorted, in runs of adjacent pages gathered into one

@@ -39,6 +39,9 @@ pub(super) fn collect(
     forks: &HashSet<SegmentKey>,
     options: GcOptions,
 ) -> Result<GcReport> {
+    if !ns.dir.exists() {
+        return Ok(GcReport::default()); // nothing was ever stored
+    }
     ns.refresh()?;
     let live: HashSet<SegmentKey> = listing::read(&ns.catalog)
         .entries()
@@ -62,7 +65,9 @@ pub(super) fn collect(
     for key in report.deleted.iter().chain(&report.orphans) {
         remove(&ns.segment_path(key))?;
     }
-    fsync(&ns.dir)?;
+    if !report.deleted.is_empty() || !report.orphans.is_empty() {
+        fsync(&ns.dir)?;
+    }
     if !decision.records.is_empty() {
         for path in &decision.records {
             remove(path)?;
