@@ -149,7 +149,7 @@ pub async fn verify<S: Store>(store: S, a: VerifyArgs) -> Result<()> {
 }
 
 /// The namespace, if the store has it: an unknown one is an error, not an empty listing.
-async fn known<S: Store>(store: &S, name: &str) -> Result<NamespaceName> {
+pub async fn known<S: Store>(store: &S, name: &str) -> Result<NamespaceName> {
     let namespace = args::namespace(name)?;
     if !store.namespaces().await?.contains(&namespace) {
         return Err(Error::NotFound(format!(

@@ -5,6 +5,7 @@
 mod args;
 mod demo;
 mod inspect;
+mod maintain;
 mod replicate;
 mod restore;
 
@@ -39,6 +40,10 @@ enum Command {
     Verify(inspect::VerifyArgs),
     /// Keep a local database file in step with a namespace.
     Follow(restore::FollowArgs),
+    /// Merge runs of small segments so restores read few (see the compaction policy).
+    Compact(maintain::CompactArgs),
+    /// Drop history older than a retention window and delete unreferenced segments.
+    Gc(maintain::GcArgs),
     /// Replicate a demo database in phases, restore each phase by time and check it.
     Demo,
 }
@@ -76,6 +81,8 @@ async fn run<S: args::Store>(store: S, command: Command) -> walvault::Result<()>
         Command::Info(a) => inspect::info(store, a).await,
         Command::Verify(a) => inspect::verify(store, a).await,
         Command::Follow(a) => restore::follow(store, a).await,
+        Command::Compact(a) => maintain::compact_cmd(store, a).await,
+        Command::Gc(a) => maintain::gc_cmd(store, a).await,
         Command::Demo => demo::run().await,
     }
 }

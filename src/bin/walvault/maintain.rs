@@ -1,0 +1,136 @@
+//! `walvault compact` and `walvault gc`: keep a namespace's history small.
+//!
+//! On the local backend these edit the namespace's manifest, which only its writer may
+//! do: run them while no `walvault replicate` writes the namespace (they fail with a
+//! clear error otherwise). On object stores they run beside a writer without fencing it.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use walvault::{apply_retention, compact, CompactionPolicy, GcOptions, Merge, Result};
+
+use crate::args::{self, Store};
+use crate::inspect::known;
+
+#[derive(Debug, clap::Args)]
+pub struct CompactArgs {
+    /// The namespace to compact.
+    #[arg(long)]
+    namespace: String,
+    /// Print the merges the policy asks for and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep only the last commit of each window of this length inside merged segments
+    /// (such as 1s or 1m); by default every commit stays restorable.
+    #[arg(long, value_parser = args::duration)]
+    precision: Option<Duration>,
+    /// Merged segments stop growing at this many MiB.
+    #[arg(long, default_value_t = 64)]
+    target_mib: u64,
+    /// Segments of one size tier merged at a time.
+    #[arg(long, default_value_t = 8)]
+    fan_in: usize,
+    /// At most this many segments below full size remain.
+    #[arg(long, default_value_t = 8)]
+    max_small: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {
+    /// The namespace to collect.
+    #[arg(long)]
+    namespace: String,
+    /// Keep every moment of this window restorable (such as 7d or 12h); history before
+    /// it is dropped. Without it only unreferenced segments are deleted.
+    #[arg(long, value_parser = args::duration)]
+    retain: Option<Duration>,
+    /// Delete segments only once unreferenced for this long, so restores in flight and
+    /// uploads in progress are never cut short.
+    #[arg(long, value_parser = args::duration, default_value = "1h")]
+    grace: Duration,
+    /// Print what would be dropped and deleted, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub async fn compact_cmd<S: Store>(store: S, a: CompactArgs) -> Result<()> {
+    let namespace = known(&store, &a.namespace).await?;
+    let policy = CompactionPolicy {
+        target_size: a.target_mib.saturating_mul(1 << 20),
+        precision: a.precision.unwrap_or_default(),
+        fan_in: a.fan_in,
+        max_small: a.max_small,
+    };
+    let report = compact(&store, &namespace, &policy, a.dry_run).await?;
+    let verb = if a.dry_run { "would merge" } else { "merged" };
+    for m in &report.merges {
+        print_merge(verb, m);
+    }
+    println!(
+        "{namespace}: {} segments before, {} after{}",
+        report.segments_before,
+        report.segments_after,
+        if a.dry_run { " (dry run)" } else { "" }
+    );
+    Ok(())
+}
+
+pub async fn gc_cmd<S: Store>(store: S, a: GcArgs) -> Result<()> {
+    let namespace = known(&store, &a.namespace).await?;
+    if let Some(window) = a.retain {
+        let report = apply_retention(&store, &namespace, window, Utc::now(), a.dry_run).await?;
+        let cutoff = report.cutoff.to_rfc3339();
+        match &report.merge {
+            Some(m) if a.dry_run => {
+                println!("history before {cutoff} is in {} segments:", m.inputs.len());
+                print_merge("would merge", m);
+            }
+            Some(m) => {
+                println!("dropped history before {cutoff}:");
+                print_merge("merged", m);
+            }
+            None => println!("no history before {cutoff}"),
+        }
+    }
+    let options = GcOptions {
+        grace: a.grace,
+        dry_run: a.dry_run,
+    };
+    let report = store.collect_garbage(&namespace, options, None).await?;
+    let verb = if a.dry_run { "would delete" } else { "deleted" };
+    for key in &report.deleted {
+        println!("{verb} {key}");
+    }
+    for key in &report.orphans {
+        println!("{verb} {key} (orphan)");
+    }
+    println!(
+        "{namespace}: {verb} {} retired and {} orphan segments; {} wait for the grace period; {} kept for forks",
+        report.deleted.len(),
+        report.orphans.len(),
+        report.waiting,
+        report.kept_for_forks
+    );
+    Ok(())
+}
+
+fn print_merge(verb: &str, m: &Merge) {
+    let (first, last) = (m.inputs.first(), m.inputs.last());
+    let range = match (first, last) {
+        (Some(f), Some(l)) => format!("frames {}..={}", f.start_frame_no, l.end_frame_no),
+        _ => "nothing".into(),
+    };
+    match &m.output {
+        Some(out) => println!(
+            "{verb} {} segments ({} bytes, {range}) into {out} ({} bytes)",
+            m.inputs.len(),
+            m.input_bytes,
+            m.output_bytes
+        ),
+        None => println!(
+            "{verb} {} segments ({} bytes, {range})",
+            m.inputs.len(),
+            m.input_bytes
+        ),
+    }
+}
