@@ -76,7 +76,7 @@ pub use crate::replica::{durable_frames, transactions, Follower, Transaction};
 pub use crate::sqlite::{integrity_check, IngestReport, Replicator, ReplicatorConfig};
 pub use crate::storage::restore_to_path_with_progress;
 pub use crate::storage::{
-    on_store, plan_restore, Faults, FaultyStorage, FindSegmentReq, GcOptions, GcReport,
+    on_store, plan_restore, Faults, FaultyStorage, FindSegmentReq, ForkReport, GcOptions, GcReport,
     LocalConfig, LocalStorage, MemoryStorage, NoStorage, ObjectStorage, OnStoreCallback,
     RestoreOptions, RestorePlan, RestoreProgress, RestoreSummary, SegmentInfo, Storage,
 };

@@ -59,6 +59,7 @@ every_backend!(
     replace_checks_its_inputs,
     gc_waits_for_grace_then_deletes,
     retention_keeps_the_window,
+    fork_shares_history_and_diverges,
     store_fetch_round_trip,
     callbacks_report_durable_in_order,
     lookups_at_every_boundary,

@@ -459,6 +459,37 @@ fn compact_and_gc_shrink_the_history_and_restores_stay_exact() {
         ));
         assert_eq!(&names(&out), expected, "moment {i}");
     }
+    // A branch just before the last insert, then writes of its own.
+    let fork = ok(&walvault(
+        d,
+        &[
+            "fork",
+            "--namespace",
+            "shop",
+            "--to",
+            "branch",
+            "--at",
+            &moments[4].0,
+        ],
+    ));
+    assert!(fork.contains("into branch"), "{fork}");
+    let branch = d.join("branch.db");
+    let branch_arg = branch.to_str().unwrap();
+    ok(&walvault(
+        d,
+        &["restore", "--namespace", "branch", "--output", branch_arg],
+    ));
+    assert_eq!(names(&branch), moments[4].1);
+    fails_with(
+        &walvault(d, &["fork", "--namespace", "shop", "--to", "branch"]),
+        1,
+        "already exists",
+    );
+    fails_with(
+        &walvault(d, &["fork", "--namespace", "shop", "--to", "bad/name"]),
+        1,
+        "namespace name",
+    );
     let gc = ok(&walvault(d, &["gc", "--namespace", "shop"]));
     assert!(
         gc.contains("deleted 0 retired") && gc.contains("6 wait"),

@@ -466,6 +466,16 @@ impl<B: Storage> Storage for StoreScheduler<B> {
             .collect_garbage(namespace, options, config)
     }
 
+    fn fork(
+        &self,
+        source: &NamespaceName,
+        target: &NamespaceName,
+        at: crate::storage::RestoreOptions,
+        config: Option<B::Config>,
+    ) -> impl Future<Output = Result<crate::storage::ForkReport>> + Send {
+        self.inner.backend.fork(source, target, at, config)
+    }
+
     fn refresh(
         &self,
         namespace: &NamespaceName,

@@ -12,7 +12,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{FindSegmentReq, SegmentInfo};
-use crate::format::SegmentKey;
+use crate::format::{NamespaceName, SegmentKey};
 
 /// One catalogued segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,13 @@ pub(crate) struct Catalog {
     ends: Column,
     /// `entries[i].key.timestamp`, for searching.
     stamps: Column,
+    /// A fork's lineage: the namespaces its inherited segments are stored in...
+    bases: Vec<NamespaceName>,
+    /// ...and for each entry, 0 if this namespace stores it, else `i + 1` for
+    /// `bases[i]`. Empty when every entry is this namespace's own.
+    owners: Vec<u16>,
+    /// A fork's frames start above this (the source's high-water mark at the fork).
+    floor: u64,
 }
 
 /// A sorted column of `u64` with a fence of every [`BLOCK`]th value.
@@ -109,15 +116,81 @@ impl Catalog {
         &self.entries
     }
 
-    /// The highest catalogued frame number, or 0.
+    /// The highest catalogued frame number, or 0; for a fork, at least the source's
+    /// high-water mark at the fork (its own frames start above it).
     pub(crate) fn durable_frame_no(&self) -> u64 {
-        self.entries.last().map_or(0, |e| e.key.end_frame_no)
+        self.entries
+            .last()
+            .map_or(0, |e| e.key.end_frame_no)
+            .max(self.floor)
+    }
+
+    /// The namespace that stores `key`'s object when it is not this one's own: a fork
+    /// reads the segments it inherited where its source keeps them.
+    pub(crate) fn owner(&self, key: &SegmentKey) -> Option<&NamespaceName> {
+        let i = self.first_ending_at_or_after(key.end_frame_no);
+        if self.entries.get(i).is_none_or(|e| e.key != *key) {
+            return None;
+        }
+        let owner = *self.owners.get(i)?;
+        owner.checked_sub(1).map(|b| &self.bases[usize::from(b)])
+    }
+
+    /// The keys this catalog reads from `namespace`'s store (for its garbage collection).
+    pub(crate) fn inherited_from(&self, namespace: &NamespaceName) -> Vec<SegmentKey> {
+        let Some(b) = self.bases.iter().position(|n| n == namespace) else {
+            return Vec::new();
+        };
+        let wanted = b as u16 + 1;
+        self.entries
+            .iter()
+            .zip(&self.owners)
+            .filter(|(_, &o)| o == wanted)
+            .map(|(e, _)| e.key)
+            .collect()
+    }
+
+    /// The lineage as stored: bases, one owner per entry (empty: all own), floor.
+    pub(crate) fn lineage(&self) -> (&[NamespaceName], &[u16], u64) {
+        (&self.bases, &self.owners, self.floor)
+    }
+
+    /// Sets the lineage: `owners` has one value per entry (or is empty), each at most
+    /// `bases.len()`; frames appended later must start above `floor`.
+    pub(crate) fn set_lineage(
+        &mut self,
+        bases: Vec<NamespaceName>,
+        owners: Vec<u16>,
+        floor: u64,
+    ) -> Result<(), String> {
+        if !owners.is_empty() && owners.len() != self.entries.len() {
+            return Err(format!(
+                "{} owners for {} segments",
+                owners.len(),
+                self.entries.len()
+            ));
+        }
+        if owners.iter().any(|&o| usize::from(o) > bases.len())
+            || bases.len() >= usize::from(u16::MAX)
+        {
+            return Err("an owner that is not a base namespace".into());
+        }
+        self.bases = bases;
+        self.owners = owners;
+        self.floor = floor;
+        Ok(())
     }
 
     /// Judges whether `entry` may be appended.
     pub(crate) fn check_append(&self, entry: &CatalogEntry) -> Append {
         if self.get(&entry.key).is_some() {
             return Append::AlreadyStored;
+        }
+        if entry.key.start_frame_no <= self.floor {
+            return Append::Rejected(format!(
+                "it starts at frame {} but this fork's frames start above {}",
+                entry.key.start_frame_no, self.floor
+            ));
         }
         let Some(last) = self.entries.last() else {
             return Append::New;
@@ -144,6 +217,9 @@ impl Catalog {
         self.entries.push(entry);
         self.ends.push(entry.key.end_frame_no);
         self.stamps.push(entry.key.timestamp);
+        if !self.owners.is_empty() {
+            self.owners.push(0);
+        }
     }
 
     /// Replaces the whole catalog with `entries`, which must satisfy the catalog's order.
@@ -152,6 +228,7 @@ impl Catalog {
             entries: Vec::with_capacity(entries.len()),
             ends: Column::with_capacity(entries.len()),
             stamps: Column::with_capacity(entries.len()),
+            ..Catalog::default()
         };
         for entry in entries {
             match catalog.check_append(&entry) {
@@ -166,6 +243,14 @@ impl Catalog {
     /// Removes the entries with these keys; returns how many were found.
     pub(crate) fn remove(&mut self, keys: &[SegmentKey]) -> usize {
         let before = self.entries.len();
+        if !self.owners.is_empty() {
+            let mut i = 0;
+            let entries = &self.entries;
+            self.owners.retain(|_| {
+                i += 1;
+                !keys.contains(&entries[i - 1].key)
+            });
+        }
         self.entries.retain(|e| !keys.contains(&e.key));
         self.ends = Column::rebuild(self.entries.iter().map(|e| e.key.end_frame_no));
         self.stamps = Column::rebuild(self.entries.iter().map(|e| e.key.timestamp));
@@ -209,7 +294,16 @@ impl Catalog {
         entries.extend_from_slice(&self.entries[..at]);
         entries.push(output);
         entries.extend_from_slice(&self.entries[at + inputs.len()..]);
-        Self::from_entries(entries)
+        let mut next = Self::from_entries(entries)?;
+        // The output is this namespace's own, whoever stored the inputs.
+        let mut owners = Vec::new();
+        if !self.owners.is_empty() {
+            owners.extend_from_slice(&self.owners[..at]);
+            owners.push(0);
+            owners.extend_from_slice(&self.owners[at + inputs.len()..]);
+        }
+        next.set_lineage(self.bases.clone(), owners, self.floor)?;
+        Ok(next)
     }
 
     /// Frees capacity left over from growth.

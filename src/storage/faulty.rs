@@ -219,6 +219,16 @@ impl<S: Storage + Clone> Storage for FaultyStorage<S> {
         self.inner.collect_garbage(namespace, options, config)
     }
 
+    fn fork(
+        &self,
+        source: &NamespaceName,
+        target: &NamespaceName,
+        at: crate::storage::RestoreOptions,
+        config: Option<S::Config>,
+    ) -> impl Future<Output = Result<crate::storage::ForkReport>> + Send {
+        self.inner.fork(source, target, at, config)
+    }
+
     fn refresh(
         &self,
         namespace: &NamespaceName,

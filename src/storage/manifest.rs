@@ -37,6 +37,7 @@ const MAX_SNAPSHOT_ENTRIES: usize = (u32::MAX as usize - 8) / ENTRY_LEN;
 const KIND_ADD: u8 = 1;
 const KIND_REMOVE: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
+const KIND_LINEAGE: u8 = 4;
 
 /// One change to a catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,13 +255,13 @@ fn read_record(
             Err(corrupt(offset, "record header checksum mismatch"))
         };
     }
-    if !matches!(kind, KIND_ADD | KIND_REMOVE | KIND_SNAPSHOT) {
+    if !matches!(kind, KIND_ADD | KIND_REMOVE | KIND_SNAPSHOT | KIND_LINEAGE) {
         // The head's checksum holds, so the kind is what was written: not a torn append.
         return Err(corrupt(offset, "unknown record kind"));
     }
-    // Snapshots are only ever written whole (temp file and rename), never appended, so
-    // a damaged snapshot cannot be a torn append.
-    let appended = kind != KIND_SNAPSHOT;
+    // Snapshots (and the lineage that follows one) are only ever written whole (temp
+    // file and rename), never appended, so damage there cannot be a torn append.
+    let appended = !matches!(kind, KIND_SNAPSHOT | KIND_LINEAGE);
     let total = RECORD_HEAD_LEN as u64 + u64::from(len) + 4;
     if total > remaining {
         return if appended {
@@ -274,6 +275,7 @@ fn read_record(
     let outcome = match kind {
         KIND_ADD => read_add(r, len, payload_at, state),
         KIND_REMOVE => read_remove(r, len, payload_at, state),
+        KIND_LINEAGE => read_lineage(r, len, payload_at, state),
         _ => read_snapshot(r, len, payload_at, state),
     };
     match outcome {
@@ -351,6 +353,75 @@ fn read_remove(r: &mut impl Read, len: u32, at: u64, state: &mut Replay) -> Resu
 fn counted(payload: &[u8], item_len: usize) -> Option<usize> {
     let count = usize::try_from(u64_at(payload.get(..8)?, 0)).ok()?;
     (payload.len() - 8 == count.checked_mul(item_len)?).then_some(count)
+}
+
+/// A fork's lineage, right after its snapshot: `floor: u64 | base count: u16 | per
+/// base, name length: u8 and name | run count: u32 | per run, owner: u16 and count: u32`
+/// (owners of the snapshot's entries, run-length encoded, in entry order).
+fn read_lineage(r: &mut impl Read, len: u32, at: u64, state: &mut Replay) -> Result<(), Stop> {
+    let payload = read_payload(r, len, at)?;
+    let (bases, owners, floor) =
+        decode_lineage(&payload).ok_or_else(|| corrupt(at, "bad lineage record"))?;
+    state
+        .catalog
+        .set_lineage(bases, owners, floor)
+        .map_err(|_| corrupt(at, "lineage disagrees with the snapshot"))
+}
+
+fn decode_lineage(p: &[u8]) -> Option<(Vec<crate::format::NamespaceName>, Vec<u16>, u64)> {
+    let mut at = 0;
+    let mut take = |n: usize| {
+        let bytes = p.get(at..at + n)?;
+        at += n;
+        Some(bytes)
+    };
+    let floor = u64::from_le_bytes(take(8)?.try_into().ok()?);
+    let base_count = u16::from_le_bytes(take(2)?.try_into().ok()?);
+    let mut bases = Vec::with_capacity(usize::from(base_count));
+    for _ in 0..base_count {
+        let len = usize::from(take(1)?[0]);
+        let name = std::str::from_utf8(take(len)?).ok()?;
+        bases.push(crate::format::NamespaceName::new(name).ok()?);
+    }
+    let runs = u32::from_le_bytes(take(4)?.try_into().ok()?);
+    let mut owners = Vec::new();
+    for _ in 0..runs {
+        let owner = u16::from_le_bytes(take(2)?.try_into().ok()?);
+        let count = u32::from_le_bytes(take(4)?.try_into().ok()?);
+        owners.extend(std::iter::repeat_n(owner, count as usize));
+    }
+    (at == p.len()).then_some((bases, owners, floor))
+}
+
+/// The lineage record of `catalog`, if it has one (a fork's).
+fn lineage_record(catalog: &Catalog) -> Option<Vec<u8>> {
+    let (bases, owners, floor) = catalog.lineage();
+    if bases.is_empty() && owners.is_empty() && floor == 0 {
+        return None;
+    }
+    let mut p = floor.to_le_bytes().to_vec();
+    p.extend_from_slice(&(bases.len() as u16).to_le_bytes());
+    for name in bases {
+        p.push(name.as_str().len() as u8);
+        p.extend_from_slice(name.as_str().as_bytes());
+    }
+    let mut runs: Vec<(u16, u32)> = Vec::new();
+    for &o in owners {
+        match runs.last_mut() {
+            Some((owner, count)) if *owner == o => *count += 1,
+            _ => runs.push((o, 1)),
+        }
+    }
+    p.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+    for (owner, count) in runs {
+        p.extend_from_slice(&owner.to_le_bytes());
+        p.extend_from_slice(&count.to_le_bytes());
+    }
+    let mut out = Vec::with_capacity(RECORD_HEAD_LEN + p.len() + 4);
+    out.extend_from_slice(&record_head(p.len() as u32, KIND_LINEAGE));
+    out.extend_from_slice(&p);
+    out.extend_from_slice(&crc32c::crc32c(&p).to_le_bytes());
+    Some(out)
 }
 
 /// Snapshots can hold millions of entries, so they are streamed: entries go straight
@@ -462,7 +533,8 @@ impl ManifestFile {
             });
         }
         let snapshot = Edit::Snapshot(catalog.entries().to_vec()).encode();
-        let mut file = write_atomic(dir, MANIFEST_FILE, &[&file_header(), &snapshot])?;
+        let lineage = lineage_record(catalog).unwrap_or_default();
+        let mut file = write_atomic(dir, MANIFEST_FILE, &[&file_header(), &snapshot, &lineage])?;
         file.seek(SeekFrom::End(0))
             .map_err(|source| AtomicWriteError {
                 renamed: true,
@@ -508,6 +580,7 @@ pub(crate) fn encode_snapshot_file(catalog: &Catalog) -> Result<Vec<u8>> {
     }
     let mut out = file_header().to_vec();
     out.extend_from_slice(&Edit::Snapshot(catalog.entries().to_vec()).encode());
+    out.extend_from_slice(&lineage_record(catalog).unwrap_or_default());
     Ok(out)
 }
 

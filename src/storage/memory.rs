@@ -11,11 +11,12 @@ use std::time::SystemTime;
 use hashbrown::{HashMap, HashSet};
 use tokio_stream::Stream;
 
+use super::fork::{self, ForkReport};
 use super::listing::{self, CatalogStream, SharedCatalog};
 use super::retired::{self, GcOptions, GcReport, Record};
 use super::{
     check_append, check_replace, entry_for, find_in, spawn_store, FindSegmentReq, OnStoreCallback,
-    SegmentInfo, Storage,
+    RestoreOptions, SegmentInfo, Storage,
 };
 use crate::error::{Error, Result};
 use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
@@ -63,11 +64,33 @@ impl MemoryStorage {
         Ok(map.get(name).cloned())
     }
 
+    /// A segment of `name`, read where it is stored (a fork's inherited segments are
+    /// its source's).
     fn segment(&self, name: &NamespaceName, key: &SegmentKey) -> Result<SealedSegment> {
         let missing = || Error::NotFound(format!("segment {key} in namespace {name}"));
         let ns = self.namespace(name, false)?.ok_or_else(missing)?;
+        let owner = listing::read(&ns.catalog).owner(key).cloned();
+        let ns = match owner {
+            Some(owner) => self.namespace(&owner, false)?.ok_or_else(missing)?,
+            None => ns,
+        };
         let segments = ns.segments.read().unwrap_or_else(PoisonError::into_inner);
         segments.get(key).cloned().ok_or_else(missing)
+    }
+
+    /// The keys of `name` that forks still name.
+    fn fork_references(&self, name: &NamespaceName) -> HashSet<SegmentKey> {
+        let all: Vec<Arc<Namespace>> = self
+            .inner
+            .namespaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        all.iter()
+            .flat_map(|ns| listing::read(&ns.catalog).inherited_from(name))
+            .collect()
     }
 }
 
@@ -199,7 +222,7 @@ impl Storage for MemoryStorage {
             .keys()
             .map(|key| (*key, SystemTime::UNIX_EPOCH))
             .collect();
-        let forks = HashSet::new();
+        let forks = self.fork_references(namespace);
         let decision = retired::decide(
             &live,
             &forks,
@@ -227,6 +250,32 @@ impl Storage for MemoryStorage {
             });
         }
         Ok(decision.report)
+    }
+
+    async fn fork(
+        &self,
+        source: &NamespaceName,
+        target: &NamespaceName,
+        at: RestoreOptions,
+        _config: Option<()>,
+    ) -> Result<ForkReport> {
+        let plan = fork::plan(self, source, target, at, &None).await?;
+        let src = self
+            .namespace(source, false)?
+            .ok_or_else(|| Error::NotFound(format!("namespace {source}")))?;
+        let catalog = fork::catalog(source, &listing::read(&src.catalog), &plan)?;
+        let ns = self.namespace(target, true)?.ok_or(Error::Closed)?;
+        let _ordered = ns.store_lock.lock().await;
+        let mut current = listing::write(&ns.catalog);
+        if current.durable_frame_no() > 0 {
+            return Err(fork::target_exists(target));
+        }
+        if let Some(cut) = &plan.cut {
+            let mut segments = ns.segments.write().unwrap_or_else(PoisonError::into_inner);
+            segments.insert(cut.key(), cut.clone());
+        }
+        *current = catalog;
+        Ok(plan.report())
     }
 
     fn list_segments<'a>(

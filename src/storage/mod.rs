@@ -7,6 +7,7 @@
 
 mod catalog;
 mod faulty;
+mod fork;
 pub(crate) mod fsutil;
 mod listing;
 mod local;
@@ -31,6 +32,7 @@ use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
 
 pub(crate) use catalog::{Catalog, CatalogEntry};
 pub use faulty::{Faults, FaultyStorage};
+pub use fork::ForkReport;
 pub use local::{write_manifest_for_bench, LocalConfig, LocalStorage};
 pub use memory::MemoryStorage;
 pub use none::NoStorage;
@@ -320,6 +322,23 @@ pub trait Storage: Send + Sync + 'static {
                 "this backend cannot collect garbage".into(),
             ))
         }
+    }
+
+    /// Creates namespace `target` holding `source`'s history up to `at` (the last
+    /// commit at or before it), without copying segments: the target's catalog names
+    /// the source's, and only a segment the commit falls inside is cut and copied. The
+    /// target's own frames start above the source's durable frame number now, and the
+    /// source's garbage collection keeps what the target names. `target` must not
+    /// exist. The default refuses with [`Error::Unsupported`].
+    fn fork(
+        &self,
+        source: &NamespaceName,
+        target: &NamespaceName,
+        at: RestoreOptions,
+        config_override: Option<Self::Config>,
+    ) -> impl Future<Output = Result<ForkReport>> + Send {
+        let _ = (source, target, at, config_override);
+        async { Err(Error::Unsupported("this backend cannot fork".into())) }
     }
 
     /// Brings this handle's view of `namespace` up to date with what other handles or

@@ -609,7 +609,7 @@ pub(crate) async fn restore_to_path<S: Storage + ?Sized>(
 }
 
 /// The segment holding the target commit, and that commit.
-async fn find_target<S: Storage + ?Sized>(
+pub(crate) async fn find_target<S: Storage + ?Sized>(
     storage: &S,
     ns: &NamespaceName,
     options: RestoreOptions,

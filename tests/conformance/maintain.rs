@@ -254,3 +254,95 @@ pub async fn retention_keeps_the_window<B: Backend>(b: &B) {
     assert_eq!(collected.deleted.len(), 9);
     check_commits(&s, &name, &history, |c| c.timestamp_ms >= base.timestamp_ms).await;
 }
+
+/// Restores the latest state of `name` and compares it with a replay of `segments`.
+async fn latest_is<S: Storage>(s: &S, name: &walvault::NamespaceName, segments: &[SealedSegment]) {
+    let mut out = Cursor::new(Vec::new());
+    let summary = s
+        .restore(name, RestoreOptions::Latest, &mut out, None)
+        .await
+        .unwrap();
+    assert!(
+        out.into_inner() == replay_model(segments, summary.frame_no),
+        "latest of {name} differs"
+    );
+}
+
+pub async fn fork_shares_history_and_diverges<B: Backend>(b: &B) {
+    let s = b.open();
+    let (src, dst) = (ns("fork-src"), ns("fork-dst"));
+    let history = small_history();
+    for seg in history.clone() {
+        store(&s, &src, seg).await.unwrap();
+    }
+    // Frame 42 is the first of segment 10's two commits: that segment is cut.
+    let report = s
+        .fork(&src, &dst, RestoreOptions::FrameNo(43), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.frame_no, report.inherited, report.floor),
+        (42, 10, 96)
+    );
+    let copied = report.copied.expect("the commit is inside a segment");
+    assert_eq!((copied.start_frame_no, copied.end_frame_no), (41, 42));
+    let cut = s.fetch_segment_data(&dst, &copied, None).await.unwrap();
+    let mut base: Vec<SealedSegment> = history[..10].to_vec();
+    base.push(cut);
+    latest_is(&s, &dst, &base).await;
+    check_commits(&s, &dst, &base, |_| true).await;
+    assert_eq!(s.durable_frame_no(&dst, None).await.unwrap(), 96);
+    // The fork's own frames start above the source's high-water mark.
+    let early = s.store(
+        &dst,
+        segment(50, 2, 2, 6, 5_000),
+        None,
+        walvault::on_store(|_| async {}),
+    );
+    assert!(early.await.unwrap_err().is_invalid_input());
+    let mine = super::frames(97, 5_000, &[(1, 0), (2, 6)]);
+    store(&s, &dst, mine.clone()).await.unwrap();
+    base.push(mine);
+    latest_is(&s, &dst, &base).await;
+    // The source goes on, unaffected.
+    let mut src_history = history.clone();
+    src_history.push(segment(97, 4, 2, 6, 5_000));
+    store(&s, &src, src_history[24].clone()).await.unwrap();
+    latest_is(&s, &src, &src_history).await;
+    // A fork of the fork reads from both.
+    let dst2 = ns("fork-dst2");
+    let second = s
+        .fork(&dst, &dst2, RestoreOptions::Latest, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.frame_no, second.inherited, second.copied),
+        (98, 12, None)
+    );
+    latest_is(&s, &dst2, &base).await;
+    // The source's garbage collection keeps what the forks name.
+    compact(&s, &src, &small_policy(), false).await.unwrap();
+    let no_grace = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+    let gc = s.collect_garbage(&src, no_grace, None).await.unwrap();
+    assert_eq!(gc.kept_for_forks, 10, "{gc:?}");
+    // Another handle sees the lineage.
+    let other = b.open();
+    other.refresh(&dst2, None).await.unwrap();
+    latest_is(&other, &dst2, &base).await;
+    latest_is(&other, &dst, &base).await;
+    // Refused: into an existing namespace, into itself, from nothing.
+    for (from, to) in [
+        (&src, &dst),
+        (&src, &src),
+        (&ns("fork-nobody"), &ns("fork-x")),
+    ] {
+        let err = s
+            .fork(from, to, RestoreOptions::Latest, None)
+            .await
+            .unwrap_err();
+        assert!(err.is_invalid_input() || err.is_not_found(), "{err}");
+    }
+}

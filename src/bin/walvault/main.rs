@@ -44,6 +44,8 @@ enum Command {
     Compact(maintain::CompactArgs),
     /// Drop history older than a retention window and delete unreferenced segments.
     Gc(maintain::GcArgs),
+    /// Start a new namespace from another's history at a moment, sharing its segments.
+    Fork(maintain::ForkArgs),
     /// Replicate a demo database in phases, restore each phase by time and check it.
     Demo,
 }
@@ -83,6 +85,7 @@ async fn run<S: args::Store>(store: S, command: Command) -> walvault::Result<()>
         Command::Follow(a) => restore::follow(store, a).await,
         Command::Compact(a) => maintain::compact_cmd(store, a).await,
         Command::Gc(a) => maintain::gc_cmd(store, a).await,
+        Command::Fork(a) => maintain::fork_cmd(store, a).await,
         Command::Demo => demo::run().await,
     }
 }

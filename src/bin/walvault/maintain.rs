@@ -1,4 +1,5 @@
-//! `walvault compact` and `walvault gc`: keep a namespace's history small.
+//! `walvault compact` and `walvault gc` keep a namespace's history small; `walvault
+//! fork` branches one.
 //!
 //! On the local backend these edit the namespace's manifest, which only its writer may
 //! do: run them while no `walvault replicate` writes the namespace (they fail with a
@@ -6,8 +7,11 @@
 
 use std::time::Duration;
 
+use chrono::DateTime;
 use chrono::Utc;
-use walvault::{apply_retention, compact, CompactionPolicy, GcOptions, Merge, Result};
+use walvault::{
+    apply_retention, compact, CompactionPolicy, GcOptions, Merge, RestoreOptions, Result,
+};
 
 use crate::args::{self, Store};
 use crate::inspect::known;
@@ -51,6 +55,45 @@ pub struct GcArgs {
     /// Print what would be dropped and deleted, and change nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ForkArgs {
+    /// The namespace to fork.
+    #[arg(long)]
+    namespace: String,
+    /// The new namespace.
+    #[arg(long)]
+    to: String,
+    /// Fork at the last commit at or before this time (RFC 3339).
+    #[arg(long, value_parser = args::time, conflicts_with = "frame")]
+    at: Option<DateTime<Utc>>,
+    /// Fork at the last commit at or before this frame number.
+    #[arg(long)]
+    frame: Option<u64>,
+}
+
+pub async fn fork_cmd<S: Store>(store: S, a: ForkArgs) -> Result<()> {
+    let source = known(&store, &a.namespace).await?;
+    let target = args::namespace(&a.to)?;
+    let at = match (a.at, a.frame) {
+        (Some(t), _) => RestoreOptions::Timestamp(t),
+        (None, Some(n)) => RestoreOptions::FrameNo(n),
+        (None, None) => RestoreOptions::Latest,
+    };
+    let report = store.fork(&source, &target, at, None).await?;
+    println!(
+        "forked {source} at frame {} ({}) into {target}: {} segments shared{}; {target}'s frames start above {}",
+        report.frame_no,
+        report.timestamp.to_rfc3339(),
+        report.inherited,
+        report
+            .copied
+            .map(|k| format!(", frames {}..={} copied", k.start_frame_no, k.end_frame_no))
+            .unwrap_or_default(),
+        report.floor
+    );
+    Ok(())
 }
 
 pub async fn compact_cmd<S: Store>(store: S, a: CompactArgs) -> Result<()> {

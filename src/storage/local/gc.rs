@@ -12,7 +12,8 @@ use hashbrown::HashSet;
 use super::namespace::Namespace;
 use super::SEGMENT_EXT;
 use crate::error::{Error, Result};
-use crate::format::SegmentKey;
+use crate::format::{NamespaceName, SegmentKey};
+use crate::storage::fork::FORKS_DIR;
 use crate::storage::fsutil::{create_dir_durable, fsync_dir, write_atomic};
 use crate::storage::listing;
 use crate::storage::retired::{self, GcOptions, GcReport, Record, RETIRED_DIR};
@@ -31,6 +32,34 @@ pub(super) fn record_retired(dir: &Path, keys: &[SegmentKey]) -> Result<()> {
     let name = retired::record_name(SystemTime::now());
     write_atomic(&records, &name, &[&retired::encode(keys)]).map_err(|e| io_err(e.source))?;
     Ok(())
+}
+
+/// Records that `fork` reads segments from the namespace in `dir`, durably, before the
+/// fork's manifest exists: garbage collection there then asks the fork what it needs.
+pub(super) fn mark_fork(dir: &Path, fork: &NamespaceName) -> Result<()> {
+    let forks = dir.join(FORKS_DIR);
+    let io_err = |e| Error::io(format!("writing a fork marker in {}", forks.display()), e);
+    create_dir_durable(&forks).map_err(io_err)?;
+    write_atomic(&forks, fork.as_str(), &[]).map_err(|e| io_err(e.source))?;
+    Ok(())
+}
+
+/// The forks marked in the namespace at `dir`.
+pub(super) fn forks(dir: &Path) -> Result<Vec<NamespaceName>> {
+    let forks = dir.join(FORKS_DIR);
+    let entries = match fs::read_dir(&forks) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing {}", forks.display()), e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("listing {}", forks.display()), e))?;
+        if let Ok(name) = NamespaceName::new(&entry.file_name().to_string_lossy()) {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 /// Collects `ns`: `forks` are the keys of this namespace that forks still name.

@@ -33,11 +33,12 @@ use tokio_stream::Stream;
 
 use self::namespace::Namespace;
 use super::catalog::CatalogEntry;
+use super::fork::{self, ForkReport};
 use super::fsutil::create_dir_durable;
 use super::listing::{self, CatalogStream};
 use super::{
-    find_in, spawn_store, FindSegmentReq, GcOptions, GcReport, OnStoreCallback, SegmentInfo,
-    Storage,
+    find_in, spawn_store, FindSegmentReq, GcOptions, GcReport, OnStoreCallback, RestoreOptions,
+    SegmentInfo, Storage,
 };
 use crate::error::{Error, InvalidInput, Result};
 use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
@@ -190,9 +191,57 @@ impl LocalStorage {
         name: &NamespaceName,
         key: &SegmentKey,
     ) -> Result<Arc<Namespace>> {
-        let ns = self.namespace(&self.config_for(config), name).await?;
+        let ns = self.reader(&self.config_for(config), name, key).await?;
         ns.check_catalogued(key)?;
         Ok(ns)
+    }
+
+    /// The namespace whose directory holds `key` of `name`: its own, or for a fork's
+    /// inherited segment, the one it inherited it from.
+    async fn reader(
+        &self,
+        config: &LocalConfig,
+        name: &NamespaceName,
+        key: &SegmentKey,
+    ) -> Result<Arc<Namespace>> {
+        let ns = self.namespace(config, name).await?;
+        let owner = listing::read(&ns.catalog).owner(key).cloned();
+        match owner {
+            Some(owner) => self.namespace(config, &owner).await,
+            None => Ok(ns),
+        }
+    }
+
+    /// The keys of `name` that forks marked in it still name.
+    async fn fork_references(
+        &self,
+        config: &LocalConfig,
+        name: &NamespaceName,
+    ) -> Result<hashbrown::HashSet<SegmentKey>> {
+        let dir = config.root.join(name.as_str());
+        let forks = blocking(move || gc::forks(&dir)).await?;
+        let mut keys = hashbrown::HashSet::new();
+        for fork in forks {
+            let ns = self.namespace(config, &fork).await?;
+            let reader = ns.clone();
+            blocking(move || reader.refresh()).await?;
+            keys.extend(listing::read(&ns.catalog).inherited_from(name));
+        }
+        Ok(keys)
+    }
+
+    /// [`reader`](Self::reader) for each key.
+    async fn readers(
+        &self,
+        config: &LocalConfig,
+        name: &NamespaceName,
+        keys: impl Iterator<Item = SegmentKey>,
+    ) -> Result<Vec<(Arc<Namespace>, SegmentKey)>> {
+        let mut out = Vec::new();
+        for key in keys {
+            out.push((self.reader(config, name, &key).await?, key));
+        }
+        Ok(out)
     }
 }
 
@@ -291,14 +340,17 @@ impl Storage for LocalStorage {
         keys: &[SegmentKey],
         config: Option<LocalConfig>,
     ) -> Vec<Result<PageIndex>> {
-        let ns = match self.namespace(&self.config_for(config), namespace).await {
-            Ok(ns) => ns,
-            Err(e) => return vec![Err(e); keys.len()],
+        let config = self.config_for(config);
+        let count = keys.len();
+        let readers = match self.readers(&config, namespace, keys.iter().copied()).await {
+            Ok(readers) => readers,
+            Err(e) => return vec![Err(e); count],
         };
-        let (keys, count) = (keys.to_vec(), keys.len());
         let read = move || {
-            let read_one = |key| ns.check_catalogued(key).and_then(|()| ns.read_index(key));
-            Ok(keys.iter().map(read_one).collect())
+            let read_one = |(ns, key): &(Arc<Namespace>, SegmentKey)| {
+                ns.check_catalogued(key).and_then(|()| ns.read_index(key))
+            };
+            Ok(readers.iter().map(read_one).collect())
         };
         blocking(read).await.unwrap_or_else(|e| vec![Err(e); count])
     }
@@ -310,13 +362,19 @@ impl Storage for LocalStorage {
         requests: Vec<(SegmentKey, Vec<u32>)>,
         config: Option<LocalConfig>,
     ) -> Result<Vec<Vec<(u32, bytes::Bytes)>>> {
-        let ns = self.namespace(&self.config_for(config), namespace).await?;
+        let config = self.config_for(config);
+        let readers = self
+            .readers(&config, namespace, requests.iter().map(|(k, _)| *k))
+            .await?;
         blocking(move || {
-            let read_one = |(key, positions): &(SegmentKey, Vec<u32>)| {
-                ns.check_catalogued(key)?;
-                ns.read_frames(key, positions)
-            };
-            requests.iter().map(read_one).collect()
+            readers
+                .iter()
+                .zip(&requests)
+                .map(|((ns, key), (_, positions))| {
+                    ns.check_catalogued(key)?;
+                    ns.read_frames(key, positions)
+                })
+                .collect()
         })
         .await
     }
@@ -342,12 +400,42 @@ impl Storage for LocalStorage {
         options: GcOptions,
         config: Option<LocalConfig>,
     ) -> Result<GcReport> {
-        let ns = self.namespace(&self.config_for(config), namespace).await?;
+        let config = self.config_for(config);
+        let ns = self.namespace(&config, namespace).await?;
+        // A fork being created now names only catalogued segments, which are never
+        // deleted; the grace period covers one whose segment is retired meanwhile.
+        let forks = self.fork_references(&config, namespace).await?;
         // Holding the store lock keeps this handle's own stores out of the listing; a
         // writer elsewhere is protected by the grace period.
         let _ordered = ns.store_lock.lock().await;
-        let (forks, collector) = (hashbrown::HashSet::new(), ns.clone());
+        let collector = ns.clone();
         blocking(move || gc::collect(&collector, &forks, options)).await
+    }
+
+    async fn fork(
+        &self,
+        source: &NamespaceName,
+        target: &NamespaceName,
+        at: RestoreOptions,
+        config: Option<LocalConfig>,
+    ) -> Result<ForkReport> {
+        let config = self.config_for(config);
+        let plan = fork::plan(self, source, target, at, &Some(config.clone())).await?;
+        let src = self.namespace(&config, source).await?;
+        let catalog = fork::catalog(source, &listing::read(&src.catalog), &plan)?;
+        let dst = self.namespace(&config, target).await?;
+        let _ordered = dst.store_lock.lock().await;
+        self.check_open()?;
+        let (bases, ..) = catalog.lineage();
+        for base in bases {
+            let dir = config.root.join(base.as_str());
+            let fork = target.clone();
+            blocking(move || gc::mark_fork(&dir, &fork)).await?;
+        }
+        let report = plan.report();
+        let writer = dst.clone();
+        blocking(move || writer.create_fork(catalog, plan.cut.as_ref())).await?;
+        Ok(report)
     }
 
     async fn fetch_segment_data(

@@ -169,6 +169,35 @@ impl Namespace {
         Ok(())
     }
 
+    /// Creates this namespace as a fork holding `catalog` (the caller holds the store
+    /// lock): takes the namespace's lock, refuses if it has history, writes the cut
+    /// segment if any, then the manifest.
+    pub(super) fn create_fork(&self, catalog: Catalog, cut: Option<&SealedSegment>) -> Result<()> {
+        let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let writer = match slot.take() {
+            Some(writer) => writer,
+            None => self.acquire_writer()?,
+        };
+        let writer = slot.insert(writer);
+        if writer.manifest.is_some() || listing::read(&self.catalog).durable_frame_no() > 0 {
+            return Err(crate::storage::fork::target_exists(&self.name));
+        }
+        if let Some(cut) = cut {
+            let file_name = format!("{}{SEGMENT_EXT}", cut.key());
+            write_atomic(&self.dir, &file_name, &[cut.encoded()]).map_err(|e| {
+                Error::io(
+                    format!("writing segment {} of {}", cut.key(), self.name),
+                    e.source,
+                )
+            })?;
+        }
+        let file = ManifestFile::create(&self.dir, &catalog)
+            .map_err(|e| Error::io(format!("writing the manifest of {}", self.name), e.source))?;
+        writer.manifest = Some(file);
+        *listing::write(&self.catalog) = catalog;
+        Ok(())
+    }
+
     /// Takes the namespace's lock, then replays the manifest again (another writer may
     /// have appended since this handle loaded it) and drops a torn tail, which only the
     /// lock holder may do.

@@ -57,7 +57,11 @@ pub(super) fn scan(ns: &Namespace, grace: Duration) -> Result<Vec<PathBuf>> {
 
 /// What an unowned file is, or `None` for the store's own files.
 fn classify(ns: &Namespace, name: &str) -> Option<&'static str> {
-    if name == MANIFEST_FILE || name == LOCK_FILE || name == crate::storage::retired::RETIRED_DIR {
+    if name == MANIFEST_FILE
+        || name == LOCK_FILE
+        || name == crate::storage::retired::RETIRED_DIR
+        || name == crate::storage::fork::FORKS_DIR
+    {
         return None;
     }
     if name.starts_with(TEMP_PREFIX) {

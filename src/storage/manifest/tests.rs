@@ -256,3 +256,52 @@ proptest::proptest! {
         let _ = replay_bytes(&journal_bytes);
     }
 }
+
+#[test]
+fn a_forks_lineage_round_trips_and_damage_is_caught() {
+    let mut catalog = Catalog::from_entries((0..5).map(entry).collect()).unwrap();
+    let bases = vec![
+        crate::format::NamespaceName::new("origin").unwrap(),
+        crate::format::NamespaceName::new("middle").unwrap(),
+    ];
+    catalog
+        .set_lineage(bases.clone(), vec![1, 1, 2, 0, 0], 500)
+        .unwrap();
+    let bytes = encode_snapshot_file(&catalog).unwrap();
+    let mut r = replay_bytes(&bytes).unwrap();
+    assert_eq!(r.catalog.entries(), catalog.entries());
+    assert_eq!(r.catalog.lineage(), (&bases[..], &[1, 1, 2, 0, 0][..], 500));
+    assert_eq!(r.catalog.owner(&entry(2).key), Some(&bases[1]));
+    assert_eq!(r.catalog.owner(&entry(3).key), None);
+    assert_eq!(r.catalog.durable_frame_no(), 500);
+    assert_eq!(
+        r.catalog.inherited_from(&bases[0]),
+        vec![entry(0).key, entry(1).key]
+    );
+    // Appends after the lineage are the fork's own, above its floor.
+    let late = CatalogEntry {
+        key: SegmentKey {
+            start_frame_no: 501,
+            end_frame_no: 510,
+            timestamp: 9_000,
+        },
+        size: 1,
+        last_commit_ts: 9_000,
+    };
+    assert!(matches!(
+        r.catalog.check_append(&entry(45)),
+        Append::Rejected(_)
+    ));
+    assert_eq!(r.catalog.check_append(&late), Append::New);
+    r.catalog.push(late);
+    assert_eq!(r.catalog.owner(&late.key), None);
+    // A damaged lineage is corruption, not a torn tail.
+    for at in bytes.len() - 20..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x10;
+        assert!(replay_bytes(&bad).is_err(), "flip at {at}");
+    }
+    // A lineage that names more entries than the snapshot holds is refused.
+    let mut short = Catalog::from_entries((0..4).map(entry).collect()).unwrap();
+    assert!(short.set_lineage(bases, vec![1; 5], 0).is_err());
+}

@@ -17,8 +17,9 @@ use super::{fenced, listing, store_error, ObjectStorage};
 use crate::error::{Error, Result};
 use crate::format::{NamespaceName, SealedSegment, SegmentKey};
 use crate::storage::catalog::Catalog;
-use crate::storage::check_replace;
+use crate::storage::fork::{self, ForkReport, FORKS_DIR};
 use crate::storage::retired::{self, GcOptions, GcReport, Record, RETIRED_DIR};
+use crate::storage::{check_replace, RestoreOptions};
 
 /// Attempts at creating the next version while other handles keep creating versions.
 const EDIT_ATTEMPTS: usize = 16;
@@ -65,6 +66,66 @@ impl ObjectStorage {
                 "other handles kept editing the manifest; gave up after {EDIT_ATTEMPTS} attempts"
             ),
         })
+    }
+
+    /// [`Storage::fork`](crate::Storage::fork): marks the fork in each namespace it
+    /// reads from, uploads the cut segment if any, then creates the target's first
+    /// manifest version (conditionally, so two forks into one name cannot both win).
+    pub(super) async fn create_fork(
+        &self,
+        source: &NamespaceName,
+        target: &NamespaceName,
+        at: RestoreOptions,
+    ) -> Result<ForkReport> {
+        let plan = fork::plan(self, source, target, at, &None).await?;
+        let src = self.loaded(source).await?;
+        let catalog = fork::catalog(source, &listing::read(&src.catalog), &plan)?;
+        let ns = self.namespace(target)?;
+        let mut state = ns.state.lock().await;
+        if self.newest_version(target, 0).await?.is_some() {
+            return Err(fork::target_exists(target));
+        }
+        let (bases, ..) = catalog.lineage();
+        for base in bases {
+            let marker = self.path(base, FORKS_DIR, target.as_str());
+            self.inner
+                .store
+                .put(&marker, PutPayload::new())
+                .await
+                .map_err(|e| store_error(&format!("writing {marker}"), e))?;
+        }
+        if let Some(cut) = &plan.cut {
+            let path = self.segment_path(target, &cut.key());
+            self.put_segment(&path, cut.encoded().clone()).await?;
+        }
+        if !self.create_version(target, 1, 0, true, &catalog).await? {
+            return Err(fork::target_exists(target));
+        }
+        self.adopt(target, &ns, &mut state, 1, catalog).await;
+        state.loaded = true;
+        Ok(plan.report())
+    }
+
+    /// The keys of `name` that forks marked in it still name.
+    pub(super) async fn fork_references(
+        &self,
+        name: &NamespaceName,
+    ) -> Result<HashSet<SegmentKey>> {
+        let prefix = self.inner.prefix.child(name.as_str()).child(FORKS_DIR);
+        let mut keys = HashSet::new();
+        for meta in self.list(&prefix).await? {
+            let Some(fork) = meta
+                .location
+                .filename()
+                .and_then(|n| NamespaceName::new(n).ok())
+            else {
+                continue;
+            };
+            if let Some(version) = self.newest_version(&fork, 0).await? {
+                keys.extend(version.catalog.inherited_from(name));
+            }
+        }
+        Ok(keys)
     }
 
     async fn put_retired(&self, name: &NamespaceName, keys: &[SegmentKey]) -> Result<()> {

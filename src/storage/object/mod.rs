@@ -180,6 +180,14 @@ impl ObjectStorage {
         self.path(ns, "segments", &key.to_string())
     }
 
+    /// Where `key` of `name` is stored: under `name`, or for a fork's inherited
+    /// segment, under the namespace it inherited it from.
+    async fn located(&self, name: &NamespaceName, key: &SegmentKey) -> Result<Path> {
+        let ns = self.loaded(name).await?;
+        let owner = listing::read(&ns.catalog).owner(key).cloned();
+        Ok(self.segment_path(owner.as_ref().unwrap_or(name), key))
+    }
+
     fn version_path(&self, ns: &NamespaceName, number: u64) -> Path {
         self.path(ns, "manifest", &format!("{number:020}"))
     }
@@ -455,7 +463,7 @@ impl ObjectStorage {
         name: &NamespaceName,
         key: &SegmentKey,
     ) -> Result<(crate::format::Header, Range<u64>)> {
-        let path = self.segment_path(name, key);
+        let path = self.located(name, key).await?;
         let head = self.get_range(&path, key, 0..HEADER_LEN as u64).await?;
         let (header, range) =
             index_range(&head).map_err(|e| Error::corrupt(describe(name, key), e))?;
@@ -514,7 +522,7 @@ impl Storage for ObjectStorage {
         _config: Option<()>,
     ) -> Result<PageIndex> {
         let (header, range) = self.segment_header(namespace, key).await?;
-        let path = self.segment_path(namespace, key);
+        let path = self.located(namespace, key).await?;
         let bytes = self.get_range(&path, key, range).await?;
         parse_index_with_crc(&header, bytes)
             .map_err(|e| Error::corrupt(describe(namespace, key), e))
@@ -526,7 +534,7 @@ impl Storage for ObjectStorage {
         key: &SegmentKey,
         _config: Option<()>,
     ) -> Result<SealedSegment> {
-        let path = self.segment_path(namespace, key);
+        let path = self.located(namespace, key).await?;
         let bytes = self
             .get(&path)
             .await?
@@ -571,7 +579,7 @@ impl Storage for ObjectStorage {
                 start..start + u64::from(run.end - run.start) * frame_len
             })
             .collect();
-        let path = self.segment_path(namespace, key);
+        let path = self.located(namespace, key).await?;
         let fetched = self
             .inner
             .store
@@ -629,8 +637,18 @@ impl Storage for ObjectStorage {
         options: super::GcOptions,
         _config: Option<()>,
     ) -> Result<super::GcReport> {
-        let forks = hashbrown::HashSet::new();
+        let forks = self.fork_references(namespace).await?;
         self.collect(namespace, &forks, options).await
+    }
+
+    async fn fork(
+        &self,
+        source: &NamespaceName,
+        target: &NamespaceName,
+        at: super::RestoreOptions,
+        _config: Option<()>,
+    ) -> Result<super::ForkReport> {
+        self.create_fork(source, target, at).await
     }
 
     async fn refresh(&self, namespace: &NamespaceName, _config: Option<()>) -> Result<()> {
