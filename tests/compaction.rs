@@ -337,6 +337,10 @@ async fn after_many_small_segments_latest_reads_few() {
         summary.segments_read
     );
     assert_eq!(summary.frame_no, count);
+    eprintln!(
+        "{count} segments: {} after compaction, {} read by a restore of latest",
+        report.segments_after, summary.segments_read
+    );
     // Spot-check pages against what wrote them: page p last written by the newest frame
     // n with (n - 1) % 2000 + 1 == p.
     let bytes = out.into_inner();
