@@ -91,3 +91,46 @@ mod tests {
         }
     }
 }
+
+/// Ctrl-C (SIGINT) and, on Unix, SIGTERM, listened for from creation on: a signal that
+/// arrives while a long-running command is busy (not waiting on this) is kept, not lost.
+pub struct StopSignal {
+    #[cfg(unix)]
+    signals: (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+}
+
+impl StopSignal {
+    /// Starts listening. Must be called inside the tokio runtime.
+    pub fn listen() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen =
+                |kind| signal(kind).map_err(|e| walvault::Error::io("listening for signals", e));
+            Ok(Self {
+                signals: (
+                    listen(SignalKind::interrupt())?,
+                    listen(SignalKind::terminate())?,
+                ),
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves once a stop signal arrived (at any time since `listen`).
+    pub async fn received(&mut self) {
+        #[cfg(unix)]
+        {
+            let (int, term) = &mut self.signals;
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

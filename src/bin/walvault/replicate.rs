@@ -22,6 +22,49 @@ pub struct Args {
     /// How often to look for new transactions.
     #[arg(long, default_value = "1s", value_parser = args::duration)]
     interval: Duration,
+    /// Also compact the namespace (default policy) and collect its garbage this often.
+    /// On the local backend this is the way to maintain a namespace that is being
+    /// written, since only the writer's process may edit its manifest.
+    #[arg(long, value_parser = args::duration)]
+    maintain_every: Option<Duration>,
+    /// With --maintain-every: keep this point-in-time window and drop older history.
+    #[arg(long, value_parser = args::duration, requires = "maintain_every")]
+    retain: Option<Duration>,
+    /// With --maintain-every: delete unreferenced segments only after this long.
+    #[arg(long, value_parser = args::duration, default_value = "1h")]
+    grace: Duration,
+}
+
+/// One round of maintenance beside the writer: compaction, retention, garbage
+/// collection. Reports what it did; a failure is reported and replication goes on.
+async fn maintain<S: Store>(store: &S, namespace: &walvault::NamespaceName, a: &Args) {
+    let round = async {
+        let policy = walvault::CompactionPolicy::default();
+        let compacted = walvault::compact(store, namespace, &policy, false).await?;
+        let mut dropped = false;
+        if let Some(window) = a.retain {
+            let now = chrono::Utc::now();
+            dropped = walvault::apply_retention(store, namespace, window, now, false)
+                .await?
+                .merge
+                .is_some();
+        }
+        let options = walvault::GcOptions {
+            grace: a.grace,
+            dry_run: false,
+        };
+        let gc = store.collect_garbage(namespace, options, None).await?;
+        Ok::<_, Error>((compacted.merges.len(), dropped, gc))
+    };
+    match round.await {
+        Ok((0, false, gc)) if gc.deleted.is_empty() && gc.orphans.is_empty() => {}
+        Ok((merges, dropped, gc)) => println!(
+            "maintenance: {merges} merges{}; deleted {} segments",
+            if dropped { ", old history dropped" } else { "" },
+            gc.deleted.len() + gc.orphans.len()
+        ),
+        Err(e) => eprintln!("walvault: warning: maintenance failed (replication goes on): {e}"),
+    }
 }
 
 pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
@@ -50,12 +93,20 @@ pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
         return Ok(());
     }
     println!(
-        "replicating {} into namespace {namespace} every {:?}; Ctrl-C stops",
+        "replicating {} into namespace {namespace} every {:?}; Ctrl-C or SIGTERM stops",
         a.db.display(),
         a.interval
     );
+    let mut stop = args::StopSignal::listen()?;
+    let mut maintained = tokio::time::Instant::now();
     loop {
         let report = replicator.poll().await?;
+        if a.maintain_every
+            .is_some_and(|every| maintained.elapsed() >= every)
+        {
+            maintain(&store, &namespace, &a).await;
+            maintained = tokio::time::Instant::now();
+        }
         if report.transactions > 0 {
             println!(
                 "shipped {} transactions, {} frames{}",
@@ -66,7 +117,7 @@ pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
         }
         tokio::select! {
             _ = tokio::time::sleep(a.interval) => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = stop.received() => break,
         }
     }
     replicator.close().await?;

@@ -214,6 +214,7 @@ pub async fn follow<S: Store>(store: S, a: FollowArgs) -> Result<()> {
     let namespace = args::namespace(&a.namespace)?;
     let mut follower = Follower::open(store, namespace, &a.output)?;
     let mut reported = None;
+    let mut stop = args::StopSignal::listen()?;
     loop {
         let position = follower.catch_up().await?;
         if reported != Some(position) {
@@ -225,7 +226,7 @@ pub async fn follow<S: Store>(store: S, a: FollowArgs) -> Result<()> {
         }
         tokio::select! {
             _ = tokio::time::sleep(a.interval) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = stop.received() => return Ok(()),
         }
     }
 }
