@@ -78,20 +78,6 @@ pub fn time(text: &str) -> std::result::Result<DateTime<Utc>, String> {
         .map_err(|e| format!("time {text:?} is not RFC 3339 (like 2026-11-21T10:00:00Z): {e}"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_and_reject_nonsense() {
-        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
-        for bad in ["", "10", "s", "10x", "99999999999999999999d"] {
-            assert!(duration(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 /// Ctrl-C (SIGINT) and, on Unix, SIGTERM, listened for from creation on: a signal that
 /// arrives while a long-running command is busy (not waiting on this) is kept, not lost.
 pub struct StopSignal {
@@ -131,6 +117,20 @@ impl StopSignal {
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_reject_nonsense() {
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "10", "s", "10x", "99999999999999999999d"] {
+            assert!(duration(bad).is_err(), "{bad}");
         }
     }
 }
