@@ -23,7 +23,11 @@
 //! between leaves an orphan object that no manifest names (removed by GC), never a
 //! manifest entry without its object.
 
+mod concurrent;
 mod manifest;
+mod read;
+mod tuning;
+mod upload;
 mod url;
 
 use std::future::Future;
@@ -41,8 +45,8 @@ use uuid::Uuid;
 use super::catalog::Catalog;
 use super::listing::{self, CatalogStream, SharedCatalog};
 use super::{
-    check_append, entry_for, find_in, spawn_store, FindSegmentReq, OnStoreCallback, SegmentInfo,
-    Storage,
+    check_append, compact, entry_for, find_in, spawn_store, FindSegmentReq, OnStoreCallback,
+    SegmentInfo, Storage,
 };
 use crate::error::{Error, FormatError, Part, Result};
 use crate::format::{
@@ -59,6 +63,7 @@ const READ_GAP_FRAMES: u32 = 8;
 #[derive(Debug, Clone)]
 pub struct ObjectStorage {
     inner: Arc<Inner>,
+    tuning: tuning::Tuning,
 }
 
 #[derive(Debug)]
@@ -68,6 +73,9 @@ struct Inner {
     /// Identifies this handle's manifest versions.
     writer: Uuid,
     namespaces: Mutex<HashMap<NamespaceName, Arc<Namespace>>>,
+    /// Headers of segments whose index was read, so reading their frames next needs no
+    /// second GET of the header.
+    headers: read::HeaderCache,
     closed: AtomicBool,
 }
 
@@ -83,6 +91,8 @@ struct Namespace {
 struct State {
     /// The manifest version `catalog` reflects; 0 before the first.
     version: u64,
+    /// The writer epoch that created `version`.
+    version_epoch: u64,
     loaded: bool,
     /// This handle's writer epoch, once it has stored into the namespace.
     epoch: Option<u64>,
@@ -99,8 +109,10 @@ impl ObjectStorage {
                 prefix: Path::from(prefix),
                 writer: Uuid::new_v4(),
                 namespaces: Mutex::default(),
+                headers: read::HeaderCache::default(),
                 closed: AtomicBool::new(false),
             }),
+            tuning: tuning::Tuning::default(),
         }
     }
 
@@ -188,10 +200,11 @@ impl ObjectStorage {
     }
 
     /// Reads the newest manifest version (from the hint, probing upward) into the
-    /// namespace's catalog.
+    /// namespace's catalog, unless it is the one the catalog already reflects.
     async fn reload(&self, name: &NamespaceName, ns: &Namespace, state: &mut State) -> Result<()> {
-        if let Some(version) = self.newest_version(name, state.version).await? {
+        if let Some(version) = self.newer_version(name, state.version).await? {
             state.version = version.number;
+            state.version_epoch = version.epoch;
             *listing::write(&ns.catalog) = version.catalog;
             if let Some(ours) = state.epoch {
                 if version.epoch > ours {
@@ -203,9 +216,12 @@ impl ObjectStorage {
         Ok(())
     }
 
-    /// The newest manifest version, starting the search at `known` or the hint,
-    /// whichever is newer; None when the namespace has none.
-    async fn newest_version(
+    /// The newest manifest version, if it is newer than `known` (the version this handle
+    /// holds; 0 for none). Starts at the hint or `known`, whichever is newer, probes the
+    /// numbers above it with HEADs until one is missing, and GETs only the newest: an
+    /// up-to-date handle pays one small GET (the hint) and one HEAD, and a manifest it
+    /// holds or skips over is never downloaded.
+    async fn newer_version(
         &self,
         name: &NamespaceName,
         known: u64,
@@ -216,29 +232,29 @@ impl ObjectStorage {
             .and_then(|b| manifest::parse_hint(&b))
             .unwrap_or(0);
         let mut number = hint.max(known);
-        let mut newest = None;
-        if number > 0 {
-            let path = self.version_path(name, number);
-            let bytes = self.get(&path).await?.ok_or_else(|| {
-                Error::NotFound(format!(
-                    "manifest version {number} of {name} ({path}), which the manifest names"
-                ))
-            })?;
-            newest = Some((number, bytes));
-        }
-        while let Some(bytes) = self.get(&self.version_path(name, number + 1)).await? {
+        while self
+            .head_exists(&self.version_path(name, number + 1))
+            .await?
+        {
             number += 1;
-            newest = Some((number, bytes));
         }
-        let decode = |(n, bytes): (u64, Bytes)| {
-            let what = self.version_path(name, n);
-            manifest::decode(n, &bytes, what.as_ref())
-        };
-        newest.map(decode).transpose()
+        if number == known {
+            return Ok(None);
+        }
+        let path = self.version_path(name, number);
+        let bytes = self.get(&path).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "manifest version {number} of {name} ({path}), which the manifest names"
+            ))
+        })?;
+        manifest::decode(number, &bytes, path.as_ref()).map(Some)
     }
 
     /// Takes a writer epoch for this handle, unless it has one: creates the next
-    /// manifest version, unchanged but for the epoch one above the newest.
+    /// manifest version, unchanged but for the epoch one above the newest. The attempt
+    /// is made from the version this handle holds: if a newer one exists, the create
+    /// fails (version numbers are created once and in order) and the handle catches up
+    /// and tries again, so an up-to-date handle pays one PUT and no reads.
     async fn take_epoch(
         &self,
         name: &NamespaceName,
@@ -249,23 +265,20 @@ impl ObjectStorage {
             return Ok(epoch);
         }
         for _ in 0..EPOCH_ATTEMPTS {
-            let newest = self.newest_version(name, state.version).await?;
-            let (number, epoch, catalog) = match newest {
-                Some(v) => (v.number, v.epoch, v.catalog),
-                None => (0, 0, Catalog::default()),
-            };
-            let mine = epoch + 1;
-            if self
-                .create_version(name, number + 1, mine, &catalog)
-                .await?
-            {
-                state.version = number + 1;
-                state.loaded = true;
+            if !state.loaded {
+                self.reload(name, ns, state).await?;
+            }
+            let number = state.version + 1;
+            let mine = state.version_epoch + 1;
+            let catalog = listing::read(&ns.catalog).clone();
+            if self.create_version(name, number, mine, &catalog).await? {
+                state.version = number;
+                state.version_epoch = mine;
                 state.epoch = Some(mine);
-                *listing::write(&ns.catalog) = catalog;
-                self.write_hint(name, number + 1).await;
+                self.write_hint(name, number).await;
                 return Ok(mine);
             }
+            state.loaded = false; // someone else created it: catch up, then try again
         }
         Err(Error::Conflict {
             namespace: name.to_string(),
@@ -335,7 +348,9 @@ impl ObjectStorage {
                 next
             };
             if !put {
-                self.put_segment(&path, segment.encoded().clone()).await?;
+                let guard = self.version_path(name, state.version + 1);
+                self.put_segment(&path, segment.encoded().clone(), &guard)
+                    .await?;
                 put = true;
             }
             let number = state.version + 1;
@@ -380,6 +395,9 @@ impl ObjectStorage {
         catalog: Catalog,
     ) -> u64 {
         state.version = number;
+        if let Some(ours) = state.epoch {
+            state.version_epoch = ours; // only this handle's own versions are adopted
+        }
         let durable = catalog.durable_frame_no();
         *listing::write(&ns.catalog) = catalog;
         self.write_hint(name, number).await;
@@ -388,8 +406,19 @@ impl ObjectStorage {
 
     /// Writes a segment object once: an object already under its key must hold the same
     /// bytes (a retried request, or the same segment stored again), else it is refused,
-    /// so a segment a manifest names is never replaced.
-    async fn put_segment(&self, path: &Path, bytes: Bytes) -> Result<()> {
+    /// so a segment a manifest names is never replaced. Segments above the multipart
+    /// threshold upload in parts (see the `upload` module for how that keeps this
+    /// promise); `guard` is the manifest version this handle would create next.
+    async fn put_segment(&self, path: &Path, bytes: Bytes, guard: &Path) -> Result<()> {
+        if bytes.len() as u64 > self.tuning.multipart_threshold {
+            return self.put_in_parts(path, bytes, guard).await;
+        }
+        self.put_once(path, bytes).await
+    }
+
+    /// Writes an object with a conditional PUT; an object already there must hold the
+    /// same bytes.
+    async fn put_once(&self, path: &Path, bytes: Bytes) -> Result<()> {
         let options = PutOptions::from(PutMode::Create);
         let written = self
             .inner
@@ -398,15 +427,7 @@ impl ObjectStorage {
             .await;
         match written {
             Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                if self.get(path).await?.as_deref() == Some(&bytes[..]) {
-                    return Ok(());
-                }
-                Err(Error::Conflict {
-                    namespace: path.to_string(),
-                    detail: "another writer stored a different segment under the same key".into(),
-                })
-            }
+            Err(object_store::Error::AlreadyExists { .. }) => self.check_same(path, &bytes).await,
             Err(e) => Err(store_error(&format!("writing {path}"), e)),
         }
     }
@@ -437,17 +458,24 @@ impl ObjectStorage {
             .map_err(|e| read_error(path, key, e))
     }
 
-    /// The verified header of a stored segment and the range of its page index.
+    /// The verified header of a stored segment and the range of its page index (read
+    /// once per segment while it stays in the handle's header cache).
     async fn segment_header(
         &self,
         name: &NamespaceName,
         key: &SegmentKey,
     ) -> Result<(crate::format::Header, Range<u64>)> {
+        if let Some(known) = self.inner.headers.get(name, key) {
+            return Ok(known);
+        }
         let path = self.segment_path(name, key);
         let head = self.get_range(&path, key, 0..HEADER_LEN as u64).await?;
         let (header, range) =
             index_range(&head).map_err(|e| Error::corrupt(describe(name, key), e))?;
         check_key(name, key, header.key())?;
+        self.inner
+            .headers
+            .insert(name, key, (header, range.clone()));
         Ok((header, range))
     }
 }
@@ -586,6 +614,28 @@ impl Storage for ObjectStorage {
             }
         }
         Ok(out)
+    }
+
+    /// Reads up to [`with_read_concurrency`](ObjectStorage::with_read_concurrency)
+    /// indexes at once.
+    async fn fetch_segment_indexes(
+        &self,
+        namespace: &NamespaceName,
+        keys: &[SegmentKey],
+        _config: Option<()>,
+    ) -> Vec<Result<PageIndex>> {
+        self.indexes(namespace, keys).await
+    }
+
+    /// Reads up to [`with_read_concurrency`](ObjectStorage::with_read_concurrency)
+    /// segments' frames at once.
+    async fn fetch_frames_batch(
+        &self,
+        namespace: &NamespaceName,
+        requests: Vec<(SegmentKey, Vec<u32>)>,
+        _config: Option<()>,
+    ) -> Result<Vec<Vec<(u32, Bytes)>>> {
+        self.frames_batch(namespace, &requests).await
     }
 
     fn list_segments<'a>(

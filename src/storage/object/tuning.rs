@@ -1,0 +1,70 @@
+//! How an [`ObjectStorage`] shapes its requests: when a segment is uploaded in parts, how
+//! large the parts are, and how many requests it keeps in flight. None of this changes
+//! what is stored, only how fast.
+
+use super::ObjectStorage;
+
+/// Segments larger than this upload in parts. A single PUT of a large object is one long
+/// request that restarts from zero after any failure and moves at one connection's
+/// speed; parts upload side by side. Below this size one PUT is quicker.
+pub(super) const DEFAULT_MULTIPART_THRESHOLD: u64 = 16 << 20;
+/// The size of each part but the last. S3 and GCS refuse parts under 5 MiB (but the
+/// last).
+pub(super) const DEFAULT_PART_SIZE: usize = 8 << 20;
+/// Parts of one segment in flight at once.
+pub(super) const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
+/// Reads in flight at once for one batch of a restore (segments' frames or indexes).
+pub(super) const DEFAULT_READ_CONCURRENCY: usize = 8;
+
+/// The request settings of one handle; see the `with_*` methods of [`ObjectStorage`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tuning {
+    pub multipart_threshold: u64,
+    pub part_size: usize,
+    pub upload_concurrency: usize,
+    pub read_concurrency: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
+            part_size: DEFAULT_PART_SIZE,
+            upload_concurrency: DEFAULT_UPLOAD_CONCURRENCY,
+            read_concurrency: DEFAULT_READ_CONCURRENCY,
+        }
+    }
+}
+
+impl ObjectStorage {
+    /// Segments larger than `bytes` are uploaded in parts (a multipart upload) instead of
+    /// one PUT. Default 16 MiB.
+    ///
+    /// Settings belong to this handle and the clones made from it afterwards; clones
+    /// made before keep theirs (all share one writer identity).
+    pub fn with_multipart_threshold(mut self, bytes: u64) -> Self {
+        self.tuning.multipart_threshold = bytes;
+        self
+    }
+
+    /// The size of each part of a multipart upload but the last (at least 1 byte).
+    /// Default 8 MiB. S3 and GCS refuse parts smaller than 5 MiB; local and in-memory
+    /// stores take any size.
+    pub fn with_multipart_part_size(mut self, bytes: usize) -> Self {
+        self.tuning.part_size = bytes.max(1);
+        self
+    }
+
+    /// How many parts of one segment upload at once (at least 1). Default 4.
+    pub fn with_upload_concurrency(mut self, parts: usize) -> Self {
+        self.tuning.upload_concurrency = parts.max(1);
+        self
+    }
+
+    /// How many segments' frames or page indexes a restore batch reads at once (at
+    /// least 1). Default 8. Results come back in the order asked whatever this is.
+    pub fn with_read_concurrency(mut self, requests: usize) -> Self {
+        self.tuning.read_concurrency = requests.max(1);
+        self
+    }
+}
