@@ -446,7 +446,7 @@ pub async fn shutdown_refuses_new_work<B: Backend>(b: &B) {
 }
 
 /// The database as of frame `upto`, by replaying every frame: the restore model.
-fn replay_model(segments: &[SealedSegment], upto: u64) -> Vec<u8> {
+pub fn replay_model(segments: &[SealedSegment], upto: u64) -> Vec<u8> {
     let mut pages = BTreeMap::new();
     let mut size = 0;
     for seg in segments {

@@ -202,7 +202,19 @@ impl ObjectStorage {
     /// Reads the newest manifest version (from the hint, probing upward) into the
     /// namespace's catalog, unless it is the one the catalog already reflects.
     async fn reload(&self, name: &NamespaceName, ns: &Namespace, state: &mut State) -> Result<()> {
-        if let Some(version) = self.newer_version(name, state.version).await? {
+        self.reload_from(name, ns, state, state.version).await
+    }
+
+    /// [`reload`](Self::reload), knowing that version `exists` (at least the one held)
+    /// does, so the probe starts above it.
+    async fn reload_from(
+        &self,
+        name: &NamespaceName,
+        ns: &Namespace,
+        state: &mut State,
+        exists: u64,
+    ) -> Result<()> {
+        if let Some(version) = self.newer_version(name, state.version, exists).await? {
             state.version = version.number;
             state.version_epoch = version.epoch;
             *listing::write(&ns.catalog) = version.catalog;
@@ -217,21 +229,23 @@ impl ObjectStorage {
     }
 
     /// The newest manifest version, if it is newer than `known` (the version this handle
-    /// holds; 0 for none). Starts at the hint or `known`, whichever is newer, probes the
-    /// numbers above it with HEADs until one is missing, and GETs only the newest: an
-    /// up-to-date handle pays one small GET (the hint) and one HEAD, and a manifest it
-    /// holds or skips over is never downloaded.
+    /// holds; 0 for none). Starts at the hint or `exists` (a version known to exist, at
+    /// least `known`), whichever is newer, probes the numbers above it with HEADs until
+    /// one is missing, and GETs only the newest: an up-to-date handle pays one small GET
+    /// (the hint) and one HEAD, and a manifest it holds or skips over is never
+    /// downloaded.
     async fn newer_version(
         &self,
         name: &NamespaceName,
         known: u64,
+        exists: u64,
     ) -> Result<Option<manifest::Version>> {
         let hint = self
             .get(&self.hint_path(name))
             .await?
             .and_then(|b| manifest::parse_hint(&b))
             .unwrap_or(0);
-        let mut number = hint.max(known);
+        let mut number = hint.max(known).max(exists);
         while self
             .head_exists(&self.version_path(name, number + 1))
             .await?
@@ -655,10 +669,11 @@ impl Storage for ObjectStorage {
         let ns = self.namespace(namespace)?;
         let mut state = ns.state.lock().await;
         if state.loaded && state.version > 0 {
-            // Nothing new unless the next version exists: one GET when idle.
+            // Nothing new unless the next version exists: one HEAD when idle.
             let next = self.version_path(namespace, state.version + 1);
             if self.head_exists(&next).await? {
-                self.reload(namespace, &ns, &mut state).await?;
+                let exists = state.version + 1;
+                self.reload_from(namespace, &ns, &mut state, exists).await?;
             }
             return Ok(());
         }
