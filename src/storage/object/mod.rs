@@ -442,7 +442,13 @@ impl ObjectStorage {
         match written {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => self.check_same(path, &bytes).await,
-            Err(e) => Err(store_error(&format!("writing {path}"), e)),
+            // A server may refuse a conditional PUT before reading a large body and close
+            // the connection, which reaches us as a transport error, and a PUT that took
+            // effect may have lost its response: either way, what is there now decides.
+            Err(e) => match self.object_size(path).await {
+                Ok(Some(_)) => self.check_same(path, &bytes).await,
+                _ => Err(store_error(&format!("writing {path}"), e)),
+            },
         }
     }
 

@@ -98,7 +98,7 @@ impl ObjectStorage {
     }
 
     /// The size of the object at `path`, or None when there is none.
-    async fn object_size(&self, path: &Path) -> Result<Option<u64>> {
+    pub(super) async fn object_size(&self, path: &Path) -> Result<Option<u64>> {
         match self.inner.store.head(path).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
