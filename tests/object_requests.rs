@@ -10,11 +10,13 @@ mod support;
 
 use std::io::Cursor;
 use std::sync::Arc;
+use std::time::Duration;
 
 use conformance::{at, frames, ns, replay_model, segment, store};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use support::counting::{CountingStore, Counts};
+use support::faulty::{Faults, FaultyStore, Op};
 use walvault::{
     FindSegmentReq, NamespaceName, ObjectStorage, RestoreOptions, SealedSegment, Storage,
 };
@@ -209,4 +211,48 @@ async fn a_restore_reads_indexes_ahead_but_only_the_frames_it_needs() {
     // Indexes are read 32 at a time (of the 59 older segments): one batch covers it.
     let indexes = 32;
     assert_eq!(kinds(c), (0, 2 + 1 + 2 * indexes + (used - 1), 1, 0, 0));
+}
+
+/// With slow GETs, a restore keeps up to `with_read_concurrency` segments' reads in
+/// flight for its frames, and as many for the indexes it reads ahead meanwhile.
+#[tokio::test]
+async fn restores_keep_several_reads_in_flight_up_to_the_limit() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let name = ns("concurrent");
+    let segments = growing(40);
+    store_all(
+        &ObjectStorage::new(memory.clone(), PREFIX),
+        &name,
+        &segments,
+    )
+    .await;
+    let slow = FaultyStore::new(
+        memory,
+        Faults {
+            ops: vec![Op::Get],
+            delay: Duration::from_millis(5),
+            ..Faults::default()
+        },
+    );
+    for limit in [1, 4] {
+        let counted = CountingStore::new(slow.clone());
+        let reader = ObjectStorage::new(counted.clone(), PREFIX).with_read_concurrency(limit);
+        let mut out = Cursor::new(Vec::new());
+        reader
+            .restore(&name, RestoreOptions::Latest, &mut out, None)
+            .await
+            .unwrap();
+        assert_eq!(out.into_inner(), replay_model(&segments, 40));
+        let peak = counted.counts().peak_gets;
+        assert!(
+            peak <= 2 * limit as u64,
+            "limit {limit}: {peak} GETs at once"
+        );
+        if limit > 1 {
+            assert!(
+                peak >= limit as u64,
+                "limit {limit}: only {peak} GETs at once"
+            );
+        }
+    }
 }

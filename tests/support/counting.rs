@@ -43,10 +43,13 @@ pub struct Counts {
     pub multipart: u64,
     /// Parts uploaded.
     pub parts: u64,
+    /// The most GETs (of any form) that were in flight at once.
+    pub peak_gets: u64,
 }
 
 impl Counts {
-    /// Every request of any kind.
+    /// Every request of any kind (not counting `ranges`, `multipart`, `parts`, which
+    /// detail the others).
     pub fn total(&self) -> u64 {
         self.list + self.get + self.head + self.put + self.delete + self.copy
     }
@@ -63,10 +66,30 @@ struct Counters {
     ranges: AtomicU64,
     multipart: AtomicU64,
     parts: AtomicU64,
+    gets_in_flight: AtomicU64,
+    peak_gets: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A GET in flight, from its start until dropped.
+struct InFlight<'a>(&'a Counters);
+
+impl<'a> InFlight<'a> {
+    fn start(counters: &'a Counters) -> Self {
+        bump(&counters.get);
+        let now = counters.gets_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        counters.peak_gets.fetch_max(now, Ordering::SeqCst);
+        Self(counters)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.gets_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Counters {
@@ -88,6 +111,7 @@ impl Counters {
             ranges: read(&self.ranges),
             multipart: read(&self.multipart),
             parts: read(&self.parts),
+            peak_gets: read(&self.peak_gets),
         }
     }
 }
@@ -162,26 +186,26 @@ impl ObjectStore for CountingStore {
     }
 
     async fn get(&self, location: &Path) -> Result<GetResult> {
-        bump(&self.counters.get);
+        let _get = InFlight::start(&self.counters);
         self.inner.get(location).await
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        bump(if options.head {
-            &self.counters.head
-        } else {
-            &self.counters.get
-        });
+        if options.head {
+            bump(&self.counters.head);
+            return self.inner.get_opts(location, options).await;
+        }
+        let _get = InFlight::start(&self.counters);
         self.inner.get_opts(location, options).await
     }
 
     async fn get_range(&self, location: &Path, range: Range<u64>) -> Result<Bytes> {
-        bump(&self.counters.get);
+        let _get = InFlight::start(&self.counters);
         self.inner.get_range(location, range).await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        bump(&self.counters.get);
+        let _get = InFlight::start(&self.counters);
         self.counters
             .ranges
             .fetch_add(ranges.len() as u64, Ordering::SeqCst);
