@@ -91,8 +91,9 @@ struct Namespace {
 struct State {
     /// The manifest version `catalog` reflects; 0 before the first.
     version: u64,
-    /// The writer epoch that created `version`.
+    /// The writer epoch that created `version`, and the handle that did.
     version_epoch: u64,
+    version_writer: Uuid,
     loaded: bool,
     /// This handle's writer epoch, once it has stored into the namespace.
     epoch: Option<u64>,
@@ -217,6 +218,7 @@ impl ObjectStorage {
         if let Some(version) = self.newer_version(name, state.version, exists).await? {
             state.version = version.number;
             state.version_epoch = version.epoch;
+            state.version_writer = version.writer;
             *listing::write(&ns.catalog) = version.catalog;
             if let Some(ours) = state.epoch {
                 if version.epoch > ours {
@@ -282,12 +284,19 @@ impl ObjectStorage {
             if !state.loaded {
                 self.reload(name, ns, state).await?;
             }
+            if state.version > 0 && state.version_writer == self.inner.writer {
+                // The newest version is this handle's own, from an attempt whose response
+                // was lost: nobody has taken over since, so its epoch is still ours.
+                state.epoch = Some(state.version_epoch);
+                return Ok(state.version_epoch);
+            }
             let number = state.version + 1;
             let mine = state.version_epoch + 1;
             let catalog = listing::read(&ns.catalog).clone();
             if self.create_version(name, number, mine, &catalog).await? {
                 state.version = number;
                 state.version_epoch = mine;
+                state.version_writer = self.inner.writer;
                 state.epoch = Some(mine);
                 self.write_hint(name, number).await;
                 return Ok(mine);
@@ -410,7 +419,9 @@ impl ObjectStorage {
     ) -> u64 {
         state.version = number;
         if let Some(ours) = state.epoch {
-            state.version_epoch = ours; // only this handle's own versions are adopted
+            // Only this handle's own versions are adopted.
+            state.version_epoch = ours;
+            state.version_writer = self.inner.writer;
         }
         let durable = catalog.durable_frame_no();
         *listing::write(&ns.catalog) = catalog;
