@@ -50,14 +50,12 @@ use super::{
 };
 use crate::error::{Error, FormatError, Part, Result};
 use crate::format::{
-    index_range, parse_index_with_crc, verify_frame, NamespaceName, PageIndex, SealedSegment,
-    SegmentKey, FRAME_HEADER_LEN, HEADER_LEN,
+    index_range, parse_index_with_crc, NamespaceName, PageIndex, SealedSegment, SegmentKey,
+    HEADER_LEN,
 };
 
 /// How many times taking an epoch is retried when other writers keep creating versions.
 const EPOCH_ATTEMPTS: usize = 16;
-/// Frames this close together are fetched in one ranged GET.
-const READ_GAP_FRAMES: u32 = 8;
 
 /// Segments in an object store. Clones share the same handle (and writer epoch).
 #[derive(Debug, Clone)]
@@ -574,10 +572,15 @@ impl Storage for ObjectStorage {
         _config: Option<()>,
     ) -> Result<SealedSegment> {
         let path = self.segment_path(namespace, key);
-        let bytes = self
-            .get(&path)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("segment {key} of {namespace} ({path})")))?;
+        let bytes = match self.catalog_size(namespace, key) {
+            Some(size) if size > self.tuning.read_part_size => {
+                self.get_in_parts(&path, key, size).await?
+            }
+            _ => self
+                .get(&path)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("segment {key} of {namespace} ({path})")))?,
+        };
         let segment = SealedSegment::decode(bytes)
             .map_err(|e| Error::corrupt(describe(namespace, key), e))?;
         check_key(namespace, key, segment.key())?;
@@ -591,60 +594,8 @@ impl Storage for ObjectStorage {
         positions: &[u32],
         _config: Option<()>,
     ) -> Result<Vec<(u32, Bytes)>> {
-        if !positions.windows(2).all(|w| w[0] < w[1]) {
-            return Err(crate::InvalidInput::Config(format!(
-                "frame positions for segment {key} must be strictly ascending"
-            ))
-            .into());
-        }
-        let Some(&last) = positions.last() else {
-            return Ok(Vec::new());
-        };
-        let (header, _) = self.segment_header(namespace, key).await?;
-        let corrupt = |e| Error::corrupt(describe(namespace, key), e);
-        if last >= header.frame_count {
-            return Err(corrupt(FormatError::Invalid {
-                part: Part::PageIndex,
-                offset: 0,
-                reason: "frame positions beyond the segment",
-            }));
-        }
-        let frame_len = FRAME_HEADER_LEN as u64 + u64::from(header.page_size);
-        let runs = runs(positions);
-        let ranges: Vec<Range<u64>> = runs
-            .iter()
-            .map(|run| {
-                let start = HEADER_LEN as u64 + u64::from(run.start) * frame_len;
-                start..start + u64::from(run.end - run.start) * frame_len
-            })
-            .collect();
-        let path = self.segment_path(namespace, key);
-        let fetched = self
-            .inner
-            .store
-            .get_ranges(&path, &ranges)
-            .await
-            .map_err(|e| read_error(&path, key, e))?;
-        let mut out = Vec::with_capacity(positions.len());
-        let mut wanted = positions.iter().peekable();
-        for ((run, bytes), range) in runs.iter().zip(fetched).zip(&ranges) {
-            if bytes.len() as u64 != range.end - range.start {
-                return Err(corrupt(FormatError::Length {
-                    expected: range.end,
-                    actual: range.start + bytes.len() as u64,
-                }));
-            }
-            while let Some(&&position) = wanted.peek() {
-                if position >= run.end {
-                    break;
-                }
-                let at = u64::from(position - run.start) * frame_len;
-                let frame = bytes.slice(at as usize..(at + frame_len) as usize);
-                out.push(verify_frame(&header, position, frame).map_err(corrupt)?);
-                wanted.next();
-            }
-        }
-        Ok(out)
+        let frames = self.read_frames(namespace, &[(*key, positions)]).await?;
+        Ok(frames.into_iter().next().unwrap_or_default())
     }
 
     /// Reads up to [`with_read_concurrency`](ObjectStorage::with_read_concurrency)
@@ -712,18 +663,6 @@ impl Storage for ObjectStorage {
             drop(ns.state.lock().await);
         }
     }
-}
-
-/// Ascending runs of positions to fetch together: `start..end` frame positions.
-fn runs(positions: &[u32]) -> Vec<Range<u32>> {
-    let mut runs: Vec<Range<u32>> = Vec::new();
-    for &p in positions {
-        match runs.last_mut() {
-            Some(run) if p - (run.end - 1) <= READ_GAP_FRAMES => run.end = p + 1,
-            _ => runs.push(p..p + 1),
-        }
-    }
-    runs
 }
 
 fn fenced(name: &NamespaceName, epoch: u64, newer: u64) -> Error {

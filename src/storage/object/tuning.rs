@@ -15,6 +15,9 @@ pub(super) const DEFAULT_PART_SIZE: usize = 8 << 20;
 pub(super) const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
 /// Reads in flight at once for one batch of a restore (segments' frames or indexes).
 pub(super) const DEFAULT_READ_CONCURRENCY: usize = 8;
+/// Reads longer than this are split into ranged reads of about this size, read side by
+/// side: one HTTP stream moves far less than several.
+pub(super) const DEFAULT_READ_PART_SIZE: u64 = 4 << 20;
 
 /// The request settings of one handle; see the `with_*` methods of [`ObjectStorage`].
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +26,7 @@ pub(super) struct Tuning {
     pub part_size: usize,
     pub upload_concurrency: usize,
     pub read_concurrency: usize,
+    pub read_part_size: u64,
 }
 
 impl Default for Tuning {
@@ -32,6 +36,7 @@ impl Default for Tuning {
             part_size: DEFAULT_PART_SIZE,
             upload_concurrency: DEFAULT_UPLOAD_CONCURRENCY,
             read_concurrency: DEFAULT_READ_CONCURRENCY,
+            read_part_size: DEFAULT_READ_PART_SIZE,
         }
     }
 }
@@ -61,10 +66,20 @@ impl ObjectStorage {
         self
     }
 
-    /// How many segments' frames or page indexes a restore batch reads at once (at
-    /// least 1). Default 8. Results come back in the order asked whatever this is.
+    /// How many ranged reads one call keeps in flight (at least 1): a restore batch's
+    /// frames across its segments, its page indexes, the parts of one large segment.
+    /// Default 8. Results come back in the order asked whatever this is.
     pub fn with_read_concurrency(mut self, requests: usize) -> Self {
         self.tuning.read_concurrency = requests.max(1);
+        self
+    }
+
+    /// Reads of more than `bytes` (a long run of frames, a whole large segment) are
+    /// split into ranged reads of about this size, read side by side (at least 1 byte).
+    /// Default 4 MiB. Nearby frames of one segment are read in one request up to this
+    /// size.
+    pub fn with_read_part_size(mut self, bytes: u64) -> Self {
+        self.tuning.read_part_size = bytes.max(1);
         self
     }
 }
