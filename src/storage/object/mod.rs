@@ -8,9 +8,13 @@
 //!   created with a conditional PUT so a version is written once, by one writer;
 //! * `<ns>/manifest/LATEST`: a hint naming the newest version.
 //!
-//! Opening a namespace, `durable_frame_no`, lookups and restore planning read the
-//! manifest (two or three GETs) and never LIST. Timestamps come from the segment keys
-//! and the manifest, never from object metadata.
+//! Opening a namespace reads the manifest once (two GETs and a HEAD); after that
+//! `durable_frame_no`, lookups and restore planning make no request, and nothing here
+//! LISTs but [`ObjectStorage::namespaces`]. Timestamps come from the segment keys and
+//! the manifest, never from object metadata. Large segments upload in parts (the
+//! `upload` module says how they are still created only once) and restores read with
+//! several requests in flight (the `read` module); `tests/object_requests.rs` pins the
+//! request counts.
 //!
 //! **Fencing.** The first store through a handle takes a new writer epoch: it creates the
 //! next manifest version with the epoch one above the newest one. Every later edit

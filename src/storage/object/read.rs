@@ -251,6 +251,8 @@ impl ObjectStorage {
         for part in parts {
             whole.extend_from_slice(&part);
         }
+        // A store may answer a range past the end with what there is; the segment's
+        // decoder then reports the object as cut short.
         Ok(whole.freeze())
     }
 }
