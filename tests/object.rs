@@ -4,12 +4,20 @@
 
 mod conformance;
 mod s3;
+mod support;
 
+use std::io::Cursor;
 use std::sync::Arc;
+use std::time::Duration;
 
 use conformance::*;
-use object_store::ObjectStore;
-use walvault::{Error, ObjectStorage, Storage};
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload};
+use support::counting::CountingStore;
+use support::faulty::{Faults, FaultyStore, Op};
+use walvault::{Error, ObjectStorage, RestoreOptions, SealedSegment, SegmentBuilder, Storage};
+
+const PREFIX: &str = "walvault/test";
 
 /// A backend over one `ObjectStore`; each `open` is a new handle (and writer).
 struct Object {
@@ -20,7 +28,7 @@ struct Object {
 impl Backend for Object {
     type S = ObjectStorage;
     fn open(&self) -> ObjectStorage {
-        ObjectStorage::new(self.store.clone(), "walvault/test")
+        ObjectStorage::new(self.store.clone(), PREFIX)
     }
 }
 
@@ -92,6 +100,11 @@ every_object_store!(
     a_fenced_writer_cannot_replace_a_visible_segment,
     writers_racing_to_open_one_namespace_leave_one_winner,
     compaction_elsewhere_does_not_fence_the_writer,
+    a_maintainer_that_stores_takes_an_epoch_of_its_own,
+    large_segments_upload_in_parts,
+    a_large_segment_already_stored_is_not_uploaded_again,
+    a_fenced_writer_cannot_replace_a_visible_large_segment,
+    a_writer_overtaken_during_an_upload_does_not_complete_it,
 );
 
 /// A writer keeps storing while another handle (another process, say `walvault compact`)
@@ -135,6 +148,195 @@ pub async fn compaction_elsewhere_does_not_fence_the_writer<B: Backend<S = Objec
     store(&writer, &name, segment(97, 4, 2, 6, 2_000))
         .await
         .unwrap();
+}
+
+/// A handle that compacted (a maintenance edit under the writer's epoch) and then
+/// stores becomes a writer with a new epoch of its own, fencing the old one: it never
+/// mistakes its maintenance version for a version of its own epoch.
+pub async fn a_maintainer_that_stores_takes_an_epoch_of_its_own<B: Backend<S = ObjectStorage>>(
+    b: &B,
+) {
+    let name = ns("maintainer");
+    let history = small_history();
+    let writer = b.open();
+    for seg in history[..12].iter().cloned() {
+        store(&writer, &name, seg).await.unwrap();
+    }
+    let maintainer = b.open();
+    let report = walvault::compact(&maintainer, &name, &small_policy(), false)
+        .await
+        .unwrap();
+    assert!(!report.merges.is_empty());
+    // The writer builds on the compaction, unfenced; then the maintainer stores, with an
+    // epoch of its own, and the writer is fenced.
+    store(&writer, &name, history[12].clone()).await.unwrap();
+    store(&maintainer, &name, history[13].clone())
+        .await
+        .unwrap();
+    let err = store(&writer, &name, history[14].clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Fenced { .. }), "{err}");
+    store(&maintainer, &name, history[14].clone())
+        .await
+        .unwrap();
+    check_commits(&b.open(), &name, &history[..15], |_| true).await;
+}
+
+/// Page size of the large segments.
+const BIG_PAGE: usize = 4096;
+/// Pages in a large segment: 2816 frames of 4 KiB and their headers, about 11 MiB.
+const BIG_PAGES: u32 = 2816;
+/// Parts of 5 MiB, the least S3 (and s3s-fs) takes: three parts per large segment.
+const PART: usize = 5 << 20;
+
+/// A handle that uploads segments over 1 MiB in 5 MiB parts, two at a time.
+fn in_parts(store: Arc<dyn ObjectStore>) -> ObjectStorage {
+    ObjectStorage::new(store, PREFIX)
+        .with_multipart_threshold(1 << 20)
+        .with_multipart_part_size(PART)
+        .with_upload_concurrency(2)
+}
+
+/// One transaction writing pages `1..=BIG_PAGES` of a database that size, from frame
+/// `start` at time `ts`; `fill` tells otherwise identical segments apart.
+fn big_segment(start: u64, ts: i64, fill: u8) -> SealedSegment {
+    let mut b = SegmentBuilder::new(start, BIG_PAGE as u32).unwrap();
+    for page in 1..=BIG_PAGES {
+        let mut data = vec![fill; BIG_PAGE];
+        data[..8].copy_from_slice(&(start + u64::from(page)).to_le_bytes());
+        if page == BIG_PAGES {
+            b.append_commit(page, &data, BIG_PAGES, at(ts)).unwrap();
+        } else {
+            b.append_frame(page, &data).unwrap();
+        }
+    }
+    b.seal(at(ts)).unwrap()
+}
+
+fn segment_object(name: &walvault::NamespaceName, seg: &SealedSegment) -> Path {
+    Path::from(format!("{PREFIX}/{name}/segments/{}", seg.key()))
+}
+
+async fn object_bytes(store: &Arc<dyn ObjectStore>, path: &Path) -> bytes::Bytes {
+    store.get(path).await.unwrap().bytes().await.unwrap()
+}
+
+/// Segments over the threshold go up as multipart uploads of the configured part size,
+/// and read back and restore byte for byte.
+async fn large_segments_upload_in_parts(b: &Object) {
+    let counted = CountingStore::new(b.store.clone());
+    let s = in_parts(counted.clone());
+    let name = ns("large");
+    let segments = [big_segment(1, 1_000, 1), big_segment(1 + 2816, 2_000, 2)];
+    assert!(segments[0].encoded().len() > 2 * PART);
+    for seg in &segments {
+        let end = seg.end_frame_no();
+        assert_eq!(store(&s, &name, seg.clone()).await.unwrap(), end);
+    }
+    let c = counted.counts();
+    assert_eq!((c.multipart, c.parts), (2, 6), "{c:?}");
+
+    let reader = b.open();
+    for seg in &segments {
+        let read = reader
+            .fetch_segment_data(&name, &seg.key(), None)
+            .await
+            .unwrap();
+        assert_eq!(read.encoded(), seg.encoded());
+    }
+    let mut out = Cursor::new(Vec::new());
+    let summary = reader
+        .restore(&name, RestoreOptions::Latest, &mut out, None)
+        .await
+        .unwrap();
+    assert_eq!(summary.frame_no, segments[1].end_frame_no());
+    assert_eq!(out.into_inner(), replay_model(&segments, summary.frame_no));
+}
+
+/// A large segment whose object is already there (an upload that went through before
+/// the manifest named it) is recognised by its bytes and not uploaded again.
+async fn a_large_segment_already_stored_is_not_uploaded_again(b: &Object) {
+    let name = ns("large-again");
+    let seg = big_segment(1, 1_000, 7);
+    let path = segment_object(&name, &seg);
+    b.store
+        .put(&path, PutPayload::from(seg.encoded().clone()))
+        .await
+        .unwrap();
+    let counted = CountingStore::new(b.store.clone());
+    let s = in_parts(counted.clone());
+    assert_eq!(
+        store(&s, &name, seg.clone()).await.unwrap(),
+        seg.end_frame_no()
+    );
+    assert_eq!(counted.counts().multipart, 0);
+    assert_eq!(
+        b.open().durable_frame_no(&name, None).await.unwrap(),
+        seg.end_frame_no()
+    );
+}
+
+/// As [`a_fenced_writer_cannot_replace_a_visible_segment`], with a segment large enough
+/// to upload in parts: refused, and the visible segment stays as it was.
+async fn a_fenced_writer_cannot_replace_a_visible_large_segment(b: &Object) {
+    let name = ns("replace-large");
+    let old = in_parts(b.store.clone());
+    store(&old, &name, big_segment(1, 1_000, 1)).await.unwrap();
+    let new = in_parts(b.store.clone());
+    let visible = big_segment(1 + 2816, 2_000, 2);
+    store(&new, &name, visible.clone()).await.unwrap();
+    let impostor = big_segment(1 + 2816, 2_000, 3);
+    assert_eq!(impostor.key(), visible.key());
+    let err = store(&old, &name, impostor).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    let path = segment_object(&name, &visible);
+    assert_eq!(object_bytes(&b.store, &path).await, visible.encoded());
+}
+
+/// The race a multipart upload cannot rule out by itself: while a writer's parts are in
+/// flight, a newer writer takes over and stores a segment under the same key. The old
+/// writer sees the newer manifest version before completing, gives its upload up, and
+/// its conditional PUT is refused: the newer writer's segment is untouched.
+async fn a_writer_overtaken_during_an_upload_does_not_complete_it(b: &Object) {
+    let name = ns("overtaken");
+    let gated = FaultyStore::new(
+        b.store.clone(),
+        Faults {
+            ops: vec![Op::Put],
+            path_contains: Some("/segments/".into()),
+            ..Faults::default()
+        },
+    );
+    let old = in_parts(gated.clone());
+    store(&old, &name, big_segment(1, 1_000, 1)).await.unwrap();
+
+    gated.close_gate();
+    let racing = {
+        let (old, name) = (old.clone(), name.clone());
+        tokio::spawn(async move { store(&old, &name, big_segment(1 + 2816, 2_000, 2)).await })
+    };
+    while gated.at_gate() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Default threshold: the newer writer's segment goes up in one conditional PUT.
+    let new = b.open();
+    let visible = big_segment(1 + 2816, 2_000, 3);
+    store(&new, &name, visible.clone()).await.unwrap();
+    gated.open_gate();
+
+    let err = racing.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { .. } | Error::Fenced { .. }),
+        "{err}"
+    );
+    let path = segment_object(&name, &visible);
+    assert_eq!(object_bytes(&b.store, &path).await, visible.encoded());
+    let reader = b.open();
+    assert_eq!(
+        reader.durable_frame_no(&name, None).await.unwrap(),
+        visible.end_frame_no()
+    );
 }
 
 /// A fenced writer that does not know it yet stores a segment under the key of one the
@@ -272,4 +474,34 @@ async fn store_urls_name_the_bucket_and_prefix() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("no_such_option"), "{err}");
+}
+
+/// Frames a restore batch returns do not keep their segment alive: the in-memory store
+/// hands out slices of the whole object, so a few frames of a segment come back copied
+/// into a buffer of their own (adjacent pages), while frames that are most of the
+/// segment come back as they were read (24-byte frame headers between the pages).
+#[tokio::test]
+async fn batches_copy_a_few_frames_out_of_their_segment() {
+    let b = object_memory();
+    let s = b.open();
+    let name = ns("pinning");
+    let seg = big_segment(1, 1_000, 1);
+    store(&s, &name, seg.clone()).await.unwrap();
+    let few: Vec<u32> = vec![3, 700, 1900];
+    let all: Vec<u32> = (0..BIG_PAGES).collect();
+    let got = s
+        .fetch_frames_batch(&name, vec![(seg.key(), few), (seg.key(), all)], None)
+        .await
+        .unwrap();
+    let gaps = |frames: &[(u32, bytes::Bytes)]| -> Vec<usize> {
+        frames
+            .windows(2)
+            .map(|w| w[1].1.as_ptr() as usize - w[0].1.as_ptr() as usize - w[0].1.len())
+            .collect()
+    };
+    assert_eq!(gaps(&got[0]), vec![0, 0], "copied together");
+    assert!(gaps(&got[1]).iter().all(|&g| g == 24), "kept in place");
+    for (page_no, data) in &got[0] {
+        assert_eq!(seg.read_page(*page_no).unwrap().data, &data[..]);
+    }
 }

@@ -16,7 +16,6 @@ use tokio_stream::StreamExt;
 use super::{fenced, listing, store_error, ObjectStorage};
 use crate::error::{Error, Result};
 use crate::format::{NamespaceName, SealedSegment, SegmentKey};
-use crate::storage::catalog::Catalog;
 use crate::storage::fork::{self, ForkReport, FORKS_DIR};
 use crate::storage::retired::{self, GcOptions, GcReport, Record, RETIRED_DIR};
 use crate::storage::{check_replace, RestoreOptions};
@@ -36,27 +35,31 @@ impl ObjectStorage {
         let ns = self.namespace(name)?;
         let mut state = ns.state.lock().await;
         for attempt in 0..EDIT_ATTEMPTS {
-            let newest = self.newest_version(name, state.version).await?;
-            let (number, epoch, catalog) = match newest {
-                Some(v) => (v.number, v.epoch, v.catalog),
-                None => (0, 0, Catalog::default()),
-            };
-            if let Some(ours) = state.epoch.filter(|&ours| epoch > ours) {
-                state.fenced_by = Some(epoch);
-                return Err(fenced(name, ours, epoch));
+            self.reload(name, &ns, &mut state).await?;
+            if let Some(ours) = state.epoch.filter(|&ours| state.version_epoch > ours) {
+                state.fenced_by = Some(state.version_epoch);
+                return Err(fenced(name, ours, state.version_epoch));
             }
-            let next = check_replace(&catalog, name, inputs, &output)?;
+            let next = check_replace(&listing::read(&ns.catalog), name, inputs, &output)?;
             if attempt == 0 {
-                let path = self.segment_path(name, &output.key());
-                self.put_segment(&path, output.encoded().clone()).await?;
+                let key = output.key();
+                let path = self.segment_path(name, &key);
+                let guard = self.version_path(name, state.version + 1);
+                self.put_segment(&path, output.encoded().clone(), &guard)
+                    .await?;
                 self.put_retired(name, inputs).await?;
             }
+            let (number, epoch) = (state.version + 1, state.version_epoch);
             if self
-                .create_version(name, number + 1, epoch, true, &next)
+                .create_version(name, number, epoch, true, &next)
                 .await?
             {
-                self.adopt(name, &ns, &mut state, number + 1, next).await;
-                state.loaded = true;
+                self.adopt(name, &ns, &mut state, number, next).await;
+                if state.epoch.is_none() {
+                    state.version_epoch = epoch;
+                    state.version_writer = self.inner.writer;
+                    state.version_maintenance = true;
+                }
                 return Ok(());
             }
         }
@@ -82,7 +85,7 @@ impl ObjectStorage {
         let catalog = fork::catalog(source, &listing::read(&src.catalog), &plan)?;
         let ns = self.namespace(target)?;
         let mut state = ns.state.lock().await;
-        if self.newest_version(target, 0).await?.is_some() {
+        if self.newer_version(target, 0, 0).await?.is_some() {
             return Err(fork::target_exists(target));
         }
         let (bases, ..) = catalog.lineage();
@@ -96,12 +99,16 @@ impl ObjectStorage {
         }
         if let Some(cut) = &plan.cut {
             let path = self.segment_path(target, &cut.key());
-            self.put_segment(&path, cut.encoded().clone()).await?;
+            let guard = self.version_path(target, 1);
+            self.put_segment(&path, cut.encoded().clone(), &guard)
+                .await?;
         }
         if !self.create_version(target, 1, 0, true, &catalog).await? {
             return Err(fork::target_exists(target));
         }
         self.adopt(target, &ns, &mut state, 1, catalog).await;
+        state.version_writer = self.inner.writer;
+        state.version_maintenance = true;
         state.loaded = true;
         Ok(plan.report())
     }
@@ -121,7 +128,7 @@ impl ObjectStorage {
             else {
                 continue;
             };
-            if let Some(version) = self.newest_version(&fork, 0).await? {
+            if let Some(version) = self.newer_version(&fork, 0, 0).await? {
                 keys.extend(version.catalog.inherited_from(name));
             }
         }

@@ -11,9 +11,9 @@
 //! bytes), CRC-32C of bytes 0..48.
 //!
 //! `manifest/LATEST` is a hint (a 20-digit decimal version, overwritten after each new
-//! version): readers start there and probe the next numbers until one is missing, so
-//! finding the newest version takes two or three GETs and never a LIST. A stale or
-//! missing hint only costs more probes.
+//! version): readers start there and probe the next numbers with HEADs until one is
+//! missing, then GET only the newest, so finding it takes two GETs and a HEAD and never
+//! a LIST. A stale or missing hint only costs more probes.
 
 use bytes::Bytes;
 use uuid::Uuid;

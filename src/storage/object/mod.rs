@@ -8,9 +8,13 @@
 //!   created with a conditional PUT so a version is written once, by one writer;
 //! * `<ns>/manifest/LATEST`: a hint naming the newest version.
 //!
-//! Opening a namespace, `durable_frame_no`, lookups and restore planning read the
-//! manifest (two or three GETs) and never LIST. Timestamps come from the segment keys
-//! and the manifest, never from object metadata.
+//! Opening a namespace reads the manifest once (two GETs and a HEAD); after that
+//! `durable_frame_no`, lookups and restore planning make no request, and nothing here
+//! LISTs but [`ObjectStorage::namespaces`]. Timestamps come from the segment keys and
+//! the manifest, never from object metadata. Large segments upload in parts (the
+//! `upload` module says how they are still created only once) and restores read with
+//! several requests in flight (the `read` module); `tests/object_requests.rs` pins the
+//! request counts.
 //!
 //! **Fencing.** The first store through a handle takes a new writer epoch: it creates the
 //! next manifest version with the epoch one above the newest one. Every later edit
@@ -23,8 +27,12 @@
 //! between leaves an orphan object that no manifest names (removed by GC), never a
 //! manifest entry without its object.
 
+mod concurrent;
 mod maintain;
 mod manifest;
+mod read;
+mod tuning;
+mod upload;
 mod url;
 
 use std::future::Future;
@@ -42,24 +50,23 @@ use uuid::Uuid;
 use super::catalog::Catalog;
 use super::listing::{self, CatalogStream, SharedCatalog};
 use super::{
-    check_append, entry_for, find_in, spawn_store, FindSegmentReq, OnStoreCallback, SegmentInfo,
-    Storage,
+    check_append, compact, entry_for, find_in, spawn_store, FindSegmentReq, OnStoreCallback,
+    SegmentInfo, Storage,
 };
 use crate::error::{Error, FormatError, Part, Result};
 use crate::format::{
-    index_range, parse_index_with_crc, verify_frame, NamespaceName, PageIndex, SealedSegment,
-    SegmentKey, FRAME_HEADER_LEN, HEADER_LEN,
+    index_range, parse_index_with_crc, NamespaceName, PageIndex, SealedSegment, SegmentKey,
+    HEADER_LEN,
 };
 
 /// How many times taking an epoch is retried when other writers keep creating versions.
 const EPOCH_ATTEMPTS: usize = 16;
-/// Frames this close together are fetched in one ranged GET.
-const READ_GAP_FRAMES: u32 = 8;
 
 /// Segments in an object store. Clones share the same handle (and writer epoch).
 #[derive(Debug, Clone)]
 pub struct ObjectStorage {
     inner: Arc<Inner>,
+    tuning: tuning::Tuning,
 }
 
 #[derive(Debug)]
@@ -69,6 +76,9 @@ struct Inner {
     /// Identifies this handle's manifest versions.
     writer: Uuid,
     namespaces: Mutex<HashMap<NamespaceName, Arc<Namespace>>>,
+    /// Headers of segments whose index was read, so reading their frames next needs no
+    /// second GET of the header.
+    headers: read::HeaderCache,
     closed: AtomicBool,
 }
 
@@ -84,6 +94,11 @@ struct Namespace {
 struct State {
     /// The manifest version `catalog` reflects; 0 before the first.
     version: u64,
+    /// The writer epoch that created `version`, and the handle that did.
+    version_epoch: u64,
+    version_writer: Uuid,
+    /// `version` is a maintenance edit (made under `version_epoch`, not by its writer).
+    version_maintenance: bool,
     loaded: bool,
     /// This handle's writer epoch, once it has stored into the namespace.
     epoch: Option<u64>,
@@ -100,8 +115,10 @@ impl ObjectStorage {
                 prefix: Path::from(prefix),
                 writer: Uuid::new_v4(),
                 namespaces: Mutex::default(),
+                headers: read::HeaderCache::default(),
                 closed: AtomicBool::new(false),
             }),
+            tuning: tuning::Tuning::default(),
         }
     }
 
@@ -197,10 +214,25 @@ impl ObjectStorage {
     }
 
     /// Reads the newest manifest version (from the hint, probing upward) into the
-    /// namespace's catalog.
+    /// namespace's catalog, unless it is the one the catalog already reflects.
     async fn reload(&self, name: &NamespaceName, ns: &Namespace, state: &mut State) -> Result<()> {
-        if let Some(version) = self.newest_version(name, state.version).await? {
+        self.reload_from(name, ns, state, state.version).await
+    }
+
+    /// [`reload`](Self::reload), knowing that version `exists` (at least the one held)
+    /// does, so the probe starts above it.
+    async fn reload_from(
+        &self,
+        name: &NamespaceName,
+        ns: &Namespace,
+        state: &mut State,
+        exists: u64,
+    ) -> Result<()> {
+        if let Some(version) = self.newer_version(name, state.version, exists).await? {
             state.version = version.number;
+            state.version_epoch = version.epoch;
+            state.version_writer = version.writer;
+            state.version_maintenance = version.maintenance;
             *listing::write(&ns.catalog) = version.catalog;
             if let Some(ours) = state.epoch {
                 if version.epoch > ours {
@@ -212,42 +244,47 @@ impl ObjectStorage {
         Ok(())
     }
 
-    /// The newest manifest version, starting the search at `known` or the hint,
-    /// whichever is newer; None when the namespace has none.
-    async fn newest_version(
+    /// The newest manifest version, if it is newer than `known` (the version this handle
+    /// holds; 0 for none). Starts at the hint or `exists` (a version known to exist, at
+    /// least `known`), whichever is newer, probes the numbers above it with HEADs until
+    /// one is missing, and GETs only the newest: an up-to-date handle pays one small GET
+    /// (the hint) and one HEAD, and a manifest it holds or skips over is never
+    /// downloaded.
+    async fn newer_version(
         &self,
         name: &NamespaceName,
         known: u64,
+        exists: u64,
     ) -> Result<Option<manifest::Version>> {
         let hint = self
             .get(&self.hint_path(name))
             .await?
             .and_then(|b| manifest::parse_hint(&b))
             .unwrap_or(0);
-        let mut number = hint.max(known);
-        let mut newest = None;
-        if number > 0 {
-            let path = self.version_path(name, number);
-            let bytes = self.get(&path).await?.ok_or_else(|| {
-                Error::NotFound(format!(
-                    "manifest version {number} of {name} ({path}), which the manifest names"
-                ))
-            })?;
-            newest = Some((number, bytes));
-        }
-        while let Some(bytes) = self.get(&self.version_path(name, number + 1)).await? {
+        let mut number = hint.max(known).max(exists);
+        while self
+            .head_exists(&self.version_path(name, number + 1))
+            .await?
+        {
             number += 1;
-            newest = Some((number, bytes));
         }
-        let decode = |(n, bytes): (u64, Bytes)| {
-            let what = self.version_path(name, n);
-            manifest::decode(n, &bytes, what.as_ref())
-        };
-        newest.map(decode).transpose()
+        if number == known {
+            return Ok(None);
+        }
+        let path = self.version_path(name, number);
+        let bytes = self.get(&path).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "manifest version {number} of {name} ({path}), which the manifest names"
+            ))
+        })?;
+        manifest::decode(number, &bytes, path.as_ref()).map(Some)
     }
 
     /// Takes a writer epoch for this handle, unless it has one: creates the next
-    /// manifest version, unchanged but for the epoch one above the newest.
+    /// manifest version, unchanged but for the epoch one above the newest. The attempt
+    /// is made from the version this handle holds: if a newer one exists, the create
+    /// fails (version numbers are created once and in order) and the handle catches up
+    /// and tries again, so an up-to-date handle pays one PUT and no reads.
     async fn take_epoch(
         &self,
         name: &NamespaceName,
@@ -258,23 +295,32 @@ impl ObjectStorage {
             return Ok(epoch);
         }
         for _ in 0..EPOCH_ATTEMPTS {
-            let newest = self.newest_version(name, state.version).await?;
-            let (number, epoch, catalog) = match newest {
-                Some(v) => (v.number, v.epoch, v.catalog),
-                None => (0, 0, Catalog::default()),
-            };
-            let mine = epoch + 1;
+            if !state.loaded {
+                self.reload(name, ns, state).await?;
+            }
+            let own = state.version_writer == self.inner.writer && !state.version_maintenance;
+            if state.version > 0 && own {
+                // The newest version is this handle's own, from an attempt whose response
+                // was lost: nobody has taken over since, so its epoch is still ours.
+                state.epoch = Some(state.version_epoch);
+                return Ok(state.version_epoch);
+            }
+            let number = state.version + 1;
+            let mine = state.version_epoch + 1;
+            let catalog = listing::read(&ns.catalog).clone();
             if self
-                .create_version(name, number + 1, mine, false, &catalog)
+                .create_version(name, number, mine, false, &catalog)
                 .await?
             {
-                state.version = number + 1;
-                state.loaded = true;
+                state.version = number;
+                state.version_epoch = mine;
+                state.version_writer = self.inner.writer;
+                state.version_maintenance = false;
                 state.epoch = Some(mine);
-                *listing::write(&ns.catalog) = catalog;
-                self.write_hint(name, number + 1).await;
+                self.write_hint(name, number).await;
                 return Ok(mine);
             }
+            state.loaded = false; // someone else created it: catch up, then try again
         }
         Err(Error::Conflict {
             namespace: name.to_string(),
@@ -345,7 +391,9 @@ impl ObjectStorage {
                 next
             };
             if !put {
-                self.put_segment(&path, segment.encoded().clone()).await?;
+                let guard = self.version_path(name, state.version + 1);
+                self.put_segment(&path, segment.encoded().clone(), &guard)
+                    .await?;
                 put = true;
             }
             let number = state.version + 1;
@@ -400,6 +448,13 @@ impl ObjectStorage {
         catalog: Catalog,
     ) -> u64 {
         state.version = number;
+        if let Some(ours) = state.epoch {
+            // Only this handle's own versions, or maintenance edits under its epoch,
+            // are adopted by a writer: either way the epoch is its own.
+            state.version_epoch = ours;
+            state.version_writer = self.inner.writer;
+            state.version_maintenance = false;
+        }
         let durable = catalog.durable_frame_no();
         *listing::write(&ns.catalog) = catalog;
         self.write_hint(name, number).await;
@@ -408,8 +463,19 @@ impl ObjectStorage {
 
     /// Writes a segment object once: an object already under its key must hold the same
     /// bytes (a retried request, or the same segment stored again), else it is refused,
-    /// so a segment a manifest names is never replaced.
-    async fn put_segment(&self, path: &Path, bytes: Bytes) -> Result<()> {
+    /// so a segment a manifest names is never replaced. Segments above the multipart
+    /// threshold upload in parts (see the `upload` module for how that keeps this
+    /// promise); `guard` is the manifest version this handle would create next.
+    async fn put_segment(&self, path: &Path, bytes: Bytes, guard: &Path) -> Result<()> {
+        if bytes.len() as u64 > self.tuning.multipart_threshold {
+            return self.put_in_parts(path, bytes, guard).await;
+        }
+        self.put_once(path, bytes).await
+    }
+
+    /// Writes an object with a conditional PUT; an object already there must hold the
+    /// same bytes.
+    async fn put_once(&self, path: &Path, bytes: Bytes) -> Result<()> {
         let options = PutOptions::from(PutMode::Create);
         let written = self
             .inner
@@ -418,16 +484,14 @@ impl ObjectStorage {
             .await;
         match written {
             Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                if self.get(path).await?.as_deref() == Some(&bytes[..]) {
-                    return Ok(());
-                }
-                Err(Error::Conflict {
-                    namespace: path.to_string(),
-                    detail: "another writer stored a different segment under the same key".into(),
-                })
-            }
-            Err(e) => Err(store_error(&format!("writing {path}"), e)),
+            Err(object_store::Error::AlreadyExists { .. }) => self.check_same(path, &bytes).await,
+            // A server may refuse a conditional PUT before reading a large body and close
+            // the connection, which reaches us as a transport error, and a PUT that took
+            // effect may have lost its response: either way, what is there now decides.
+            Err(e) => match self.object_size(path).await {
+                Ok(Some(_)) => self.check_same(path, &bytes).await,
+                _ => Err(store_error(&format!("writing {path}"), e)),
+            },
         }
     }
 
@@ -457,17 +521,24 @@ impl ObjectStorage {
             .map_err(|e| read_error(path, key, e))
     }
 
-    /// The verified header of a stored segment and the range of its page index.
+    /// The verified header of a stored segment and the range of its page index (read
+    /// once per segment while it stays in the handle's header cache).
     async fn segment_header(
         &self,
         name: &NamespaceName,
         key: &SegmentKey,
     ) -> Result<(crate::format::Header, Range<u64>)> {
+        if let Some(known) = self.inner.headers.get(name, key) {
+            return Ok(known);
+        }
         let path = self.located(name, key).await?;
         let head = self.get_range(&path, key, 0..HEADER_LEN as u64).await?;
         let (header, range) =
             index_range(&head).map_err(|e| Error::corrupt(describe(name, key), e))?;
         check_key(name, key, header.key())?;
+        self.inner
+            .headers
+            .insert(name, key, (header, range.clone()));
         Ok((header, range))
     }
 }
@@ -535,10 +606,15 @@ impl Storage for ObjectStorage {
         _config: Option<()>,
     ) -> Result<SealedSegment> {
         let path = self.located(namespace, key).await?;
-        let bytes = self
-            .get(&path)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("segment {key} of {namespace} ({path})")))?;
+        let bytes = match self.catalog_size(namespace, key) {
+            Some(size) if size > self.tuning.read_part_size => {
+                self.get_in_parts(&path, key, size).await?
+            }
+            _ => self
+                .get(&path)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("segment {key} of {namespace} ({path})")))?,
+        };
         let segment = SealedSegment::decode(bytes)
             .map_err(|e| Error::corrupt(describe(namespace, key), e))?;
         check_key(namespace, key, segment.key())?;
@@ -552,60 +628,30 @@ impl Storage for ObjectStorage {
         positions: &[u32],
         _config: Option<()>,
     ) -> Result<Vec<(u32, Bytes)>> {
-        if !positions.windows(2).all(|w| w[0] < w[1]) {
-            return Err(crate::InvalidInput::Config(format!(
-                "frame positions for segment {key} must be strictly ascending"
-            ))
-            .into());
-        }
-        let Some(&last) = positions.last() else {
-            return Ok(Vec::new());
-        };
-        let (header, _) = self.segment_header(namespace, key).await?;
-        let corrupt = |e| Error::corrupt(describe(namespace, key), e);
-        if last >= header.frame_count {
-            return Err(corrupt(FormatError::Invalid {
-                part: Part::PageIndex,
-                offset: 0,
-                reason: "frame positions beyond the segment",
-            }));
-        }
-        let frame_len = FRAME_HEADER_LEN as u64 + u64::from(header.page_size);
-        let runs = runs(positions);
-        let ranges: Vec<Range<u64>> = runs
-            .iter()
-            .map(|run| {
-                let start = HEADER_LEN as u64 + u64::from(run.start) * frame_len;
-                start..start + u64::from(run.end - run.start) * frame_len
-            })
-            .collect();
-        let path = self.located(namespace, key).await?;
-        let fetched = self
-            .inner
-            .store
-            .get_ranges(&path, &ranges)
-            .await
-            .map_err(|e| read_error(&path, key, e))?;
-        let mut out = Vec::with_capacity(positions.len());
-        let mut wanted = positions.iter().peekable();
-        for ((run, bytes), range) in runs.iter().zip(fetched).zip(&ranges) {
-            if bytes.len() as u64 != range.end - range.start {
-                return Err(corrupt(FormatError::Length {
-                    expected: range.end,
-                    actual: range.start + bytes.len() as u64,
-                }));
-            }
-            while let Some(&&position) = wanted.peek() {
-                if position >= run.end {
-                    break;
-                }
-                let at = u64::from(position - run.start) * frame_len;
-                let frame = bytes.slice(at as usize..(at + frame_len) as usize);
-                out.push(verify_frame(&header, position, frame).map_err(corrupt)?);
-                wanted.next();
-            }
-        }
-        Ok(out)
+        let frames = self.read_frames(namespace, &[(*key, positions)]).await?;
+        Ok(frames.into_iter().next().unwrap_or_default())
+    }
+
+    /// Reads up to [`with_read_concurrency`](ObjectStorage::with_read_concurrency)
+    /// indexes at once.
+    async fn fetch_segment_indexes(
+        &self,
+        namespace: &NamespaceName,
+        keys: &[SegmentKey],
+        _config: Option<()>,
+    ) -> Vec<Result<PageIndex>> {
+        self.indexes(namespace, keys).await
+    }
+
+    /// Reads up to [`with_read_concurrency`](ObjectStorage::with_read_concurrency)
+    /// segments' frames at once.
+    async fn fetch_frames_batch(
+        &self,
+        namespace: &NamespaceName,
+        requests: Vec<(SegmentKey, Vec<u32>)>,
+        _config: Option<()>,
+    ) -> Result<Vec<Vec<(u32, Bytes)>>> {
+        self.frames_batch(namespace, &requests).await
     }
 
     fn list_segments<'a>(
@@ -655,10 +701,11 @@ impl Storage for ObjectStorage {
         let ns = self.namespace(namespace)?;
         let mut state = ns.state.lock().await;
         if state.loaded && state.version > 0 {
-            // Nothing new unless the next version exists: one GET when idle.
+            // Nothing new unless the next version exists: one HEAD when idle.
             let next = self.version_path(namespace, state.version + 1);
             if self.head_exists(&next).await? {
-                self.reload(namespace, &ns, &mut state).await?;
+                let exists = state.version + 1;
+                self.reload_from(namespace, &ns, &mut state, exists).await?;
             }
             return Ok(());
         }
@@ -680,18 +727,6 @@ impl Storage for ObjectStorage {
             drop(ns.state.lock().await);
         }
     }
-}
-
-/// Ascending runs of positions to fetch together: `start..end` frame positions.
-fn runs(positions: &[u32]) -> Vec<Range<u32>> {
-    let mut runs: Vec<Range<u32>> = Vec::new();
-    for &p in positions {
-        match runs.last_mut() {
-            Some(run) if p - (run.end - 1) <= READ_GAP_FRAMES => run.end = p + 1,
-            _ => runs.push(p..p + 1),
-        }
-    }
-    runs
 }
 
 fn fenced(name: &NamespaceName, epoch: u64, newer: u64) -> Error {

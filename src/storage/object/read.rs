@@ -1,0 +1,370 @@
+//! Reading segments for a restore: page indexes and frames in batches, with several
+//! ranged reads in flight, and segment headers remembered between the two.
+//!
+//! * **Few requests.** Restore reads a segment's page index (a GET of the header, which
+//!   says where the index is, then a GET of the index), and later the frames it needs
+//!   (whose offsets the header also gives). Segments never change once written, so the
+//!   header read for the index is kept for the frames: a segment that supplies pages
+//!   costs three GETs, not four. Frames close together are read in one range, and
+//!   ranges close together in one request.
+//! * **Parallel transfers.** One HTTP stream moves far less than several (S3's guidance
+//!   is byte-range GETs of a few MiB in parallel), so a long run of frames, or a whole
+//!   large segment, is read as several ranges of about `read_part_size`, and every
+//!   ranged read of a batch, across its segments, shares one limit of
+//!   `read_concurrency` requests in flight.
+
+use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use hashbrown::HashMap;
+use object_store::path::Path;
+
+use super::{compact, concurrent, describe, listing, read_error, ObjectStorage};
+use crate::error::{Error, FormatError, InvalidInput, Part, Result};
+use crate::format::{
+    verify_frame, Header, NamespaceName, PageIndex, SegmentKey, FRAME_HEADER_LEN, HEADER_LEN,
+};
+use crate::storage::Storage;
+
+/// Frames this close together are fetched in one ranged read.
+const READ_GAP_FRAMES: u32 = 8;
+
+/// Headers kept at most; restore needs about two batches' worth (64) at a time. When
+/// full, the cache starts over, which costs a re-read, never a wrong answer.
+const HEADERS_KEPT: usize = 1024;
+
+/// A verified header and the byte range of the segment's page index.
+type Known = (Header, Range<u64>);
+
+/// Verified headers of stored segments, with the byte range of each one's page index.
+#[derive(Debug, Default)]
+pub(super) struct HeaderCache {
+    map: Mutex<HashMap<(NamespaceName, SegmentKey), Known>>,
+}
+
+impl HeaderCache {
+    pub(super) fn get(&self, name: &NamespaceName, key: &SegmentKey) -> Option<Known> {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&(name.clone(), *key)).cloned()
+    }
+
+    pub(super) fn insert(&self, name: &NamespaceName, key: &SegmentKey, header: Known) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= HEADERS_KEPT {
+            map.clear();
+        }
+        map.insert((name.clone(), *key), header);
+    }
+}
+
+/// What to read of one segment for its frames.
+struct Plan<'a> {
+    key: &'a SegmentKey,
+    path: Path,
+    header: Header,
+    positions: &'a [u32],
+    /// Runs of frame positions to read, ascending; each covers some wanted positions.
+    runs: Vec<Range<u32>>,
+    /// The byte range of each run.
+    ranges: Vec<Range<u64>>,
+    /// Consecutive runs read in one request each.
+    requests: Vec<Range<usize>>,
+}
+
+impl ObjectStorage {
+    /// The page indexes of `keys`, at most `read_concurrency` read at once, in order.
+    pub(super) async fn indexes(
+        &self,
+        name: &NamespaceName,
+        keys: &[SegmentKey],
+    ) -> Vec<Result<PageIndex>> {
+        // Collected first: a lazy iterator held across the awaits trips up the compiler's
+        // proof that the future is `Send`.
+        let reads: Vec<_> = keys
+            .iter()
+            .map(|key| self.fetch_segment_index(name, key, None))
+            .collect();
+        concurrent::ordered(reads, self.tuning.read_concurrency).await
+    }
+
+    /// The frames asked for, in order, each segment's as [`unpinned`](Self::unpinned)
+    /// says.
+    pub(super) async fn frames_batch(
+        &self,
+        name: &NamespaceName,
+        requests: &[(SegmentKey, Vec<u32>)],
+    ) -> Result<Vec<Vec<(u32, Bytes)>>> {
+        let frames = self.read_frames(name, requests).await?;
+        let unpinned = requests
+            .iter()
+            .zip(frames)
+            .map(|((key, _), frames)| self.unpinned(name, key, frames));
+        Ok(unpinned.collect())
+    }
+
+    /// The verified frames at each request's positions (strictly ascending), in order.
+    /// Headers are read first (most are cached), then every ranged read of every
+    /// segment goes through one limit of `read_concurrency` requests in flight.
+    pub(super) async fn read_frames<P: AsRef<[u32]>>(
+        &self,
+        name: &NamespaceName,
+        requests: &[(SegmentKey, P)],
+    ) -> Result<Vec<Vec<(u32, Bytes)>>> {
+        let limit = self.tuning.read_concurrency;
+        let plans: Vec<_> = requests
+            .iter()
+            .map(|(key, positions)| self.plan(name, key, positions.as_ref()))
+            .collect();
+        let plans: Vec<Option<Plan>> = concurrent::try_ordered(plans, limit).await?;
+        let reads: Vec<_> = plans
+            .iter()
+            .flatten()
+            .flat_map(|plan| plan.requests.iter().map(move |r| self.read_runs(plan, r)))
+            .collect();
+        let mut fetched = concurrent::try_ordered(reads, limit)
+            .await?
+            .into_iter()
+            .flatten();
+        let mut out = Vec::with_capacity(plans.len());
+        for plan in &plans {
+            let Some(plan) = plan else {
+                out.push(Vec::new());
+                continue;
+            };
+            let bytes: Vec<Bytes> = fetched.by_ref().take(plan.runs.len()).collect();
+            out.push(verify(name, plan, bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// What to read for `positions` of segment `key`; None when there are none.
+    async fn plan<'a>(
+        &self,
+        name: &NamespaceName,
+        key: &'a SegmentKey,
+        positions: &'a [u32],
+    ) -> Result<Option<Plan<'a>>> {
+        if !positions.windows(2).all(|w| w[0] < w[1]) {
+            let why = format!("frame positions for segment {key} must be strictly ascending");
+            return Err(InvalidInput::Config(why).into());
+        }
+        let Some(&last) = positions.last() else {
+            return Ok(None);
+        };
+        let (header, _) = self.segment_header(name, key).await?;
+        if last >= header.frame_count {
+            return Err(Error::corrupt(
+                describe(name, key),
+                FormatError::Invalid {
+                    part: Part::PageIndex,
+                    offset: 0,
+                    reason: "frame positions beyond the segment",
+                },
+            ));
+        }
+        let frame_len = FRAME_HEADER_LEN as u64 + u64::from(header.page_size);
+        let part = self.tuning.read_part_size;
+        let max_frames = u32::try_from((part / frame_len).max(1)).unwrap_or(u32::MAX);
+        let runs = split(runs(positions), max_frames, positions);
+        let ranges: Vec<Range<u64>> = runs
+            .iter()
+            .map(|run| {
+                let start = HEADER_LEN as u64 + u64::from(run.start) * frame_len;
+                start..start + u64::from(run.end - run.start) * frame_len
+            })
+            .collect();
+        let requests = group(&ranges, part);
+        let path = self.located(name, key).await?;
+        Ok(Some(Plan {
+            key,
+            path,
+            header,
+            positions,
+            runs,
+            ranges,
+            requests,
+        }))
+    }
+
+    /// One request: the byte ranges of `plan.runs[runs]`.
+    async fn read_runs(&self, plan: &Plan<'_>, runs: &Range<usize>) -> Result<Vec<Bytes>> {
+        self.inner
+            .store
+            .get_ranges(&plan.path, &plan.ranges[runs.clone()])
+            .await
+            .map_err(|e| read_error(&plan.path, plan.key, e))
+    }
+
+    /// `frames` of segment `key`, copied into a buffer of their own unless they make up
+    /// most (three quarters) of the segment. Ranged reads fetch runs that include frames
+    /// nobody asked for, and a store may hand out slices of something larger: the
+    /// in-memory store slices the whole object, the S3 client merges nearby ranges into
+    /// one read. So the slices could keep much more memory alive than the frames, which
+    /// restore's batch sizes do not expect; but nothing can pin more than the whole
+    /// segment, so frames that are most of it are kept as they are, saving a copy of
+    /// every byte of a restore that reads whole segments.
+    fn unpinned(
+        &self,
+        name: &NamespaceName,
+        key: &SegmentKey,
+        frames: Vec<(u32, Bytes)>,
+    ) -> Vec<(u32, Bytes)> {
+        let wanted: u64 = frames.iter().map(|(_, data)| data.len() as u64).sum();
+        let whole = self
+            .inner
+            .headers
+            .get(name, key)
+            .and_then(|(header, _)| header.layout().ok())
+            .map(|layout| layout.file_len);
+        match whole {
+            Some(len) if wanted.saturating_mul(4) >= len.saturating_mul(3) => frames,
+            _ => compact(frames),
+        }
+    }
+
+    /// The size the catalog records for segment `key`, if the namespace is loaded and
+    /// names it.
+    pub(super) fn catalog_size(&self, name: &NamespaceName, key: &SegmentKey) -> Option<u64> {
+        let ns = self.namespace(name).ok()?;
+        let catalog = listing::read(&ns.catalog);
+        catalog.get(key).map(|entry| entry.size)
+    }
+
+    /// A whole object of `size` bytes, read as ranges of about `read_part_size`, at most
+    /// `read_concurrency` at once, and joined.
+    pub(super) async fn get_in_parts(
+        &self,
+        path: &Path,
+        key: &SegmentKey,
+        size: u64,
+    ) -> Result<Bytes> {
+        let part = self.tuning.read_part_size.max(1);
+        let count = size.div_ceil(part).max(1);
+        let each = size.div_ceil(count);
+        let reads: Vec<_> = (0..count)
+            .map(|i| (i * each)..size.min((i + 1) * each))
+            .map(|range| self.get_range(path, key, range))
+            .collect();
+        let parts = concurrent::try_ordered(reads, self.tuning.read_concurrency).await?;
+        let mut whole = BytesMut::with_capacity(usize::try_from(size).unwrap_or(0));
+        for part in parts {
+            whole.extend_from_slice(&part);
+        }
+        // A store may answer a range past the end with what there is; the segment's
+        // decoder then reports the object as cut short.
+        Ok(whole.freeze())
+    }
+}
+
+/// Checks the lengths of a plan's fetched runs and verifies each wanted frame.
+fn verify(name: &NamespaceName, plan: &Plan<'_>, fetched: Vec<Bytes>) -> Result<Vec<(u32, Bytes)>> {
+    let corrupt = |e| Error::corrupt(describe(name, plan.key), e);
+    if fetched.len() != plan.runs.len() {
+        return Err(corrupt(FormatError::Invalid {
+            part: Part::Frame(plan.runs.first().map_or(0, |r| r.start)),
+            offset: 0,
+            reason: "the store returned fewer ranges than were asked for",
+        }));
+    }
+    let frame_len = FRAME_HEADER_LEN as u64 + u64::from(plan.header.page_size);
+    let mut out = Vec::with_capacity(plan.positions.len());
+    let mut wanted = plan.positions.iter().peekable();
+    for ((run, bytes), range) in plan.runs.iter().zip(fetched).zip(&plan.ranges) {
+        if bytes.len() as u64 != range.end - range.start {
+            return Err(corrupt(FormatError::Length {
+                expected: range.end,
+                actual: range.start + bytes.len() as u64,
+            }));
+        }
+        while let Some(&&position) = wanted.peek() {
+            if position >= run.end {
+                break;
+            }
+            let at = u64::from(position - run.start) * frame_len;
+            let frame = bytes.slice(at as usize..(at + frame_len) as usize);
+            out.push(verify_frame(&plan.header, position, frame).map_err(corrupt)?);
+            wanted.next();
+        }
+    }
+    Ok(out)
+}
+
+/// Ascending runs of positions to fetch together: `start..end` frame positions.
+fn runs(positions: &[u32]) -> Vec<Range<u32>> {
+    let mut runs: Vec<Range<u32>> = Vec::new();
+    for &p in positions {
+        match runs.last_mut() {
+            Some(run) if p - (run.end - 1) <= READ_GAP_FRAMES => run.end = p + 1,
+            _ => runs.push(p..p + 1),
+        }
+    }
+    runs
+}
+
+/// `runs` cut into pieces of at most `max` frames, of about equal length, dropping
+/// pieces that hold none of `positions` (only skipped frames of a run).
+fn split(runs: Vec<Range<u32>>, max: u32, positions: &[u32]) -> Vec<Range<u32>> {
+    let max = max.max(1);
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        let len = run.end - run.start;
+        let each = len.div_ceil(len.div_ceil(max));
+        let mut start = run.start;
+        while start < run.end {
+            let end = run.end.min(start + each);
+            let first = positions.partition_point(|&p| p < start);
+            if positions.get(first).is_some_and(|&p| p < end) {
+                out.push(start..end);
+            }
+            start = end;
+        }
+    }
+    out
+}
+
+/// Consecutive ranges grouped into requests spanning at most `part` bytes each (a range
+/// longer than that is a request of its own).
+fn group(ranges: &[Range<u64>], part: u64) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let mut first = 0;
+    for (i, range) in ranges.iter().enumerate().skip(1) {
+        if range.end - ranges[first].start > part {
+            groups.push(first..i);
+            first = i;
+        }
+    }
+    if !ranges.is_empty() {
+        groups.push(first..ranges.len());
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_split_evenly_and_keep_only_pieces_with_wanted_frames() {
+        let positions: Vec<u32> = (0..10).chain([15]).chain(40..45).collect();
+        let runs = runs(&positions);
+        assert_eq!(runs, vec![0..16, 40..45]);
+        // 16 frames at most 6 a piece: three pieces of 6, 6 and 4.
+        assert_eq!(
+            split(runs.clone(), 6, &positions),
+            vec![0..6, 6..12, 12..16, 40..45]
+        );
+        // Pieces of one frame: the skipped frames 10..15 are not read.
+        let singles = split(runs, 1, &positions);
+        assert_eq!(singles.len(), positions.len());
+        assert!(singles.iter().all(|r| positions.contains(&r.start)));
+    }
+
+    #[test]
+    fn ranges_group_into_requests_of_bounded_span() {
+        let ranges = [0..10, 12..20, 30..40, 100..400, 401..402];
+        assert_eq!(group(&ranges, 40), vec![0..3, 3..4, 4..5]);
+        assert_eq!(group(&ranges, 1_000), vec![0..5]);
+        assert!(group(&[], 10).is_empty());
+    }
+}
