@@ -28,7 +28,8 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use walvault::{
-    on_store, NamespaceName, ObjectStorage, RestoreOptions, SealedSegment, SegmentBuilder, Storage,
+    compact, on_store, CompactionPolicy, NamespaceName, ObjectStorage, RestoreOptions,
+    SealedSegment, SegmentBuilder, Storage,
 };
 
 const PAGE_SIZE: usize = 4096;
@@ -371,29 +372,42 @@ fn requests_after_10k_segments(_c: &mut Criterion) {
     ));
     let built = start.elapsed();
 
-    // COMPACTION GOES HERE. The target below (<= 30 GETs) assumes the history has been
-    // compacted into a few large segments; once compaction exists, run it on `name`
-    // through a handle on `memory` at this point, and the count below measures the
-    // compacted history with no other change.
-
-    let reader = ObjectStorage::new(counted.clone(), PREFIX);
-    counted.reset();
-    let mut out = std::io::Cursor::new(Vec::new());
-    let summary = rt
-        .block_on(reader.restore(&name, RestoreOptions::Latest, &mut out, None))
+    let count = |label: &str| {
+        let reader = ObjectStorage::new(counted.clone(), PREFIX);
+        counted.reset();
+        let mut out = std::io::Cursor::new(Vec::new());
+        let summary = rt
+            .block_on(reader.restore(&name, RestoreOptions::Latest, &mut out, None))
+            .unwrap();
+        let c = counted.reset();
+        assert_eq!(summary.db_pages, SMALL_DB_PAGES);
+        println!(
+            "object-requests: restore of latest after {SMALL_SEGMENTS} segments ({label}): \
+             {} GETs, {} LIST, {} HEAD; {} segments read (target <= 30 GETs and 0 LIST \
+             after compaction)",
+            c.get, c.list, c.head, summary.segments_read,
+        );
+    };
+    count("not compacted");
+    let start = Instant::now();
+    let maintainer = ObjectStorage::new(memory.clone(), PREFIX);
+    let report = rt
+        .block_on(compact(
+            &maintainer,
+            &name,
+            &CompactionPolicy::default(),
+            false,
+        ))
         .unwrap();
-    let c = counted.reset();
-    assert_eq!(summary.db_pages, SMALL_DB_PAGES);
     println!(
-        "object-requests: restore of latest after {SMALL_SEGMENTS} segments (not compacted): \
-         {} GETs, {} LIST, {} HEAD; {} segments read (target <= 30 GETs and 0 LIST needs \
-         compaction; history built in {:.1} s)",
-        c.get,
-        c.list,
-        c.head,
-        summary.segments_read,
+        "object-requests: history built in {:.1} s; compaction (default policy) took {:.1} s, \
+         {} segments -> {}",
         built.as_secs_f64(),
+        start.elapsed().as_secs_f64(),
+        report.segments_before,
+        report.segments_after
     );
+    count("compacted");
 }
 
 criterion_group!(
