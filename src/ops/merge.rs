@@ -84,29 +84,87 @@ pub(crate) async fn merge<S: Storage + ?Sized>(
     let selection = select(storage, ns, inputs, retain, config).await?;
     let mut builder = SegmentBuilder::new(first.start_frame_no, selection.page_size)?
         .with_log_id(selection.log_id);
-    for (key, kept) in inputs.iter().zip(&selection.kept) {
-        if kept.is_empty() {
-            continue;
-        }
-        let positions: Vec<u32> = kept.iter().map(|k| k.position).collect();
-        let frames = storage
-            .fetch_frames(ns, key, &positions, config.clone())
+    builder.reserve(selection.kept.iter().map(Vec::len).sum());
+    // Kept frames are fetched a batch of segments at a time: one call per batch (a
+    // backend may serve it with one thread hand-off or concurrent requests), and memory
+    // bounded by the batch besides the output.
+    let wanted: Vec<(SegmentKey, &Vec<Kept>)> = inputs
+        .iter()
+        .copied()
+        .zip(&selection.kept)
+        .filter(|(_, kept)| !kept.is_empty())
+        .collect();
+    for batch in batches(&wanted, u64::from(selection.page_size)) {
+        let requests = batch
+            .iter()
+            .map(|(key, kept)| (*key, kept.iter().map(|k| k.position).collect()))
+            .collect();
+        let fetched = storage
+            .fetch_frames_batch(ns, requests, config.clone())
             .await?;
-        if frames.len() != kept.len() {
-            return Err(changed(ns, key, "returned another number of frames"));
+        if fetched.len() != batch.len() {
+            return Err(changed(
+                ns,
+                &batch[0].0,
+                "returned another number of segments",
+            ));
         }
-        for (k, (page_no, page)) in kept.iter().zip(frames) {
-            if page_no != k.page_no {
-                return Err(changed(ns, key, "holds another page than when first read"));
-            }
-            builder.skip_to(k.frame_no)?;
-            match k.commit {
-                Some(c) => builder.append_commit(page_no, &page, c.size_after, c.timestamp())?,
-                None => builder.append_frame(page_no, &page)?,
-            };
+        for ((key, kept), frames) in batch.iter().zip(fetched) {
+            append(&mut builder, ns, key, kept, frames)?;
         }
     }
     builder.seal(ms_to_datetime(selection.sealed_at))
+}
+
+/// Segments whose kept frames one call fetches, at most...
+const BATCH_SEGMENTS: usize = 64;
+/// ...and bytes of frames a batch grows to.
+const BATCH_BYTES: u64 = 8 << 20;
+
+/// Consecutive groups of `wanted` of at most [`BATCH_SEGMENTS`] segments and about
+/// [`BATCH_BYTES`] of frames each.
+fn batches<'a>(
+    wanted: &'a [(SegmentKey, &'a Vec<Kept>)],
+    page_size: u64,
+) -> impl Iterator<Item = &'a [(SegmentKey, &'a Vec<Kept>)]> {
+    let mut rest = wanted;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (mut n, mut bytes) = (0, 0);
+        while n < rest.len() && n < BATCH_SEGMENTS && (n == 0 || bytes < BATCH_BYTES) {
+            bytes += rest[n].1.len() as u64 * page_size;
+            n += 1;
+        }
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        Some(batch)
+    })
+}
+
+/// Appends one input's kept frames, checking they are the pages the first pass saw.
+fn append(
+    builder: &mut SegmentBuilder,
+    ns: &NamespaceName,
+    key: &SegmentKey,
+    kept: &[Kept],
+    frames: Vec<(u32, bytes::Bytes)>,
+) -> Result<()> {
+    if frames.len() != kept.len() {
+        return Err(changed(ns, key, "returned another number of frames"));
+    }
+    for (k, (page_no, page)) in kept.iter().zip(frames) {
+        if page_no != k.page_no {
+            return Err(changed(ns, key, "holds another page than when first read"));
+        }
+        builder.skip_to(k.frame_no)?;
+        match k.commit {
+            Some(c) => builder.append_commit(page_no, &page, c.size_after, c.timestamp())?,
+            None => builder.append_frame(page_no, &page)?,
+        };
+    }
+    Ok(())
 }
 
 /// The first pass: reads the inputs newest first and picks the frames to keep.
