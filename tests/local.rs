@@ -7,7 +7,7 @@ use std::fs;
 use std::future::Future;
 use std::path::Path;
 
-use conformance::{list, ns, segment, store};
+use conformance::{history, list, ns, segment, store};
 use walvault::{
     FindSegmentReq, LocalConfig, LocalStorage, NoStorage, RestoreOptions, SealedSegment, Storage,
 };
@@ -481,4 +481,48 @@ async fn restore_reads_only_the_frames_it_needs_and_verifies_each() {
         "{err}"
     );
     assert!(!out.exists());
+}
+
+/// Garbage collection deletes old orphans, but never one above the durable frame
+/// number: it may be a store that crashed before its manifest edit, which the writer
+/// re-submits by reusing the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_keeps_orphans_a_writer_may_still_resubmit() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::open(dir.path()).unwrap();
+    let name = ns("orphans");
+    for seg in history().into_iter().take(2) {
+        store(&storage, &name, seg).await.unwrap();
+    }
+    let durable = storage.durable_frame_no(&name, None).await.unwrap();
+    let pending = segment(durable + 1, 4, 2, 4, 9_000);
+    let stale = segment(3, 2, 2, 4, 1_500);
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for seg in [&pending, &stale] {
+        let path = dir
+            .path()
+            .join("orphans")
+            .join(format!("{}.seg", seg.key()));
+        std::fs::write(&path, seg.encoded()).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let hour = walvault::GcOptions {
+        grace: std::time::Duration::from_secs(3600),
+        dry_run: false,
+    };
+    let report = storage.collect_garbage(&name, hour, None).await.unwrap();
+    assert_eq!(report.orphans, vec![stale.key()]);
+    assert_eq!(report.waiting, 1);
+    // The writer re-submits the pending one: stored, and readable.
+    store(&storage, &name, pending.clone()).await.unwrap();
+    let read = storage
+        .fetch_segment_data(&name, &pending.key(), None)
+        .await
+        .unwrap();
+    assert_eq!(read.encoded(), pending.encoded());
 }

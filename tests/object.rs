@@ -84,6 +84,7 @@ every_object_store!(
     gc_waits_for_grace_then_deletes,
     retention_keeps_the_window,
     fork_shares_history_and_diverges,
+    a_fork_compacting_inherited_segments_keeps_its_readers,
     store_fetch_round_trip,
     callbacks_report_durable_in_order,
     lookups_at_every_boundary,

@@ -57,7 +57,13 @@ pub(crate) struct Catalog {
     owners: Vec<u16>,
     /// A fork's frames start above this (the source's high-water mark at the fork).
     floor: u64,
+    /// Inherited segments this handle's edits took out, with where they are stored, so
+    /// readers that planned before an edit still find them (in memory only, newest last).
+    retired_owners: Vec<(SegmentKey, NamespaceName)>,
 }
+
+/// Retired inherited segments remembered at most.
+const RETIRED_OWNERS_KEPT: usize = 4096;
 
 /// A sorted column of `u64` with a fence of every [`BLOCK`]th value.
 #[derive(Debug, Default, Clone)]
@@ -130,7 +136,8 @@ impl Catalog {
     pub(crate) fn owner(&self, key: &SegmentKey) -> Option<&NamespaceName> {
         let i = self.first_ending_at_or_after(key.end_frame_no);
         if self.entries.get(i).is_none_or(|e| e.key != *key) {
-            return None;
+            let mut retired = self.retired_owners.iter().rev();
+            return retired.find(|(k, _)| k == key).map(|(_, owner)| owner);
         }
         let owner = *self.owners.get(i)?;
         owner.checked_sub(1).map(|b| &self.bases[usize::from(b)])
@@ -303,6 +310,17 @@ impl Catalog {
             owners.extend_from_slice(&self.owners[at + inputs.len()..]);
         }
         next.set_lineage(self.bases.clone(), owners, self.floor)?;
+        next.retired_owners = self.retired_owners.clone();
+        for key in inputs {
+            if let Some(owner) = self.owner(key) {
+                next.retired_owners.push((*key, owner.clone()));
+            }
+        }
+        let excess = next
+            .retired_owners
+            .len()
+            .saturating_sub(RETIRED_OWNERS_KEPT);
+        next.retired_owners.drain(..excess);
         Ok(next)
     }
 

@@ -71,6 +71,8 @@ pub(crate) async fn plan<S: Storage + ?Sized>(
     if source == target {
         return Err(InvalidInput::Config(format!("cannot fork {source} into itself")).into());
     }
+    // Plan from the source as it is now, not as this handle last saw it.
+    storage.refresh(source, config.clone()).await?;
     let floor = storage.durable_frame_no(source, config.clone()).await?;
     let (segment, commit) = find_target(storage, source, at, config).await?;
     let mut inherited = Vec::new();
@@ -169,6 +171,24 @@ pub(crate) fn catalog(
         .set_lineage(bases, owners, plan.floor)
         .map_err(invalid)?;
     Ok(catalog)
+}
+
+/// Checks, after the fork's markers are written, that the source still names every
+/// segment the fork will: from then on the source's collection protects them, and
+/// before then a compaction of the source may have retired one (the grace period keeps
+/// it for now, but not for good).
+pub(crate) fn check_still_named(
+    source_name: &NamespaceName,
+    source: &Catalog,
+    plan: &Plan,
+) -> Result<()> {
+    match plan.inherited.iter().find(|key| source.get(key).is_none()) {
+        None => Ok(()),
+        Some(key) => Err(Error::Conflict {
+            namespace: source_name.to_string(),
+            detail: format!("segment {key} was replaced while the fork was being made; fork again"),
+        }),
+    }
 }
 
 /// The error for a fork into a namespace that already has history.

@@ -360,15 +360,21 @@ fn counted(payload: &[u8], item_len: usize) -> Option<usize> {
 /// (owners of the snapshot's entries, run-length encoded, in entry order).
 fn read_lineage(r: &mut impl Read, len: u32, at: u64, state: &mut Replay) -> Result<(), Stop> {
     let payload = read_payload(r, len, at)?;
+    let entries = state.catalog.len();
     let (bases, owners, floor) =
-        decode_lineage(&payload).ok_or_else(|| corrupt(at, "bad lineage record"))?;
+        decode_lineage(&payload, entries).ok_or_else(|| corrupt(at, "bad lineage record"))?;
     state
         .catalog
         .set_lineage(bases, owners, floor)
         .map_err(|_| corrupt(at, "lineage disagrees with the snapshot"))
 }
 
-fn decode_lineage(p: &[u8]) -> Option<(Vec<crate::format::NamespaceName>, Vec<u16>, u64)> {
+/// `entries` bounds the owners the runs may add up to, so a damaged or crafted record
+/// cannot make replay allocate more than the catalog it describes.
+fn decode_lineage(
+    p: &[u8],
+    entries: usize,
+) -> Option<(Vec<crate::format::NamespaceName>, Vec<u16>, u64)> {
     let mut at = 0;
     let mut take = |n: usize| {
         let bytes = p.get(at..at + n)?;
@@ -387,8 +393,11 @@ fn decode_lineage(p: &[u8]) -> Option<(Vec<crate::format::NamespaceName>, Vec<u1
     let mut owners = Vec::new();
     for _ in 0..runs {
         let owner = u16::from_le_bytes(take(2)?.try_into().ok()?);
-        let count = u32::from_le_bytes(take(4)?.try_into().ok()?);
-        owners.extend(std::iter::repeat_n(owner, count as usize));
+        let count = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        if count > entries - owners.len() {
+            return None;
+        }
+        owners.extend(std::iter::repeat_n(owner, count));
     }
     (at == p.len()).then_some((bases, owners, floor))
 }

@@ -88,9 +88,19 @@ impl MemoryStorage {
             .values()
             .cloned()
             .collect();
-        all.iter()
-            .flat_map(|ns| listing::read(&ns.catalog).inherited_from(name))
-            .collect()
+        let mut keys = HashSet::new();
+        for ns in &all {
+            let catalog = listing::read(&ns.catalog);
+            if !catalog.lineage().0.contains(name) {
+                continue; // not a fork of `name`
+            }
+            keys.extend(catalog.inherited_from(name));
+            // Inherited segments the fork's own edits took out stay until its own
+            // collection forgets them: its readers in flight may still read them.
+            let retired = ns.retired.lock().unwrap_or_else(PoisonError::into_inner);
+            keys.extend(retired.iter().map(|(key, _)| *key));
+        }
+        keys
     }
 }
 
@@ -196,11 +206,11 @@ impl Storage for MemoryStorage {
             return Ok(GcReport::default());
         };
         let _ordered = ns.store_lock.lock().await;
-        let live: HashSet<SegmentKey> = listing::read(&ns.catalog)
-            .entries()
-            .iter()
-            .map(|e| e.key)
-            .collect();
+        let (live, durable) = {
+            let catalog = listing::read(&ns.catalog);
+            let live: HashSet<SegmentKey> = catalog.entries().iter().map(|e| e.key).collect();
+            (live, catalog.durable_frame_no())
+        };
         let records: Vec<Record<usize>> = ns
             .retired
             .lock()
@@ -225,6 +235,7 @@ impl Storage for MemoryStorage {
         let forks = self.fork_references(namespace);
         let decision = retired::decide(
             &live,
+            durable,
             &forks,
             records,
             &objects,

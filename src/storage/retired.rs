@@ -125,9 +125,14 @@ pub(crate) struct Decision<Id> {
 /// Decides what to delete: retired segments whose record is past the grace period and
 /// that no catalog names (`live`), and orphans (`objects` that neither a catalog nor any
 /// record names) written before the grace period. `objects` lists the segment objects
-/// with their modification times; `forks` are the keys forks still name.
+/// with their modification times; `forks` are the keys forks still name. An orphan that
+/// starts above `durable` (the catalog's durable frame number) is never deleted: it may
+/// be a store that crashed before its catalog edit, which the writer re-submits by
+/// reusing the object as it is, old modification time and all.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn decide<Id>(
     live: &HashSet<SegmentKey>,
+    durable: u64,
     forks: &HashSet<SegmentKey>,
     records: Vec<Record<Id>>,
     objects: &[(SegmentKey, SystemTime)],
@@ -161,7 +166,7 @@ pub(crate) fn decide<Id>(
         if live.contains(key) || forks.contains(key) || named.contains(key) {
             continue;
         }
-        if past(*modified) {
+        if past(*modified) && key.start_frame_no <= durable {
             report.orphans.push(*key);
         } else {
             report.waiting += 1;
@@ -229,11 +234,24 @@ mod tests {
             .iter()
             .map(|&n| (key(n), if n == 8 { now } else { t0 }))
             .collect();
-        let d = decide(&live, &forks, records, &objects, now, grace);
+        let d = decide(&live, 100, &forks, records, &objects, now, grace);
         assert_eq!(d.report.deleted, vec![key(1)]);
         assert_eq!(d.report.orphans, vec![key(7)]);
         assert_eq!(d.report.waiting, 2, "3 (young record) and 8 (young orphan)");
         assert_eq!(d.report.kept_for_forks, 1);
         assert_eq!(d.records, vec!["old"]);
+        // Above the durable frame number, an old orphan may be a store to re-submit.
+        let pending = [(key(9), t0)];
+        let d = decide(
+            &live,
+            50,
+            &forks,
+            Vec::<Record<()>>::new(),
+            &pending,
+            now,
+            grace,
+        );
+        assert!(d.report.orphans.is_empty());
+        assert_eq!(d.report.waiting, 1);
     }
 }

@@ -346,3 +346,41 @@ pub async fn fork_shares_history_and_diverges<B: Backend>(b: &B) {
         assert!(err.is_invalid_input() || err.is_not_found(), "{err}");
     }
 }
+
+/// A fork that compacts the segments it inherited: its readers that planned before still
+/// read them, and the source's collection keeps them until the fork's own collection
+/// forgets its retired record.
+pub async fn a_fork_compacting_inherited_segments_keeps_its_readers<B: Backend>(b: &B) {
+    let s = b.open();
+    let (src, dst) = (ns("inherit-src"), ns("inherit-dst"));
+    let history = small_history();
+    for seg in history.clone() {
+        store(&s, &src, seg).await.unwrap();
+    }
+    s.fork(&src, &dst, RestoreOptions::Latest, None)
+        .await
+        .unwrap();
+    let inherited = history[0].key();
+    let report = compact(&s, &dst, &small_policy(), false).await.unwrap();
+    assert!(report.merges.iter().any(|m| m.inputs.contains(&inherited)));
+    // A reader that planned before the compaction still reads the inherited segment.
+    s.fetch_segment_data(&dst, &inherited, None).await.unwrap();
+    compact(&s, &src, &small_policy(), false).await.unwrap();
+    let no_grace = GcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+    let gc = s.collect_garbage(&src, no_grace, None).await.unwrap();
+    assert!(gc.kept_for_forks > 0, "{gc:?}");
+    assert!(
+        !gc.orphans.contains(&inherited) && !gc.deleted.contains(&inherited),
+        "{gc:?}"
+    );
+    s.fetch_segment_data(&dst, &inherited, None).await.unwrap();
+    latest_is(&s, &dst, &history).await;
+    // Once the fork's collection forgets it, the source lets it go.
+    s.collect_garbage(&dst, no_grace, None).await.unwrap();
+    s.collect_garbage(&src, no_grace, None).await.unwrap();
+    latest_is(&s, &dst, &history).await;
+    latest_is(&s, &src, &history).await;
+}

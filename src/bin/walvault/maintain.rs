@@ -1,9 +1,10 @@
 //! `walvault compact` and `walvault gc` keep a namespace's history small; `walvault
 //! fork` branches one.
 //!
-//! On the local backend these edit the namespace's manifest, which only its writer may
-//! do: run them while no `walvault replicate` writes the namespace (they fail with a
-//! clear error otherwise). On object stores they run beside a writer without fencing it.
+//! On the local backend `compact` and `gc --retain` edit the namespace's manifest, which
+//! only its writer may do: run them while no `walvault replicate` writes the namespace
+//! (they fail with a clear error otherwise), or use `replicate --maintain-every`. On
+//! object stores they run beside a writer without fencing it.
 
 use std::time::Duration;
 

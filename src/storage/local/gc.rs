@@ -71,29 +71,40 @@ pub(super) fn collect(
     if !ns.dir.exists() {
         return Ok(GcReport::default()); // nothing was ever stored
     }
-    ns.refresh()?;
-    let live: HashSet<SegmentKey> = listing::read(&ns.catalog)
-        .entries()
-        .iter()
-        .map(|e| e.key)
-        .collect();
+    let (live, durable) = catalogued(ns)?;
     let records = read_records(&ns.dir.join(RETIRED_DIR))?;
     let objects = segment_files(&ns.dir)?;
-    let decision = retired::decide(
-        &live,
-        forks,
-        records,
-        &objects,
-        SystemTime::now(),
-        options.grace,
-    );
+    let now = SystemTime::now();
+    let decision = retired::decide(&live, durable, forks, records, &objects, now, options.grace);
     if options.dry_run {
         return Ok(decision.report);
     }
-    let report = decision.report;
-    for key in report.deleted.iter().chain(&report.orphans) {
+    let mut report = decision.report;
+    // A store or fork may have named a segment since the listing: read the catalog
+    // again, and check each orphan's age again right before it goes (a re-submitted
+    // store writes a new file).
+    let (live, _) = catalogued(ns)?;
+    report.deleted.retain(|key| !live.contains(key));
+    report.orphans.retain(|key| !live.contains(key));
+    let mut deleted = Vec::new();
+    for key in &report.deleted {
         remove(&ns.segment_path(key))?;
     }
+    for key in &report.orphans {
+        let path = ns.segment_path(key);
+        let young = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| {
+                now.duration_since(t)
+                    .map_or(true, |age| age < options.grace)
+            });
+        if young {
+            continue;
+        }
+        remove(&path)?;
+        deleted.push(*key);
+    }
+    report.orphans = deleted;
     if !report.deleted.is_empty() || !report.orphans.is_empty() {
         fsync(&ns.dir)?;
     }
@@ -104,6 +115,20 @@ pub(super) fn collect(
         fsync(&ns.dir.join(RETIRED_DIR))?;
     }
     Ok(report)
+}
+
+/// The keys named by the retired records of the namespace at `dir`.
+pub(super) fn retired_keys(dir: &Path) -> Result<Vec<SegmentKey>> {
+    let records = read_records(&dir.join(RETIRED_DIR))?;
+    Ok(records.into_iter().flat_map(|r| r.keys).collect())
+}
+
+/// The namespace's catalogued keys and durable frame number, re-read from disk.
+fn catalogued(ns: &Namespace) -> Result<(HashSet<SegmentKey>, u64)> {
+    ns.refresh()?;
+    let catalog = listing::read(&ns.catalog);
+    let keys = catalog.entries().iter().map(|e| e.key).collect();
+    Ok((keys, catalog.durable_frame_no()))
 }
 
 fn read_records(dir: &Path) -> Result<Vec<Record<std::path::PathBuf>>> {

@@ -226,6 +226,10 @@ impl LocalStorage {
             let reader = ns.clone();
             blocking(move || reader.refresh()).await?;
             keys.extend(listing::read(&ns.catalog).inherited_from(name));
+            // Inherited segments the fork's own edits took out: its readers in flight may
+            // still read them here until its collection deletes the record.
+            let dir = config.root.join(fork.as_str());
+            keys.extend(blocking(move || gc::retired_keys(&dir)).await?);
         }
         Ok(keys)
     }
@@ -432,6 +436,9 @@ impl Storage for LocalStorage {
             let fork = target.clone();
             blocking(move || gc::mark_fork(&dir, &fork)).await?;
         }
+        let reader = src.clone();
+        blocking(move || reader.refresh()).await?;
+        fork::check_still_named(source, &listing::read(&src.catalog), &plan)?;
         let report = plan.report();
         let writer = dst.clone();
         blocking(move || writer.create_fork(catalog, plan.cut.as_ref())).await?;

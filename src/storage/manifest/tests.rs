@@ -305,3 +305,20 @@ fn a_forks_lineage_round_trips_and_damage_is_caught() {
     let mut short = Catalog::from_entries((0..4).map(entry).collect()).unwrap();
     assert!(short.set_lineage(bases, vec![1; 5], 0).is_err());
 }
+
+#[test]
+fn a_lineage_cannot_name_more_owners_than_entries() {
+    let mut p = 7u64.to_le_bytes().to_vec();
+    p.extend_from_slice(&0u16.to_le_bytes());
+    p.extend_from_slice(&1u32.to_le_bytes());
+    p.extend_from_slice(&0u16.to_le_bytes());
+    p.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(
+        decode_lineage(&p, 10).is_none(),
+        "4 billion owners for 10 entries"
+    );
+    let n = p.len();
+    p[n - 4..].copy_from_slice(&10u32.to_le_bytes());
+    let (bases, owners, floor) = decode_lineage(&p, 10).unwrap();
+    assert_eq!((bases.len(), owners.len(), floor), (0, 10, 7));
+}

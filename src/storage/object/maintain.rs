@@ -44,9 +44,11 @@ impl ObjectStorage {
             if attempt == 0 {
                 let key = output.key();
                 let path = self.segment_path(name, &key);
-                let guard = self.version_path(name, state.version + 1);
-                self.put_segment(&path, output.encoded().clone(), &guard)
-                    .await?;
+                // A conditional single PUT whatever the size: a maintainer holds no
+                // epoch, so the multipart path's reasoning (only the epoch's writer
+                // writes segments) does not cover it, and two maintainers could
+                // otherwise complete different bytes under one key.
+                self.put_once(&path, output.encoded().clone()).await?;
                 self.put_retired(name, inputs).await?;
             }
             let (number, epoch) = (state.version + 1, state.version_epoch);
@@ -97,11 +99,11 @@ impl ObjectStorage {
                 .await
                 .map_err(|e| store_error(&format!("writing {marker}"), e))?;
         }
+        crate::storage::Storage::refresh(self, source, None).await?;
+        fork::check_still_named(source, &listing::read(&src.catalog), &plan)?;
         if let Some(cut) = &plan.cut {
             let path = self.segment_path(target, &cut.key());
-            let guard = self.version_path(target, 1);
-            self.put_segment(&path, cut.encoded().clone(), &guard)
-                .await?;
+            self.put_once(&path, cut.encoded().clone()).await?;
         }
         if !self.create_version(target, 1, 0, true, &catalog).await? {
             return Err(fork::target_exists(target));
@@ -131,6 +133,11 @@ impl ObjectStorage {
             if let Some(version) = self.newer_version(&fork, 0, 0).await? {
                 keys.extend(version.catalog.inherited_from(name));
             }
+            // Inherited segments the fork's own edits took out: its readers in flight may
+            // still read them here until its collection deletes the record.
+            for record in self.retired_records(&fork).await? {
+                keys.extend(record.keys);
+            }
         }
         Ok(keys)
     }
@@ -153,40 +160,54 @@ impl ObjectStorage {
         forks: &HashSet<SegmentKey>,
         options: GcOptions,
     ) -> Result<GcReport> {
-        let ns = self.namespace(name)?;
-        let mut state = ns.state.lock().await;
-        self.reload(name, &ns, &mut state).await?;
-        let live: HashSet<SegmentKey> = listing::read(&ns.catalog)
-            .entries()
-            .iter()
-            .map(|e| e.key)
-            .collect();
-        drop(state);
+        let (live, durable) = self.catalogued(name).await?;
         let records = self.retired_records(name).await?;
         let objects = self.segment_objects(name).await?;
-        let decision = retired::decide(
-            &live,
-            forks,
-            records,
-            &objects,
-            SystemTime::now(),
-            options.grace,
-        );
+        let now = SystemTime::now();
+        let decision =
+            retired::decide(&live, durable, forks, records, &objects, now, options.grace);
         if options.dry_run {
             return Ok(decision.report);
         }
-        for key in decision
-            .report
-            .deleted
-            .iter()
-            .chain(&decision.report.orphans)
-        {
+        let mut report = decision.report;
+        // A store may have named a segment since the listing: read the manifest again,
+        // and check each orphan's age again right before it goes.
+        let (live, _) = self.catalogued(name).await?;
+        report.deleted.retain(|key| !live.contains(key));
+        report.orphans.retain(|key| !live.contains(key));
+        for key in &report.deleted {
             self.delete(&self.segment_path(name, key)).await?;
         }
+        let mut deleted = Vec::new();
+        for key in &report.orphans {
+            let path = self.segment_path(name, key);
+            let young = match self.inner.store.head(&path).await {
+                Ok(meta) => now
+                    .duration_since(SystemTime::from(meta.last_modified))
+                    .map_or(true, |age| age < options.grace),
+                Err(_) => true, // gone, or unknown: leave it to a later run
+            };
+            if !young {
+                self.delete(&path).await?;
+                deleted.push(*key);
+            }
+        }
+        report.orphans = deleted;
         for path in &decision.records {
             self.delete(path).await?;
         }
-        Ok(decision.report)
+        Ok(report)
+    }
+
+    /// The namespace's catalogued keys and durable frame number, from the newest
+    /// manifest version.
+    async fn catalogued(&self, name: &NamespaceName) -> Result<(HashSet<SegmentKey>, u64)> {
+        let ns = self.namespace(name)?;
+        let mut state = ns.state.lock().await;
+        self.reload(name, &ns, &mut state).await?;
+        let catalog = listing::read(&ns.catalog);
+        let keys = catalog.entries().iter().map(|e| e.key).collect();
+        Ok((keys, catalog.durable_frame_no()))
     }
 
     async fn list(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>> {
