@@ -19,8 +19,18 @@
 //! * bumps the file change counter (header bytes 24 and 92), which tells connections
 //!   that stay open to drop their cached pages at their next transaction.
 //!
-//! Apart from those header bytes the output equals the source database page for page.
+//! Apart from those header bytes (and the page count in bytes 28..32, which the follower
+//! sets from the commit and which equals the source's) the output equals the source
+//! database page for page.
+//!
+//! A crash in the middle of a catch-up leaves the output half-applied until the next
+//! catch-up applies the same transactions again. That next catch-up has to take SQLite's
+//! lock on the half-applied file first, which SQLite refuses if the header claims more
+//! pages than the file holds, so the writes are ordered never to leave such a file behind
+//! (see `plan`), and a catch-up that finds one anyway (after a power loss) first extends
+//! the file to the length its header claims.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -140,29 +150,29 @@ impl<S: Storage> Follower<S> {
             ))
             .into());
         }
-        let lock = ExclusiveLock::take(path)?;
-        let counter = current.change_counter.wrapping_add(1);
-        let page_size = u64::from(page_size);
-        for txn in txns {
-            for (page_no, data) in &txn.pages {
-                let offset = u64::from(page_no - 1) * page_size;
-                let written = if *page_no == 1 {
-                    // Page 1 goes down already patched, so the file never shows the
-                    // source's WAL-mode header, even after a crash right after it.
-                    let mut first = data.to_vec();
-                    patch_header(&mut first, counter);
-                    file.seek(SeekFrom::Start(offset))
-                        .and_then(|_| file.write_all(&first))
-                } else {
-                    file.seek(SeekFrom::Start(offset))
-                        .and_then(|_| file.write_all(data))
-                };
-                written.map_err(io_err)?;
-            }
-            file.set_len(u64::from(txn.commit.size_after) * page_size)
-                .map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len();
+        // SQLite refuses to lock a file whose header claims more pages than it has
+        // ("database disk image is malformed"), so such a file would stop every later
+        // catch-up. `plan` never leaves one behind, but a crash can: after a power loss
+        // the header write may be on disk without the extension before it, and older
+        // versions wrote page 1 before growing the file. Zeros up to the claimed length
+        // are harmless: a page past the file's end is one that a transaction after the
+        // recorded position added (and so writes again below) or cut off (and cuts
+        // again), since all of them are applied again. Readers cannot use such a file
+        // meanwhile (SQLite calls it malformed), so this write needs no lock.
+        let claimed = current.claimed_len(page_size);
+        if claimed > len {
+            file.set_len(claimed).map_err(io_err)?;
         }
-        mark_changed(&mut file, counter).map_err(io_err)?;
+        let lock = ExclusiveLock::take(path)?;
+        let steps = plan(
+            txns,
+            page_size,
+            current.bytes,
+            len.max(claimed),
+            current.change_counter.wrapping_add(1),
+        );
+        run(&mut file, &steps).map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
         lock.release(path)?;
         drop(file); // after the lock: closing a descriptor drops the process's POSIX locks
@@ -190,9 +200,13 @@ impl<S: Storage> Follower<S> {
             .open(&tmp)
             .map_err(io_err)?;
         let header = read_header(&mut file).map_err(io_err)?;
-        mark_changed(&mut file, header.change_counter.wrapping_add(1))
-            .and_then(|()| file.sync_all())
-            .map_err(io_err)?;
+        mark_changed(
+            &mut file,
+            header.change_counter.wrapping_add(1),
+            summary.db_pages,
+        )
+        .and_then(|()| file.sync_all())
+        .map_err(io_err)?;
         drop(file);
         std::fs::rename(&tmp, &self.output).map_err(io_err)?;
         fsync_dir(&self.dir()).map_err(io_err)?;
@@ -245,6 +259,21 @@ impl ExclusiveLock {
 struct DbHeader {
     page_size: u32,
     change_counter: u32,
+    /// The first 100 bytes of the file, for catch-ups that leave page 1 unchanged.
+    bytes: [u8; 100],
+}
+
+impl DbHeader {
+    /// The file length the header claims, 0 if it claims none. SQLite believes the page
+    /// count in bytes 28..32 only if the change counter (24..28) equals the "version
+    /// valid for" number (92..96), and otherwise goes by the file's length.
+    fn claimed_len(&self, page_size: u32) -> u64 {
+        let h = &self.bytes;
+        if h[24..28] != h[92..96] {
+            return 0;
+        }
+        u64::from(u32::from_be_bytes([h[28], h[29], h[30], h[31]])) * u64::from(page_size)
+    }
 }
 
 fn read_header(file: &mut File) -> std::io::Result<DbHeader> {
@@ -259,25 +288,114 @@ fn read_header(file: &mut File) -> std::io::Result<DbHeader> {
     Ok(DbHeader {
         page_size,
         change_counter,
+        bytes: h,
     })
 }
 
+/// One write of a catch-up.
+#[derive(Debug)]
+enum Step<'a> {
+    /// Writes `data` at byte `offset`.
+    Write { offset: u64, data: Cow<'a, [u8]> },
+    /// Sets the file's length in bytes: cuts it off, or extends it with zeros.
+    SetLen(u64),
+}
+
+/// The writes that apply `txns`, in order, to an output of `len` bytes whose header is
+/// `header`, leaving change counter `counter` in it.
+///
+/// A crash can stop them after any step, and the next run must be able to take
+/// SQLite's lock on what is left in order to apply them again. SQLite refuses a file
+/// whose header claims more pages than the file holds, so each transaction writes its
+/// pages other than page 1 first, then grows the file to the commit's size, then writes
+/// the header (page 1 if the transaction has it, or the current header), and only then
+/// cuts the file down to the commit's size. The header always claims the commit's size,
+/// which is what the file is after the commit, so it never claims more than the file
+/// has, after any step.
+fn plan<'a>(
+    txns: &'a [Transaction],
+    page_size: u32,
+    mut header: [u8; 100],
+    mut len: u64,
+    counter: u32,
+) -> Vec<Step<'a>> {
+    let page_size = u64::from(page_size);
+    let mut steps = Vec::new();
+    for txn in txns {
+        let mut first = None;
+        for (page_no, data) in &txn.pages {
+            if *page_no == 1 {
+                first = Some(data); // the later image wins
+                continue;
+            }
+            let offset = u64::from(page_no - 1) * page_size;
+            len = len.max(offset + data.len() as u64);
+            steps.push(Step::Write {
+                offset,
+                data: Cow::Borrowed(data),
+            });
+        }
+        let size_after = txn.commit.size_after;
+        let size = u64::from(size_after) * page_size;
+        if len < size {
+            steps.push(Step::SetLen(size));
+            len = size;
+        }
+        // Page 1 goes down already patched, so the file never shows the source's
+        // WAL-mode header, even after a crash right after it.
+        let mut image = match first {
+            Some(data) => data.to_vec(),
+            None => header.to_vec(),
+        };
+        patch_header(&mut image, counter, size_after);
+        header.copy_from_slice(&image[..100]);
+        len = len.max(image.len() as u64);
+        steps.push(Step::Write {
+            offset: 0,
+            data: Cow::Owned(image),
+        });
+        if len > size {
+            steps.push(Step::SetLen(size));
+            len = size;
+        }
+    }
+    steps
+}
+
+/// Carries out `steps` on `file`.
+fn run(file: &mut File, steps: &[Step]) -> std::io::Result<()> {
+    for step in steps {
+        match step {
+            Step::Write { offset, data } => {
+                file.seek(SeekFrom::Start(*offset))?;
+                file.write_all(data)?;
+            }
+            Step::SetLen(len) => file.set_len(*len)?,
+        }
+    }
+    Ok(())
+}
+
 /// Puts the database in rollback-journal mode and sets its change counter (and the
-/// "version valid for" number that must equal it), in the file.
-fn mark_changed(file: &mut File, counter: u32) -> std::io::Result<()> {
+/// "version valid for" number that must equal it) and page count, in the file.
+fn mark_changed(file: &mut File, counter: u32, pages: u32) -> std::io::Result<()> {
     let mut header = [0u8; 100];
     file.seek(SeekFrom::Start(0))?;
     file.read_exact(&mut header)?;
-    patch_header(&mut header, counter);
+    patch_header(&mut header, counter, pages);
     file.seek(SeekFrom::Start(0))?;
     file.write_all(&header)
 }
 
-/// The same, in a copy of page 1 (or its first 100 bytes).
-fn patch_header(page: &mut [u8], counter: u32) {
+/// The same, in a copy of page 1 (or its first 100 bytes). Setting the "version valid
+/// for" number tells SQLite to believe the page count in bytes 28..32, so the page count
+/// is set too: from the commit, not from the source's header, which SQLite only
+/// believed if the source's own two numbers matched.
+fn patch_header(page: &mut [u8], counter: u32, pages: u32) {
     page[18] = 1;
     page[19] = 1;
     page[24..28].copy_from_slice(&counter.to_be_bytes());
+    page[28..32].copy_from_slice(&pages.to_be_bytes());
     page[92..96].copy_from_slice(&counter.to_be_bytes());
 }
 
@@ -305,3 +423,6 @@ fn read_position(path: &Path) -> Result<Option<u64>> {
     word.copy_from_slice(value);
     Ok(Some(u64::from_le_bytes(word)))
 }
+
+#[cfg(test)]
+mod tests;
