@@ -134,11 +134,10 @@ impl Catalog {
     /// The namespace that stores `key`'s object when it is not this one's own: a fork
     /// reads the segments it inherited where its source keeps them.
     pub(crate) fn owner(&self, key: &SegmentKey) -> Option<&NamespaceName> {
-        let i = self.first_ending_at_or_after(key.end_frame_no);
-        if self.entries.get(i).is_none_or(|e| e.key != *key) {
+        let Some(i) = self.index_of(key) else {
             let mut retired = self.retired_owners.iter().rev();
             return retired.find(|(k, _)| k == key).map(|(_, owner)| owner);
-        }
+        };
         let owner = *self.owners.get(i)?;
         owner.checked_sub(1).map(|b| &self.bases[usize::from(b)])
     }
@@ -337,8 +336,16 @@ impl Catalog {
     }
 
     pub(crate) fn get(&self, key: &SegmentKey) -> Option<&CatalogEntry> {
+        self.index_of(key).map(|i| &self.entries[i])
+    }
+
+    /// Where `key` is in the catalog, if it is there.
+    fn index_of(&self, key: &SegmentKey) -> Option<usize> {
         let i = self.first_ending_at_or_after(key.end_frame_no);
-        self.entries.get(i).filter(|e| e.key == *key)
+        self.entries
+            .get(i)
+            .is_some_and(|e| e.key == *key)
+            .then_some(i)
     }
 
     /// Answers a lookup in O(log n).

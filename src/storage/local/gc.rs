@@ -46,15 +46,8 @@ pub(super) fn mark_fork(dir: &Path, fork: &NamespaceName) -> Result<()> {
 
 /// The forks marked in the namespace at `dir`.
 pub(super) fn forks(dir: &Path) -> Result<Vec<NamespaceName>> {
-    let forks = dir.join(FORKS_DIR);
-    let entries = match fs::read_dir(&forks) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("listing {}", forks.display()), e)),
-    };
     let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(format!("listing {}", forks.display()), e))?;
+    for entry in entries(&dir.join(FORKS_DIR))? {
         if let Ok(name) = NamespaceName::new(&entry.file_name().to_string_lossy()) {
             names.push(name);
         }
@@ -131,15 +124,19 @@ fn catalogued(ns: &Namespace) -> Result<(HashSet<SegmentKey>, u64)> {
     Ok((keys, catalog.durable_frame_no()))
 }
 
+/// The entries of `dir`; none if it does not exist.
+fn entries(dir: &Path) -> Result<Vec<fs::DirEntry>> {
+    let listing = |e| Error::io(format!("listing {}", dir.display()), e);
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.map_err(listing)).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(listing(e)),
+    }
+}
+
 fn read_records(dir: &Path) -> Result<Vec<Record<std::path::PathBuf>>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
-    };
     let mut records = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    for entry in entries(dir)? {
         let name = entry.file_name();
         // Temp files of an interrupted write are not records.
         let Some(at) = retired::parse_name(&name.to_string_lossy()) else {
@@ -156,14 +153,8 @@ fn read_records(dir: &Path) -> Result<Vec<Record<std::path::PathBuf>>> {
 
 /// The namespace's segment files with their modification times.
 fn segment_files(dir: &Path) -> Result<Vec<(SegmentKey, SystemTime)>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
-    };
     let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    for entry in entries(dir)? {
         let name = entry.file_name();
         let key = name
             .to_string_lossy()
