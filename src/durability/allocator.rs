@@ -37,9 +37,22 @@ const MAX_GAPS: usize = 1024;
 pub struct FrameAllocator {
     dir: PathBuf,
     next: u64,
+    /// Numbers below this are reserved durably and may be handed out.
     reserved_end: u64,
     block_size: u64,
     gaps: Vec<Range<u64>>,
+    /// Reserve the next block in the background (see [`reserve_ahead`](Self::reserve_ahead)).
+    ahead_enabled: bool,
+    /// The reservation being made in the background, if any.
+    ahead: Option<Ahead>,
+}
+
+/// A reservation a background thread is making durable: its numbers may be handed out
+/// only once the thread has returned `Ok`.
+#[derive(Debug)]
+struct Ahead {
+    end: u64,
+    thread: std::thread::JoinHandle<Result<()>>,
 }
 
 impl FrameAllocator {
@@ -68,7 +81,19 @@ impl FrameAllocator {
             reserved_end,
             block_size,
             gaps,
+            ahead_enabled: false,
+            ahead: None,
         })
+    }
+
+    /// Makes the next block's reservation on a background thread once half the current
+    /// block is used, so that an append that crosses into it finds it durable already
+    /// instead of waiting for two fsyncs. Numbers from a block are still handed out only
+    /// once its reservation is durable. The cost: after a crash, the numbers resume after
+    /// the block reserved ahead, so the gap can be up to one block longer.
+    pub fn reserve_ahead(mut self) -> Self {
+        self.ahead_enabled = true;
+        self
     }
 
     /// The next frame number [`allocate`](Self::allocate) will hand out; consumes nothing.
@@ -88,6 +113,12 @@ impl FrameAllocator {
         }
         let range = self.next..end;
         self.next = end;
+        if self.ahead_enabled
+            && self.ahead.is_none()
+            && self.reserved_end - end <= self.block_size / 2
+        {
+            self.start_ahead();
+        }
         Ok(range)
     }
 
@@ -104,6 +135,9 @@ impl FrameAllocator {
             }
             .into());
         }
+        // The file must not be written by two threads at once, and must keep the
+        // furthest reservation it has ever made.
+        self.finish_ahead()?;
         self.gaps.push(range);
         self.persist(self.reserved_end)
     }
@@ -121,22 +155,79 @@ impl FrameAllocator {
     /// Reserves, durably, a block from the next number: the default size, or up to
     /// `needed` when the request is larger.
     fn reserve(&mut self, needed: u64) -> Result<()> {
+        self.finish_ahead()?;
+        if needed <= self.reserved_end {
+            return Ok(());
+        }
         let new_end = needed.max(self.next.saturating_add(self.block_size));
         self.persist(new_end)?;
         self.reserved_end = new_end;
         Ok(())
     }
 
-    fn persist(&mut self, reserved_end: u64) -> Result<()> {
+    /// Starts reserving the block after the current one on a background thread. If no
+    /// thread can be started, the reservation is made when it is needed instead.
+    fn start_ahead(&mut self) {
+        let end = self.reserved_end.saturating_add(self.block_size);
+        self.trim_gaps();
+        let (dir, gaps) = (self.dir.clone(), self.gaps.clone());
+        let thread = std::thread::Builder::new()
+            .name("walvault-allocator".into())
+            .spawn(move || write_state(&dir, end, &gaps));
+        if let Ok(thread) = thread {
+            self.ahead = Some(Ahead { end, thread });
+        }
+    }
+
+    /// Waits for the reservation being made in the background, if any; once it is
+    /// durable, its numbers may be handed out.
+    fn finish_ahead(&mut self) -> Result<()> {
+        let Some(ahead) = self.ahead.take() else {
+            return Ok(());
+        };
+        match ahead.thread.join() {
+            Ok(result) => result?,
+            Err(_) => {
+                let why = io::Error::other("the thread reserving frame numbers panicked");
+                return Err(Error::io(
+                    format!("writing {}", self.dir.join(FILE).display()),
+                    why,
+                ));
+            }
+        }
+        self.reserved_end = self.reserved_end.max(ahead.end);
+        Ok(())
+    }
+
+    fn trim_gaps(&mut self) {
         if self.gaps.len() > MAX_GAPS {
             self.gaps.drain(..self.gaps.len() - MAX_GAPS);
         }
-        let io_err = |e| Error::io(format!("writing {}", self.dir.join(FILE).display()), e);
-        create_dir_durable(&self.dir).map_err(io_err)?;
-        let bytes = encode(reserved_end, &self.gaps);
-        write_atomic(&self.dir, FILE, &[&bytes]).map_err(|e| io_err(e.source))?;
-        Ok(())
     }
+
+    fn persist(&mut self, reserved_end: u64) -> Result<()> {
+        self.trim_gaps();
+        write_state(&self.dir, reserved_end, &self.gaps)
+    }
+}
+
+impl Drop for FrameAllocator {
+    /// Lets a reservation in flight finish, so that an allocator opened next on the same
+    /// directory never races it for the state file.
+    fn drop(&mut self) {
+        if let Some(ahead) = self.ahead.take() {
+            let _ = ahead.thread.join();
+        }
+    }
+}
+
+/// Makes the state file say `reserved_end` and `gaps`, durably.
+fn write_state(dir: &Path, reserved_end: u64, gaps: &[Range<u64>]) -> Result<()> {
+    let io_err = |e| Error::io(format!("writing {}", dir.join(FILE).display()), e);
+    create_dir_durable(dir).map_err(io_err)?;
+    let bytes = encode(reserved_end, gaps);
+    write_atomic(dir, FILE, &[&bytes]).map_err(|e| io_err(e.source))?;
+    Ok(())
 }
 
 fn overflow(next: u64, _count: u64) -> Error {
@@ -251,6 +342,33 @@ mod tests {
     }
 
     #[test]
+    fn reserving_ahead_moves_the_fsyncs_off_the_crossing_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = FrameAllocator::open(dir.path(), 10)
+            .unwrap()
+            .reserve_ahead();
+        assert_eq!(a.allocate(4).unwrap(), 1..5);
+        assert!(a.ahead.is_none(), "more than half the block is left");
+        assert_eq!(a.allocate(2).unwrap(), 5..7);
+        assert!(
+            a.ahead.is_some(),
+            "half the block is used: the next one is on its way"
+        );
+        assert_eq!(a.allocate(5).unwrap(), 7..12);
+        assert_eq!(
+            a.reserved_end, 21,
+            "the crossing append used the block reserved ahead"
+        );
+        drop(a);
+        let a = FrameAllocator::open(dir.path(), 10).unwrap();
+        assert_eq!(
+            a.peek(),
+            21,
+            "a restart resumes after the block reserved ahead"
+        );
+    }
+
+    #[test]
     fn overflow_and_bad_input_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         assert!(FrameAllocator::open(dir.path(), 0)
@@ -292,16 +410,28 @@ mod tests {
         /// across restarts, and never handed out twice.
         #[test]
         fn never_hands_out_a_number_twice(
-            ops in prop::collection::vec((1u64..50, any::<bool>()), 1..60),
+            ops in prop::collection::vec((1u64..50, any::<bool>(), any::<bool>()), 1..60),
             block in 1u64..40,
+            ahead in any::<bool>(),
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let mut a = FrameAllocator::open(dir.path(), block).unwrap();
+            let open = |dir: &Path| {
+                let a = FrameAllocator::open(dir, block).unwrap();
+                if ahead { a.reserve_ahead() } else { a }
+            };
+            let mut a = open(dir.path());
             let mut last_end = 1u64;
-            for (count, restart) in ops {
+            let mut gaps = Vec::new();
+            for (count, restart, gap) in ops {
                 if restart {
-                    a = FrameAllocator::open(dir.path(), block).unwrap();
+                    drop(a);
+                    a = open(dir.path());
                     prop_assert!(a.peek() >= last_end);
+                    prop_assert_eq!(a.gaps(), gaps.as_slice());
+                    if gap && a.peek() > last_end {
+                        a.record_gap(last_end..a.peek()).unwrap();
+                        gaps.push(last_end..a.peek());
+                    }
                 }
                 let peeked = a.peek();
                 let r = a.allocate(count).unwrap();

@@ -373,6 +373,9 @@ impl<S: Storage + Clone> LogWriter<S> {
         )?;
         let previous = std::mem::replace(&mut self.wal, next);
         self.shared.rotate_sync_target(self.wal.sync_target());
+        // The syncer writes out the sealed file's tail and fsyncs the new file's
+        // directory entry now, while appends go on, rather than in a waiter's fsync.
+        self.shared.write_requested.notify_one();
         self.opened_at = None;
         self.shared.push_sealed(Sealed {
             segment: segment.clone(),

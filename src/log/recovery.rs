@@ -37,7 +37,7 @@ pub(super) async fn open<S: Storage + Clone>(
     create_dir_durable(&config.dir)
         .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
     bind_namespace(&storage, &config.dir, &namespace).await?;
-    let mut allocator = FrameAllocator::open(&config.dir, config.allocator_block)?;
+    let mut allocator = FrameAllocator::open(&config.dir, config.allocator_block)?.reserve_ahead();
     // A storage that keeps nothing reports u64::MAX: it holds no position to resume from.
     let durable = match storage.durable_frame_no(&namespace, None).await? {
         u64::MAX => 0,

@@ -6,8 +6,11 @@
 //!   watermark, writes out and fsyncs the files sealed since its last run and the open one
 //!   (and, once, each new file's directory), and advances `Written` to what it read.
 //!   Transactions appended while an fsync runs share the next one (group commit). When
-//!   1 MiB of appends is pending it also writes them out, without an fsync, so appends
-//!   and seals make no system call (until 32 MiB pile up: back-pressure).
+//!   1 MiB of appends is pending, or a seal started a new file, it gets ahead of the next
+//!   fsync without making one: it writes the appends out, starts their writeback
+//!   (`sync_file_range` on Linux) and fsyncs a new file's directory entry. So appends
+//!   and seals make no system call (until 32 MiB pile up: back-pressure), and a waiter's
+//!   fsync finds most of its work done.
 //! * The **submitter** hands sealed segments to storage one at a time, in frame order.
 //!   What storage reports durable becomes the `Durable` watermark once it is also
 //!   `Written`, and only then are the local copies deleted.
@@ -161,7 +164,7 @@ pub(crate) async fn run_syncer(shared: Arc<Shared>, interval: std::time::Duratio
             // Appends piled up: write them out (no fsync) so the append path never does.
             let targets = shared.all_targets();
             let written = tokio::task::spawn_blocking(move || {
-                targets.iter().try_for_each(SyncTarget::write_out)
+                targets.iter().try_for_each(SyncTarget::write_ahead)
             })
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
