@@ -135,8 +135,8 @@ impl FrameAllocator {
             }
             .into());
         }
-        // The file must not be written by two threads at once, and must keep the
-        // furthest reservation it has ever made.
+        // The file must not be written by two threads at once, and the gap list
+        // written now must name the end a finished reservation ahead made.
         self.finish_ahead()?;
         self.gaps.push(range);
         self.persist(self.reserved_end)
@@ -213,7 +213,8 @@ impl FrameAllocator {
 
 impl Drop for FrameAllocator {
     /// Lets a reservation in flight finish, so that an allocator opened next on the same
-    /// directory never races it for the state file.
+    /// directory never races it for the state file. This can block for the two fsyncs of
+    /// that reservation (a log writer drops its allocator when it closes).
     fn drop(&mut self) {
         if let Some(ahead) = self.ahead.take() {
             let _ = ahead.thread.join();

@@ -236,8 +236,9 @@ impl SyncTarget {
 }
 
 /// Starts writing `range` of `file` back to the disk without waiting for it, so that
-/// the next `fdatasync` finds it (mostly) done. Only a hint, but its errors are not
-/// ignored: an error it reported might not be reported again by the `fdatasync`.
+/// the next `fdatasync` finds it (mostly) done. Only a hint, and with `WRITE` alone it
+/// does not consume a writeback error the `fdatasync` would report; still, an error it
+/// returns stops the log rather than being ignored, which is the conservative choice.
 #[cfg(target_os = "linux")]
 fn start_writeback(file: &File, range: std::ops::Range<u64>) -> io::Result<()> {
     use std::os::fd::AsRawFd;

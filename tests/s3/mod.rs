@@ -171,6 +171,7 @@ atomic_writes!(
         list_objects_v2: ListObjectsV2Input => ListObjectsV2Output,
         create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput,
         upload_part: UploadPartInput => UploadPartOutput,
+        upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput,
         list_parts: ListPartsInput => ListPartsOutput,
         abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput;
     locked:
