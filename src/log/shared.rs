@@ -161,7 +161,9 @@ pub(crate) async fn run_syncer(shared: Arc<Shared>, interval: std::time::Duratio
             next_sync = tokio::time::Instant::now() + interval;
         }
         if write_only && !shared.stopping.load(Ordering::Acquire) {
-            // Appends piled up: write them out (no fsync) so the append path never does.
+            // Appends piled up, or a seal started a new file: write out and start the
+            // writeback (no fsync of the data), so neither the append path nor the next
+            // waiter's fsync has to.
             let targets = shared.all_targets();
             let written = tokio::task::spawn_blocking(move || {
                 targets.iter().try_for_each(SyncTarget::write_ahead)
