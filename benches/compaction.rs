@@ -16,23 +16,18 @@ use walvault::{
     compact, on_store, CompactionPolicy, LocalStorage, NamespaceName, SegmentBuilder, Storage,
 };
 
+mod common;
+use common::{bench_dir, rt};
+
 const SEGMENTS: u64 = 512;
 const PAGES: u64 = 32;
 const PAGE_SIZE: usize = 4096;
 const BYTES: u64 = SEGMENTS * PAGES * PAGE_SIZE as u64;
 const MIB: f64 = (1 << 20) as f64;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// A store holding the history, in a fresh directory.
 fn history(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, LocalStorage, NamespaceName) {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = bench_dir();
     let storage = LocalStorage::open(dir.path()).unwrap();
     let ns = NamespaceName::new("bench").unwrap();
     rt.block_on(async {
@@ -68,7 +63,7 @@ fn policy() -> CompactionPolicy {
 }
 
 fn copy_baseline() -> Duration {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = bench_dir();
     let src = dir.path().join("src");
     let mut f = File::create(&src).unwrap();
     let chunk = vec![7u8; 1 << 20];

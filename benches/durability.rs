@@ -12,8 +12,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use walvault::{Durability, DurabilityTracker, FrameAllocator, DEFAULT_BLOCK_SIZE};
 
+mod common;
+use common::bench_dir;
+
 fn allocate(c: &mut Criterion) {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = bench_dir();
     let mut g = c.benchmark_group("allocate_one_frame");
     let counter = AtomicU64::new(1);
     g.bench_function("baseline_atomic_fetch_add", |b| {

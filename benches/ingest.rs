@@ -12,6 +12,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rusqlite::Connection;
 use walvault::{Durability, LocalStorage, NamespaceName, Replicator, ReplicatorConfig};
 
+mod common;
+use common::bench_dir;
+
 /// Rows of ~4 KiB per batch; 100 rows per transaction.
 const ROWS: u64 = 2_000;
 
@@ -31,7 +34,7 @@ fn ingest(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = bench_dir();
     let db = dir.path().join("bench.db");
     let conn = Connection::open(&db).unwrap();
     conn.execute_batch(

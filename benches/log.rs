@@ -20,17 +20,12 @@ use walvault::{
     StoreScheduler,
 };
 
+mod common;
+use common::{bench_dir, rt};
+
 const PAGE: usize = 4096;
 const TXN_PAGES: usize = 16;
 const TXNS: usize = 64; // 4 MiB per iteration
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn pages() -> Vec<(u32, Vec<u8>)> {
     (1..=TXN_PAGES as u32)
@@ -51,7 +46,7 @@ fn append_batch<S: walvault::Storage + Clone>(
 
 fn append(c: &mut Criterion) {
     let rt = rt();
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = bench_dir();
     let data = pages();
     let refs: Vec<(u32, &[u8])> = data.iter().map(|(p, d)| (*p, d.as_slice())).collect();
     let bytes = (TXNS * TXN_PAGES * PAGE) as u64;
@@ -152,7 +147,7 @@ fn end_to_end(c: &mut Criterion) {
     let mut report = None;
     g.bench_function("64_namespaces", |b| {
         b.iter(|| {
-            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+            let dir = bench_dir();
             report = Some(rt.block_on(run_e2e(dir.path())));
         })
     });

@@ -32,21 +32,12 @@ use walvault::{
     SealedSegment, SegmentBuilder, Storage,
 };
 
+mod common;
+use common::{bench_dir, rt};
+
 const PAGE_SIZE: usize = 4096;
 const MB: f64 = 1e6;
 const PREFIX: &str = "bench";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn bench_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
-}
 
 /// An S3 server over a fresh directory, its client, and what keeps them alive.
 struct Server {

@@ -22,6 +22,9 @@ use walvault::{
     on_store, LocalStorage, NamespaceName, RestoreOptions, RestoreSummary, SegmentBuilder, Storage,
 };
 
+mod common;
+use common::{bench_dir, rt};
+
 /// Counts live heap bytes and their peak, to measure a restore's memory.
 struct Counting;
 
@@ -67,18 +70,6 @@ static ALLOC: Counting = Counting;
 
 const PAGE_SIZE: u32 = 4096;
 const MIB: f64 = (1 << 20) as f64;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn bench_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
-}
 
 /// Deterministic page numbers for the overwriting segments (splitmix64).
 struct SplitMix(u64);

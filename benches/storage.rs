@@ -18,6 +18,9 @@ use walvault::{
     SegmentBuilder, SegmentInfo, SegmentKey, Storage,
 };
 
+mod common;
+use common::{bench_dir, rt};
+
 /// Counts live heap bytes, to measure the catalog's memory per segment.
 struct Counting;
 
@@ -44,17 +47,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// A manifest of `n` one-frame segments, one second apart.
 fn catalog_store(n: u64) -> (tempfile::TempDir, NamespaceName) {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = bench_dir();
     let name = NamespaceName::new("bench").unwrap();
     let entries = (1..=n)
         .map(|i| SegmentInfo {
@@ -138,7 +133,7 @@ fn eight_mib_segment(start: u64) -> SealedSegment {
 
 fn local_store(c: &mut Criterion) {
     let rt = rt();
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = bench_dir();
     let storage = LocalStorage::open(dir.path().join("store")).unwrap();
     let name = NamespaceName::new("bench").unwrap();
     let template = eight_mib_segment(1);
