@@ -68,6 +68,17 @@ pub enum Error {
         /// The epoch of the writer that took over.
         newer: u64,
     },
+    /// A segment does not build on the namespace's latest state: its lineage checksum
+    /// names another database state (another copy of the database wrote the namespace,
+    /// or the store's history was emptied or replaced). Nothing was stored; ship a
+    /// snapshot, which starts a new lineage.
+    #[error("namespace {namespace} has diverged from this writer: {detail}")]
+    Diverged {
+        /// The namespace.
+        namespace: String,
+        /// Which states disagree.
+        detail: String,
+    },
     /// The storage was shut down.
     #[error("storage is shut down")]
     Closed,
@@ -116,6 +127,12 @@ impl Error {
     /// True when stored data failed verification.
     pub fn is_corrupt(&self) -> bool {
         matches!(self, Error::Corrupt { .. })
+    }
+
+    /// True when a store refused a segment because it does not build on the
+    /// namespace's latest state (see [`Error::Diverged`]).
+    pub fn is_diverged(&self) -> bool {
+        matches!(self, Error::Diverged { .. })
     }
 
     /// True when the requested object does not exist.

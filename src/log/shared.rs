@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     /// Wakes the syncer to write out pending appends without an fsync.
     pub write_requested: Notify,
     pub stopping: AtomicBool,
+    /// Set when the store refused a segment as [`Error::Diverged`]: the segments built on
+    /// it are dropped until a snapshot starts a new lineage.
+    diverged: tokio::sync::watch::Sender<Option<Error>>,
 }
 
 #[derive(Debug, Default)]
@@ -73,7 +76,31 @@ impl Shared {
             sync_requested: Notify::new(),
             write_requested: Notify::new(),
             stopping: AtomicBool::new(false),
+            diverged: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// The store's refusal, while no snapshot has answered it.
+    pub(crate) fn diverged(&self) -> Option<Error> {
+        self.diverged.borrow().clone()
+    }
+
+    pub(crate) fn watch_diverged(&self) -> tokio::sync::watch::Receiver<Option<Error>> {
+        self.diverged.subscribe()
+    }
+
+    fn set_diverged(&self, e: Error) {
+        self.diverged.send_replace(Some(e));
+    }
+
+    /// A snapshot was appended: a new lineage starts.
+    pub(crate) fn clear_diverged(&self) {
+        self.diverged.send_if_modified(|d| d.take().is_some());
+    }
+
+    /// Replaces the open file (still empty) with `next`; the old one needs no fsync.
+    pub(crate) fn replace_sync_target(&self, next: SyncTarget) {
+        lock(&self.targets).current = Some(next);
     }
 
     /// Makes `next` the file appends go to; the previous one gets a last fsync.
@@ -215,8 +242,17 @@ pub(crate) async fn run_submitter<S: Storage + Clone>(
     shared: Arc<Shared>,
     mut segments: mpsc::UnboundedReceiver<SealedSegment>,
 ) {
+    // After the store refused a segment as diverged, the segments built on it cannot be
+    // stored either: they are skipped until a snapshot (a new lineage) arrives. Their
+    // local files go once the snapshot is durable (its frame numbers are higher).
+    let mut skipping = false;
     while let Some(segment) = segments.recv().await {
         let key = segment.key();
+        if skipping && segment.lineage_base() != Some(0) {
+            tracing::info!(namespace = %namespace, segment = %key, "skipping a segment built on a diverged history; a snapshot follows");
+            continue;
+        }
+        skipping = false;
         let (stored, outcome) = oneshot::channel();
         let reporter = shared.clone();
         let callback = on_store(move |durable| async move {
@@ -225,10 +261,19 @@ pub(crate) async fn run_submitter<S: Storage + Clone>(
             reporter.on_stored(durable.min(key.end_frame_no));
             let _ = stored.send(());
         });
-        if let Err(e) = storage.store(&namespace, segment, None, callback).await {
-            tracing::error!(namespace = %namespace, segment = %key, error = %e, "storing a sealed segment failed");
-            shared.tracker.fail(e);
-            return;
+        match storage.store(&namespace, segment, None, callback).await {
+            Ok(()) => {}
+            Err(e) if e.is_diverged() => {
+                tracing::warn!(namespace = %namespace, segment = %key, error = %e, "the store refused a segment: its history moved on without this log; shipping a snapshot instead");
+                skipping = true;
+                shared.set_diverged(e);
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(namespace = %namespace, segment = %key, error = %e, "storing a sealed segment failed");
+                shared.tracker.fail(e);
+                return;
+            }
         }
         // A storage that queues (the scheduler) may still give up on the segment later:
         // it then drops the callback unused, and asking it for the durable frame number

@@ -263,7 +263,12 @@ impl<S: Storage + Clone> Replicator<S> {
     async fn ship_held(&mut self) -> Result<IngestReport> {
         self.hold_reader()?;
         let mut report = IngestReport::default();
+        let diverged = self.log.needs_snapshot();
+        if let Some(reason) = &diverged {
+            tracing::warn!(db = %self.db.display(), reason = %reason, "shipping a snapshot");
+        }
         let shipped = match self.state.position {
+            _ if diverged.is_some() => false,
             Some(position) => self.ship_after(Some(position), &mut report)?,
             None => match self.state.fingerprint {
                 // The WAL was empty last time: if the database file has not changed since,
@@ -363,8 +368,11 @@ impl<S: Storage + Clone> Replicator<S> {
         if applied == 0 {
             return Ok(true);
         }
-        let durable = self.log.wait(applied, Durability::Durable);
+        let durable = self.log.wait_durable(applied);
         match tokio::time::timeout(self.checkpoint_timeout, durable).await {
+            // The store refused what was shipped: the next poll ships a snapshot, and
+            // nothing is checkpointed until it is durable.
+            Ok(Err(e)) if e.is_diverged() => Ok(false),
             Ok(waited) => waited.map(|_| true),
             Err(_) => {
                 tracing::warn!(
@@ -380,13 +388,26 @@ impl<S: Storage + Clone> Replicator<S> {
     }
 
     /// Seals what is open, waits until every shipped frame is durable, and closes the log.
-    pub async fn close(self) -> Result<()> {
-        let Self { mut log, .. } = self;
-        log.seal()?;
-        let applied = log.tracker().watermark(Durability::Applied);
-        if applied > 0 {
-            log.wait(applied, Durability::Durable).await?;
+    ///
+    /// If the store refuses what was shipped because its history moved on (another copy
+    /// of the database wrote the namespace, or the store was emptied), a snapshot is
+    /// shipped instead and waited for.
+    pub async fn close(mut self) -> Result<()> {
+        loop {
+            self.log.seal()?;
+            let applied = self.log.tracker().watermark(Durability::Applied);
+            if applied == 0 {
+                break;
+            }
+            match self.log.wait_durable(applied).await {
+                Ok(_) => break,
+                Err(e) if e.is_diverged() => {
+                    self.run_once().await?;
+                }
+                Err(e) => return Err(e),
+            }
         }
+        let Self { log, .. } = self;
         log.close().await
     }
 
@@ -468,7 +489,7 @@ impl<S: Storage + Clone> Replicator<S> {
         if db_size > 0 {
             let pages = snapshot::read(&self.db, self.page_size, db_size, &mut overlay)?;
             let refs: Vec<(u32, &[u8])> = pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
-            report.add(self.log.append(&refs, db_size)?);
+            report.add(self.log.append_snapshot(&refs, db_size)?);
         }
         match end {
             Some(end) => self.record(Some(end)),
