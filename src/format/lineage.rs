@@ -31,6 +31,7 @@ pub fn checksum_of(xor: u64) -> u64 {
 
 /// The checksum of the database in `bytes` (whole pages of `page_size` bytes), as a
 /// restore or a follower computes it from a file.
+#[cfg(test)]
 pub fn database_checksum(bytes: &[u8], page_size: usize, first_page: u32) -> u64 {
     bytes
         .chunks(page_size)
