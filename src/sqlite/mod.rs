@@ -10,6 +10,7 @@
 //!   continuous mode holds a read transaction so that nobody else's checkpoint can reset
 //!   the WAL before we have read it.
 
+mod dbfile;
 mod replicate;
 mod snapshot;
 mod state;
