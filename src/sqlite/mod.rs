@@ -16,7 +16,7 @@ mod snapshot;
 mod state;
 pub(crate) mod wal;
 
-pub use replicate::{IngestReport, Replicator, ReplicatorConfig};
+pub use replicate::{IngestReport, Replicator, ReplicatorConfig, SnapshotReason};
 
 use std::path::Path;
 
