@@ -207,6 +207,8 @@ pub struct Replicator<S: Storage + Clone> {
     verified: bool,
     /// The position of our last checkpoint, to count what the WAL gained since.
     checkpointed: Option<WalPosition>,
+    /// True when there was no WAL before our connections opened the database.
+    wal_missing_at_open: bool,
     /// Why the saved position was dropped when the replicator opened, if it was.
     start_reason: Option<SnapshotReason>,
     /// After a checkpoint gave up waiting for the store: no new attempt before this.
@@ -237,6 +239,11 @@ impl<S: Storage + Clone> Replicator<S> {
         if !db.is_file() {
             return Err(Error::NotFound(format!("database {}", db.display())));
         }
+        let mut wal = db.clone().into_os_string();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        // Our own connections create an empty WAL where there was none: look first.
+        let wal_missing_at_open = !wal.exists();
         let open = || Connection::open(&db).map_err(sqlite_err("opening the database"));
         let readers = [open()?, open()?];
         let mode: String = readers[0]
@@ -279,10 +286,9 @@ impl<S: Storage + Clone> Replicator<S> {
                 ..IngestState::default()
             };
         }
-        let mut wal = db.clone().into_os_string();
-        wal.push("-wal");
         Ok(Self {
-            wal: PathBuf::from(wal),
+            wal,
+            wal_missing_at_open,
             db,
             readers,
             held: None,
@@ -560,10 +566,17 @@ impl<S: Storage + Clone> Replicator<S> {
     }
 
     /// Why a WAL we had a position in now reads as empty.
+    /// Before this process's first run, the WAL's absence is looked for when the
+    /// replicator opened, since opening the database creates an empty WAL.
     fn why_empty(&self) -> SnapshotReason {
-        match std::fs::symlink_metadata(&self.wal) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SnapshotReason::WalDeleted,
-            _ => SnapshotReason::WalTruncated,
+        let missing = match std::fs::symlink_metadata(&self.wal) {
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            Ok(_) => !self.verified && self.wal_missing_at_open,
+        };
+        if missing {
+            SnapshotReason::WalDeleted
+        } else {
+            SnapshotReason::WalTruncated
         }
     }
 
