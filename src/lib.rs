@@ -73,7 +73,9 @@ pub use crate::ops::{
     Merge, RetentionReport, VerifyReport,
 };
 pub use crate::replica::{durable_frames, transactions, Follower, Transaction};
-pub use crate::sqlite::{integrity_check, IngestReport, Replicator, ReplicatorConfig};
+pub use crate::sqlite::{
+    integrity_check, IngestReport, Replicator, ReplicatorConfig, SnapshotReason,
+};
 pub use crate::storage::restore_to_path_with_progress;
 pub use crate::storage::{
     on_store, plan_restore, Faults, FaultyStorage, FindSegmentReq, ForkReport, GcOptions, GcReport,

@@ -88,7 +88,7 @@ pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
             a.db.display(),
             report.transactions,
             report.frames,
-            if report.snapshot { " (snapshot)" } else { "" },
+            snapshot_note(&report),
         );
         return Ok(());
     }
@@ -107,12 +107,12 @@ pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
             maintain(&store, &namespace, &a).await;
             maintained = tokio::time::Instant::now();
         }
-        if report.transactions > 0 {
+        if report.transactions > 0 || report.snapshot {
             println!(
                 "shipped {} transactions, {} frames{}",
                 report.transactions,
                 report.frames,
-                if report.snapshot { " (snapshot)" } else { "" }
+                snapshot_note(&report)
             );
         }
         tokio::select! {
@@ -123,6 +123,15 @@ pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
     replicator.close().await?;
     println!("stopped; everything shipped is durable");
     Ok(())
+}
+
+/// ` (snapshot: <why>)` when the step shipped a snapshot, so a discontinuity is seen.
+fn snapshot_note(report: &walvault::IngestReport) -> String {
+    match (report.snapshot, report.snapshot_reason) {
+        (true, Some(reason)) => format!(" (snapshot: {reason})"),
+        (true, None) => " (snapshot)".to_string(),
+        (false, _) => String::new(),
+    }
 }
 
 /// The database file's stem, as the default namespace.
