@@ -62,12 +62,12 @@ pub use crate::durability::{
     Durability, DurabilityTracker, DurableStream, FrameAllocator, SchedulerConfig, ShutdownReport,
     StoreScheduler, DEFAULT_BLOCK_SIZE,
 };
-pub use crate::error::{Error, FormatError, InvalidInput, Part, Result};
+pub use crate::error::{Error, ErrorKind, FormatError, InvalidInput, Part, Result};
 pub use crate::format::{
     Commit, FrameRef, NamespaceName, PageIndex, PageIndexIter, SealedSegment, SegmentBuilder,
     SegmentKey,
 };
-pub use crate::log::{Appended, Clock, LogConfig, LogWriter, SystemClock};
+pub use crate::log::{Appended, Clock, LogConfig, LogWriter, RetryPolicy, SystemClock};
 pub use crate::ops::{
     apply_retention, compact, plan_compaction, CompactionPolicy, CompactionReport, Merge,
     RetentionReport,
