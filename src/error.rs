@@ -1,7 +1,12 @@
 //! Errors, in two layers.
 //!
-//! The public [`Error`] is small and classified by what the caller should do about it:
-//! fix the input, treat stored data as corrupt, look elsewhere, retry the I/O, or reopen.
+//! The public [`Error`] is small and classified by what the caller should do about it
+//! ([`Error::kind`], an [`ErrorKind`]): retry later, have a person fix something (the
+//! credentials, a permission, a missing bucket), treat stored data as corrupt, fix the
+//! input, look elsewhere, or reopen. A daemon decides from the kind alone whether to
+//! wait out a failure or stop, so the kind comes from the structure of the failure
+//! (`object_store`'s error variants, the transport error inside them, the operating
+//! system's error kind), never from message text.
 //! Each variant carries a detail type ([`InvalidInput`], [`FormatError`]) that names
 //! exactly what was wrong, so a message never needs a debugger to be understood.
 //! `Error` is `Clone` (sources live in `Arc`) because one failure may have to reach many
@@ -85,6 +90,18 @@ pub enum Error {
     /// The backend cannot do what was asked (for example, edit its catalog).
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// A request to an object store failed. `kind` says whether waiting can help
+    /// ([`ErrorKind::Transient`]) or a person must fix something
+    /// ([`ErrorKind::Permanent`]; `context` then says what).
+    #[error("{context}: {source}")]
+    Store {
+        /// What the caller should do about it.
+        kind: ErrorKind,
+        /// What walvault was doing, and for a permanent failure what to fix.
+        context: String,
+        /// The store client's error.
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// SQLite reported an error while walvault read or checked a database.
     #[error("SQLite error while {context}: {message}")]
     Sqlite {
@@ -119,6 +136,61 @@ impl Error {
         }
     }
 
+    /// What the caller should do about this error; see [`ErrorKind`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidInput(_) => ErrorKind::InvalidInput,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::Io { source, .. } => io_kind(source.kind()),
+            Error::Poisoned { .. } | Error::Closed => ErrorKind::Closed,
+            Error::Conflict { .. } | Error::Fenced { .. } => ErrorKind::Conflict,
+            Error::Diverged { .. } => ErrorKind::Diverged,
+            // SQLite's messages carry no code here; walvault cannot tell a busy database
+            // from a broken one, so it does not wait on either.
+            Error::Unsupported(_) | Error::Sqlite { .. } => ErrorKind::Permanent,
+            Error::Store { kind, .. } => *kind,
+        }
+    }
+
+    /// True when the same operation may succeed if retried later
+    /// ([`ErrorKind::Transient`]).
+    pub fn is_transient(&self) -> bool {
+        self.kind() == ErrorKind::Transient
+    }
+
+    /// This error, saying that retries gave up on it after `elapsed` and `attempts`
+    /// attempts.
+    pub(crate) fn gave_up(self, elapsed: std::time::Duration, attempts: u32) -> Self {
+        let after = format!(
+            "gave up after {attempts} attempts in {:.1} s",
+            elapsed.as_secs_f64()
+        );
+        self.with_note(&after)
+    }
+
+    /// This error with `note` added to what walvault was doing (store and I/O errors;
+    /// others are returned as they are).
+    pub(crate) fn with_note(self, note: &str) -> Self {
+        let after = format!("; {note}");
+        match self {
+            Error::Store {
+                kind,
+                context,
+                source,
+            } => Error::Store {
+                kind,
+                context: context + &after,
+                source,
+            },
+            Error::Io { context, source } => Error::Io {
+                context: context + &after,
+                source,
+            },
+            other => other,
+        }
+    }
+
     /// True when the error is about malformed input from the caller.
     pub fn is_invalid_input(&self) -> bool {
         matches!(self, Error::InvalidInput(_))
@@ -138,6 +210,74 @@ impl Error {
     /// True when the requested object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound(_))
+    }
+}
+
+/// What the caller should do about an [`Error`] (see [`Error::kind`]).
+///
+/// A replication daemon waits out [`Transient`](ErrorKind::Transient) errors for as long
+/// as its policy says and stops on every other kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Retrying later may succeed: the store is unreachable (connection refused or reset,
+    /// a timeout), failing for now (HTTP 5xx), throttling (HTTP 429), or a local I/O
+    /// operation failed in a way that may pass (EIO, a full disk). An error whose cause
+    /// walvault cannot tell apart is also transient, so that a daemon keeps the log and
+    /// says what fails rather than exit on a glitch.
+    Transient,
+    /// Waiting will not help; a person must fix something: credentials the store
+    /// rejects, a permission it denies, a bucket that does not exist, a configuration it
+    /// refuses, an operation the backend does not support, a local permission.
+    Permanent,
+    /// Stored bytes failed verification.
+    Corrupt,
+    /// The caller passed something malformed; the same call fails again.
+    InvalidInput,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// Another writer holds the namespace or took it over (fencing), or an object that
+    /// must be created once already exists.
+    Conflict,
+    /// The store's history moved on without this writer (another copy of the database
+    /// wrote the namespace, or its history was emptied or replaced): nothing was stored;
+    /// ship a snapshot, which starts a new lineage.
+    Diverged,
+    /// The handle is shut down, or unusable after an earlier failure: reopen it.
+    Closed,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::InvalidInput => "invalid input",
+            ErrorKind::Diverged => "diverged",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Closed => "closed",
+        })
+    }
+}
+
+/// The kind of a local I/O error: a missing or forbidden path, a read-only file system
+/// or malformed data will not change by waiting; anything else (EIO, a full disk, an
+/// interrupted or timed-out operation) may.
+pub(crate) fn io_kind(kind: io::ErrorKind) -> ErrorKind {
+    use io::ErrorKind as K;
+    match kind {
+        K::PermissionDenied
+        | K::NotFound
+        | K::ReadOnlyFilesystem
+        | K::InvalidInput
+        | K::InvalidData
+        | K::Unsupported
+        | K::IsADirectory
+        | K::NotADirectory
+        | K::InvalidFilename => ErrorKind::Permanent,
+        _ => ErrorKind::Transient,
     }
 }
 

@@ -62,12 +62,12 @@ pub use crate::durability::{
     Durability, DurabilityTracker, DurableStream, FrameAllocator, SchedulerConfig, ShutdownReport,
     StoreScheduler, DEFAULT_BLOCK_SIZE,
 };
-pub use crate::error::{Error, FormatError, InvalidInput, Part, Result};
+pub use crate::error::{Error, ErrorKind, FormatError, InvalidInput, Part, Result};
 pub use crate::format::{
     page_hash, Commit, FrameRef, NamespaceName, PageIndex, PageIndexIter, PageSums, SealedSegment,
     SegmentBuilder, SegmentKey, CHECKSUM_FLAG,
 };
-pub use crate::log::{Appended, Clock, LogConfig, LogWriter, SystemClock};
+pub use crate::log::{Appended, Clock, LogConfig, LogWriter, RetryPolicy, SystemClock};
 pub use crate::ops::{
     apply_retention, compact, plan_compaction, verify_history, CompactionPolicy, CompactionReport,
     Merge, RetentionReport, VerifyReport,

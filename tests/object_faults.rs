@@ -19,7 +19,7 @@ use object_store::ObjectStore;
 use support::faulty::{Faults, FaultyStore, Op};
 use tokio_stream::StreamExt;
 use walvault::{
-    on_store, Durability, Error, NamespaceName, ObjectStorage, RestoreOptions, SchedulerConfig,
+    on_store, Durability, ErrorKind, NamespaceName, ObjectStorage, RestoreOptions, SchedulerConfig,
     SealedSegment, Storage, StoreScheduler,
 };
 
@@ -125,7 +125,7 @@ async fn stores_through_random_faults_lose_nothing_and_report_nothing_early() {
             });
             match scheduler.store(&name, seg.clone(), None, check).await {
                 Ok(()) => break,
-                Err(Error::Io { .. }) => continue,
+                Err(e) if e.kind() == ErrorKind::Transient => continue,
                 Err(e) => panic!("queueing {}: {e}", seg.key()),
             }
         }
@@ -168,7 +168,7 @@ async fn store_retrying(
                     assert_eq!(durable, seg.end_frame_no());
                     break;
                 }
-                Err(Error::Io { .. }) => failures += 1,
+                Err(e) if e.kind() == ErrorKind::Transient => failures += 1,
                 Err(e) => panic!("storing {}: {e}", seg.key()),
             }
         }
@@ -245,7 +245,10 @@ async fn lose_one_response(
     match expect {
         FirstStore::Succeeds => assert_eq!(first.unwrap(), seg.end_frame_no()),
         FirstStore::Fails => {
-            assert!(matches!(first, Err(Error::Io { .. })), "{first:?}");
+            assert!(
+                matches!(&first, Err(e) if e.kind() == ErrorKind::Transient),
+                "{first:?}"
+            );
             let retry = conformance::store(&s, &name, seg.clone()).await;
             assert_eq!(retry.unwrap(), seg.end_frame_no());
         }
@@ -326,7 +329,7 @@ async fn restores_under_faults_fail_or_are_exact() {
                 assert_eq!(out.into_inner(), replay_model(&segments, summary.frame_no));
                 exact += 1;
             }
-            Err(Error::Io { .. }) => failed += 1,
+            Err(e) if e.kind() == ErrorKind::Transient => failed += 1,
             Err(e) => panic!("restore to {upto}: {e}"),
         }
     }

@@ -340,9 +340,11 @@ impl<B: Storage> Inner<B> {
     }
 }
 
-/// I/O errors may pass; everything else (bad input, corruption, conflicts) will not.
+/// Only transient errors may pass (an unreachable or throttling store, a local I/O
+/// hiccup); a permanent one (credentials, permission, a missing bucket), bad input,
+/// corruption or a conflict fails the same way on every retry.
 fn retryable(e: &Error) -> bool {
-    matches!(e, Error::Io { .. })
+    e.is_transient()
 }
 
 impl<B: Storage> Storage for StoreScheduler<B> {

@@ -16,6 +16,7 @@
 //! as a gap.
 
 mod recovery;
+mod retry;
 mod shared;
 mod sums;
 mod wal;
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+pub use self::retry::RetryPolicy;
 use self::shared::{Sealed, Shared};
 use self::wal::{WalFile, WalFrameRef};
 use crate::durability::{Durability, DurabilityTracker, FrameAllocator, DEFAULT_BLOCK_SIZE};
@@ -76,6 +78,10 @@ pub struct LogConfig {
     /// The longest appended frames wait for an fsync when nobody waits for `Written`
     /// (a wait for `Written` or `Durable` asks for one at once). Default 1 s.
     pub sync_interval: Duration,
+    /// How sealed segments the store did not take are retried. Default: transient
+    /// errors (an unreachable, failing or throttling store) forever, with backoff from
+    /// 250 ms to 5 s, and for 10 s once the log closes; see [`RetryPolicy`].
+    pub store_retry: RetryPolicy,
 }
 
 impl LogConfig {
@@ -90,6 +96,7 @@ impl LogConfig {
             allocator_block: DEFAULT_BLOCK_SIZE,
             clock: Arc::new(SystemClock),
             sync_interval: Duration::from_secs(1),
+            store_retry: RetryPolicy::default(),
         }
     }
 }
@@ -376,7 +383,9 @@ impl<S: Storage + Clone> LogWriter<S> {
     /// Seals what is open, flushes it to the open-segment file, and stops the background
     /// tasks once every sealed segment has been handed to storage. With a
     /// [`StoreScheduler`](crate::StoreScheduler) the `Durable` watermark may still move
-    /// after this returns, as uploads finish.
+    /// after this returns, as uploads finish. If the store does not take everything
+    /// within [`RetryPolicy::close_timeout`], this returns the error that says what is
+    /// left; it stays in the local log and the next open submits it again.
     pub async fn close(mut self) -> Result<()> {
         if self.failed.is_none() {
             self.seal()?;
@@ -393,8 +402,8 @@ impl<S: Storage + Clone> LogWriter<S> {
         // Nothing after the last appended frame will come: waits for later frames end.
         let last = self.shared.tracker.watermark(Durability::Applied);
         self.shared.tracker.end_at(last);
-        match &self.failed {
-            Some(e) => Err(e.clone()),
+        match self.failed.clone().or_else(|| self.shared.tracker.closed()) {
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }

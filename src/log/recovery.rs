@@ -91,6 +91,7 @@ pub(super) async fn open<S: Storage + Clone>(
             namespace.clone(),
             shared.clone(),
             segments,
+            config.store_retry.clone(),
         )),
     ];
     Ok(LogWriter {

@@ -13,17 +13,21 @@
 //!   fsync finds most of its work done.
 //! * The **submitter** hands sealed segments to storage one at a time, in frame order.
 //!   What storage reports durable becomes the `Durable` watermark once it is also
-//!   `Written`, and only then are the local copies deleted.
+//!   `Written`, and only then are the local copies deleted. A transient store error is
+//!   retried as the log's [`RetryPolicy`](super::RetryPolicy) says (by default until the
+//!   store answers; see the `retry` module); any other error fails the log, once
+//!   everything appended is `Written`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::durability::{Durability, DurabilityTracker};
 use crate::error::Error;
 use crate::format::{NamespaceName, SealedSegment};
+use crate::log::retry::{Backlog, Retrier, RetryPolicy, Stop};
 use crate::log::wal::{self, SyncTarget};
 use crate::storage::{on_store, Storage};
 
@@ -52,6 +56,8 @@ pub(crate) struct Shared {
     /// Set when the store refused a segment as [`Error::Diverged`]: the segments built on
     /// it are dropped until a snapshot starts a new lineage.
     diverged: tokio::sync::watch::Sender<Option<Error>>,
+    /// The same, for the submitter, which bounds its retries once the log stops.
+    stopped: watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +83,7 @@ impl Shared {
             write_requested: Notify::new(),
             stopping: AtomicBool::new(false),
             diverged: tokio::sync::watch::Sender::new(None),
+            stopped: watch::Sender::new(false),
         }
     }
 
@@ -170,7 +177,27 @@ impl Shared {
 
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.stopped.send_replace(true);
         self.sync_requested.notify_one();
+    }
+
+    /// What waits in the local log for the store.
+    fn backlog(&self) -> Backlog {
+        Backlog::of(&lock(&self.sealed))
+    }
+
+    /// Waits (at most `limit`) until everything appended is `Written`, so that a failure
+    /// of the log leaves nothing that was accepted only in memory.
+    async fn write_out(&self, limit: std::time::Duration) {
+        let applied = self.tracker.watermark(Durability::Applied);
+        self.sync_requested.notify_one();
+        let written = self.tracker.wait(applied, Durability::Written);
+        if tokio::time::timeout(limit, written).await.is_err() {
+            tracing::warn!(
+                frame_no = applied,
+                "appended frames not yet written locally"
+            );
+        }
     }
 }
 
@@ -217,7 +244,11 @@ pub(crate) async fn run_syncer(shared: Arc<Shared>, interval: std::time::Duratio
                     .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             match synced {
                 Ok(()) => {
-                    let _ = shared.tracker.advance(Durability::Written, target);
+                    if shared.tracker.advance(Durability::Written, target).is_err() {
+                        // The log failed: the data is synced, but no watermark moves
+                        // any more, so this loop would never see it written.
+                        return;
+                    }
                     shared.catch_up_durable();
                 }
                 Err(e) => {
@@ -235,17 +266,20 @@ pub(crate) async fn run_syncer(shared: Arc<Shared>, interval: std::time::Duratio
     }
 }
 
-/// Submits sealed segments in order; see the module docs.
+/// Submits sealed segments in order, retrying as `policy` says; see the module docs.
 pub(crate) async fn run_submitter<S: Storage + Clone>(
     storage: S,
     namespace: NamespaceName,
     shared: Arc<Shared>,
     mut segments: mpsc::UnboundedReceiver<SealedSegment>,
+    policy: RetryPolicy,
 ) {
     // After the store refused a segment as diverged, the segments built on it cannot be
     // stored either: they are skipped until a snapshot (a new lineage) arrives. Their
     // local files go once the snapshot is durable (its frame numbers are higher).
     let mut skipping = false;
+    let seed = uuid::Uuid::new_v4().as_u64_pair().0;
+    let mut retry = Retrier::new(policy, shared.stopped.subscribe(), seed);
     while let Some(segment) = segments.recv().await {
         let key = segment.key();
         if skipping && segment.lineage_base() != Some(0) {
@@ -253,43 +287,88 @@ pub(crate) async fn run_submitter<S: Storage + Clone>(
             continue;
         }
         skipping = false;
-        let (stored, outcome) = oneshot::channel();
-        let reporter = shared.clone();
-        let callback = on_store(move |durable| async move {
-            // Storage can vouch only for frames this log wrote: a storage that keeps
-            // nothing reports u64::MAX, which must not lift the local watermarks.
-            reporter.on_stored(durable.min(key.end_frame_no));
-            let _ = stored.send(());
-        });
-        match storage.store(&namespace, segment, None, callback).await {
-            Ok(()) => {}
-            Err(e) if e.is_diverged() => {
+        let failure = match submit(&storage, &namespace, &shared, segment, &mut retry).await {
+            Ok(()) => continue,
+            Err(Stop::Failed(e)) if e.is_diverged() => {
                 tracing::warn!(namespace = %namespace, segment = %key, error = %e, "the store refused a segment: its history moved on without this log; shipping a snapshot instead");
                 skipping = true;
                 shared.set_diverged(e);
                 continue;
             }
-            Err(e) => {
-                tracing::error!(namespace = %namespace, segment = %key, error = %e, "storing a sealed segment failed");
-                shared.tracker.fail(e);
-                return;
-            }
-        }
-        // A storage that queues (the scheduler) may still give up on the segment later:
-        // it then drops the callback unused, and asking it for the durable frame number
-        // says why.
-        let (storage, namespace, shared) = (storage.clone(), namespace.clone(), shared.clone());
-        tokio::spawn(async move {
-            if outcome.await.is_err() {
-                let reason = match storage.durable_frame_no(&namespace, None).await {
-                    Err(e) => e,
-                    Ok(_) => {
-                        Error::NotFound(format!("storage dropped segment {key} without storing it"))
-                    }
-                };
-                tracing::error!(namespace = %namespace, segment = %key, error = %reason, "segment was not stored");
-                shared.tracker.fail(reason);
-            }
-        });
+            Err(Stop::Failed(e)) => e,
+            Err(Stop::Closing(last)) => closing_error(&namespace, &shared, last),
+        };
+        shared.write_out(std::time::Duration::from_secs(10)).await;
+        tracing::error!(namespace = %namespace, segment = %key, error = %failure, "storing a sealed segment failed; the log stops");
+        shared.tracker.fail(failure);
+        return;
     }
+}
+
+/// Stores one segment, retrying transient failures.
+async fn submit<S: Storage + Clone>(
+    storage: &S,
+    namespace: &NamespaceName,
+    shared: &Arc<Shared>,
+    segment: SealedSegment,
+    retry: &mut Retrier,
+) -> Result<(), Stop> {
+    loop {
+        let attempt = store_once(storage, namespace, shared, segment.clone());
+        match retry.attempt(attempt).await? {
+            Ok(()) => {
+                retry.stored(shared.backlog());
+                return Ok(());
+            }
+            Err(e) => retry.failed(e, shared.backlog()).await?,
+        }
+    }
+}
+
+/// Why a closing log stopped retrying: what is left, where, and the last error.
+fn closing_error(namespace: &NamespaceName, shared: &Shared, last: Option<Error>) -> Error {
+    let backlog = shared.backlog();
+    let note = format!(
+        "the log closed before the store took {backlog} of {namespace}; they stay in the \
+         local log and the next open submits them again"
+    );
+    match last {
+        Some(e) => e.with_note(&note),
+        None => Error::io(note, std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Hands one segment to storage. A storage that queues (the scheduler) may still give
+/// up on the segment after accepting it: it then drops the callback unused, and asking
+/// it for the durable frame number says why.
+async fn store_once<S: Storage + Clone>(
+    storage: &S,
+    namespace: &NamespaceName,
+    shared: &Arc<Shared>,
+    segment: SealedSegment,
+) -> crate::error::Result<()> {
+    let key = segment.key();
+    let (stored, outcome) = oneshot::channel();
+    let reporter = shared.clone();
+    let callback = on_store(move |durable| async move {
+        // Storage can vouch only for frames this log wrote: a storage that keeps
+        // nothing reports u64::MAX, which must not lift the local watermarks.
+        reporter.on_stored(durable.min(key.end_frame_no));
+        let _ = stored.send(());
+    });
+    storage.store(namespace, segment, None, callback).await?;
+    let (storage, namespace, shared) = (storage.clone(), namespace.clone(), shared.clone());
+    tokio::spawn(async move {
+        if outcome.await.is_err() {
+            let reason = match storage.durable_frame_no(&namespace, None).await {
+                Err(e) => e,
+                Ok(_) => {
+                    Error::NotFound(format!("storage dropped segment {key} without storing it"))
+                }
+            };
+            tracing::error!(namespace = %namespace, segment = %key, error = %reason, "segment was not stored");
+            shared.tracker.fail(reason);
+        }
+    });
+    Ok(())
 }

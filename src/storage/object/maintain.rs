@@ -13,7 +13,7 @@ use object_store::path::Path;
 use object_store::PutPayload;
 use tokio_stream::StreamExt;
 
-use super::{fenced, listing, store_error, ObjectStorage};
+use super::{fenced, listing, store_error, write_error, ObjectStorage};
 use crate::error::{Error, Result};
 use crate::format::{NamespaceName, SealedSegment, SegmentKey};
 use crate::storage::fork::{self, ForkReport, FORKS_DIR};
@@ -97,7 +97,7 @@ impl ObjectStorage {
                 .store
                 .put(&marker, PutPayload::new())
                 .await
-                .map_err(|e| store_error(&format!("writing {marker}"), e))?;
+                .map_err(|e| write_error(&format!("writing {marker}"), e))?;
         }
         crate::storage::Storage::refresh(self, source, None).await?;
         fork::check_still_named(source, &listing::read(&src.catalog), &plan)?;
@@ -149,7 +149,7 @@ impl ObjectStorage {
             .store
             .put(&path, payload)
             .await
-            .map_err(|e| store_error(&format!("writing {path}"), e))?;
+            .map_err(|e| write_error(&format!("writing {path}"), e))?;
         Ok(())
     }
 

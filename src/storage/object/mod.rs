@@ -28,6 +28,7 @@
 //! manifest entry without its object.
 
 mod concurrent;
+mod errors;
 mod maintain;
 mod manifest;
 mod read;
@@ -46,6 +47,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use tokio_stream::Stream;
 use uuid::Uuid;
+
+use self::errors::{store_error, write_error};
 
 use super::catalog::Catalog;
 use super::listing::{self, CatalogStream, SharedCatalog};
@@ -348,7 +351,7 @@ impl ObjectStorage {
         {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(store_error(&format!("writing {path}"), e)),
+            Err(e) => Err(write_error(&format!("writing {path}"), e)),
         }
     }
 
@@ -490,7 +493,7 @@ impl ObjectStorage {
             // effect may have lost its response: either way, what is there now decides.
             Err(e) => match self.object_size(path).await {
                 Ok(Some(_)) => self.check_same(path, &bytes).await,
-                _ => Err(store_error(&format!("writing {path}"), e)),
+                _ => Err(write_error(&format!("writing {path}"), e)),
             },
         }
     }
@@ -758,8 +761,4 @@ fn read_error(path: &Path, key: &SegmentKey, e: object_store::Error) -> Error {
         object_store::Error::NotFound { .. } => Error::NotFound(format!("segment {key} ({path})")),
         e => store_error(&format!("reading {path}"), e),
     }
-}
-
-fn store_error(context: &str, e: object_store::Error) -> Error {
-    Error::io(context.to_string(), std::io::Error::other(e))
 }

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{MultipartUpload, PutMultipartOptions, PutPayload};
 
-use super::{concurrent, store_error, ObjectStorage};
+use super::{concurrent, store_error, write_error, ObjectStorage};
 use crate::error::{Error, Result};
 
 impl ObjectStorage {
@@ -50,7 +50,7 @@ impl ObjectStorage {
             .store
             .put_multipart_opts(path, PutMultipartOptions::default())
             .await
-            .map_err(|e| store_error(&format!("starting an upload of {path}"), e))?;
+            .map_err(|e| write_error(&format!("starting an upload of {path}"), e))?;
         match self
             .upload_parts(upload.as_mut(), path, &bytes, guard)
             .await
@@ -83,7 +83,7 @@ impl ObjectStorage {
             let sent = upload.put_part(PutPayload::from(part));
             async move {
                 sent.await
-                    .map_err(|e| store_error(&format!("uploading a part of {path}"), e))
+                    .map_err(|e| write_error(&format!("uploading a part of {path}"), e))
             }
         });
         concurrent::try_ordered(parts, self.tuning.upload_concurrency).await?;
@@ -93,7 +93,7 @@ impl ObjectStorage {
         upload
             .complete()
             .await
-            .map_err(|e| store_error(&format!("completing the upload of {path}"), e))?;
+            .map_err(|e| write_error(&format!("completing the upload of {path}"), e))?;
         Ok(true)
     }
 
