@@ -30,9 +30,14 @@ use harness::{
 
 const NS: &str = "app";
 /// Continuous mode, relative paths, a short interval. The database is named `./app.db`
-/// rather than `app.db`: a bare file name is its own test
-/// (`a_bare_relative_db_path_replicates`), so that one bug does not hide the others.
+/// and the store `./store` (see [`store`]) rather than `app.db` and `store`: bare names
+/// are their own test (`bare_relative_paths_replicate`), so that one bug does not hide
+/// the others.
 const REPLICATE: &[&str] = &["replicate", "--db", "./app.db", "--interval", "200ms"];
+/// The store as the scenarios name it: relative, `./store`.
+fn store() -> StoreArg {
+    StoreArg::local("./store")
+}
 const WRITER_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the daemon may take to ship the writer's last commit once it stopped.
 const CATCH_UP: Duration = Duration::from_secs(20);
@@ -88,10 +93,10 @@ fn txns(n: u64) -> String {
 }
 
 /// `walvault --store store replicate --db app.db`, exactly as a user types it in the
-/// database's directory: a bare relative file name (no directory part), in continuous
-/// mode and with `--once`.
+/// database's directory: bare relative names (no directory part) for the database and
+/// for a store directory that does not exist yet, with `--once` and in continuous mode.
 #[test]
-fn a_bare_relative_db_path_replicates() {
+fn bare_relative_paths_replicate() {
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
@@ -124,7 +129,7 @@ fn connection_per_transaction_writer_with_the_daemon_running_throughout() {
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
-    let mut daemon = Daemon::start(d, &StoreArg::local("store"), REPLICATE);
+    let mut daemon = Daemon::start(d, &store(), REPLICATE);
     writer.run(
         &["--txns", &txns(250), "--sleep-ms", "4", "--seed", "1"],
         WRITER_TIMEOUT,
@@ -150,7 +155,7 @@ fn writer_checkpoints_of_every_mode_and_fixed_size_rewrites() {
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
-    let mut daemon = Daemon::start(d, &StoreArg::local("store"), REPLICATE);
+    let mut daemon = Daemon::start(d, &store(), REPLICATE);
     writer.run(
         &[
             "--txns",
@@ -199,7 +204,7 @@ fn writers_come_and_go_and_the_daemon_is_killed_and_restarted() {
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
-    let mut daemon = Daemon::start(d, &StoreArg::local("store"), REPLICATE);
+    let mut daemon = Daemon::start(d, &store(), REPLICATE);
     for round in 0..4u64 {
         let seed = (10 + round).to_string();
         let checkpoint = ["PASSIVE", "RESTART", "TRUNCATE", "FULL"][round as usize];
@@ -248,7 +253,7 @@ fn emptying_the_store_under_a_running_daemon_ships_a_snapshot() {
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
-    let mut daemon = Daemon::start(d, &StoreArg::local("store"), REPLICATE);
+    let mut daemon = Daemon::start(d, &store(), REPLICATE);
     writer.run(&["--txns", &txns(60), "--sleep-ms", "3"], WRITER_TIMEOUT);
     if let Err(e) = wait_caught_up(d, NS, &writer.history(), CATCH_UP) {
         panic!("before emptying the store: {e}\n{}", daemon.tail(25));
@@ -280,7 +285,11 @@ fn emptying_the_store_under_a_running_daemon_ships_a_snapshot() {
 /// `restore` must equal c1's current state exactly, or the last `replicate` must have
 /// failed with a clear one-line error (and then a restore gives a state that existed):
 /// never a corrupt database or one that never existed.
-fn failover_and_failback(dir: &Path, store: &StoreArg) {
+///
+/// With `app_connections`, the application on each host keeps an idle connection open
+/// (as a server does), so the writer's commits stay in the WAL between runs; without, its
+/// last connection's close checkpoints and deletes the WAL each time.
+fn failover_and_failback(dir: &Path, store: &StoreArg, app_connections: bool) {
     let started = Instant::now();
     let d = dir;
     let original = Writer::new(d, "app.db", "app.record");
@@ -298,6 +307,19 @@ fn failover_and_failback(dir: &Path, store: &StoreArg) {
         std::fs::copy(d.join("app.db"), d.join(c).join("app.db")).unwrap();
         std::fs::copy(d.join("app.record"), d.join(format!("{c}.record"))).unwrap();
     }
+    let _app: Vec<rusqlite::Connection> = if app_connections {
+        ["c1", "c2"]
+            .iter()
+            .map(|c| {
+                let conn = rusqlite::Connection::open(d.join(c).join("app.db")).unwrap();
+                conn.query_row("SELECT count(*) FROM t", [], |_| Ok(()))
+                    .unwrap();
+                conn
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let c1 = Writer::new(d, "c1/app.db", "c1.record");
     let c2 = Writer::new(d, "c2/app.db", "c2.record");
     let timeout = Duration::from_secs(120);
@@ -393,11 +415,18 @@ fn failover_and_failback(dir: &Path, store: &StoreArg) {
     eprintln!("scenario 5: ok in {:.1?}", started.elapsed());
 }
 
-/// Scenario 5 on the local store.
+/// Scenario 5 on the local store, the applications keeping connections open.
 #[test]
 fn failover_and_failback_between_two_copies_local_store() {
     let dir = tempfile::tempdir().unwrap();
-    failover_and_failback(dir.path(), &StoreArg::local("store"));
+    failover_and_failback(dir.path(), &store(), true);
+}
+
+/// Scenario 5 on the local store, each writer's close deleting the WAL.
+#[test]
+fn failover_and_failback_between_two_copies_local_store_wal_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    failover_and_failback(dir.path(), &store(), false);
 }
 
 /// Scenario 5 on S3 (the in-process `s3s-fs` server on 127.0.0.1).
@@ -425,7 +454,7 @@ fn failover_and_failback_between_two_copies_s3_store() {
     };
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    failover_and_failback(&work, &store);
+    failover_and_failback(&work, &store, true);
     drop(server);
 }
 
@@ -456,7 +485,7 @@ fn soak_cycles_every_behaviour_with_daemon_kills() {
     let deadline = started + Duration::from_secs(secs);
     let (dir, writer) = setup();
     let d = dir.path();
-    let mut daemon = Daemon::start(d, &StoreArg::local("store"), REPLICATE);
+    let mut daemon = Daemon::start(d, &store(), REPLICATE);
     let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ secs;
     let mut next = move || {
         rng ^= rng << 13;
