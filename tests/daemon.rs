@@ -230,6 +230,154 @@ fn writers_come_and_go_and_the_daemon_is_killed_and_restarted() {
     finish("scenario 3", d, &mut daemon, &writer, started, 2000);
 }
 
+/// Cron-style: `replicate --once` between writer processes, each writer ending with a
+/// checkpoint of another mode (and its last close deleting the WAL), so most runs find
+/// the WAL reset and must ship a snapshot. Every restorable state must be one the writer
+/// had, and the latest the writer's last.
+#[test]
+fn replicate_once_between_writer_runs() {
+    let started = Instant::now();
+    let (dir, writer) = setup();
+    let d = dir.path();
+    let mut outputs = Vec::new();
+    for (round, mode) in ["PASSIVE", "FULL", "RESTART", "TRUNCATE", "PASSIVE"]
+        .iter()
+        .enumerate()
+    {
+        let seed = (20 + round).to_string();
+        writer.run(
+            &[
+                "--txns",
+                &txns(30),
+                "--seed",
+                &seed,
+                "--checkpoint",
+                mode,
+                "--checkpoint-every",
+                "30",
+            ],
+            WRITER_TIMEOUT,
+        );
+        let out = store().run(
+            d,
+            &["replicate", "--once", "--db", "./app.db"],
+            Duration::from_secs(60),
+        );
+        let text = format!(
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        assert!(out.status.success(), "round {round}: {text}");
+        outputs.push(text);
+    }
+    let history = writer.history();
+    let context = || outputs.join("\n");
+    let checked = check_history(d, NS, &history, 2000, &context);
+    eprintln!(
+        "replicate --once: ok in {:.1?}: {} commits written, {} restorable ({} states), {} snapshots",
+        started.elapsed(),
+        checked.written,
+        checked.commits,
+        checked.states_seen,
+        outputs.iter().filter(|o| o.contains("(snapshot")).count()
+    );
+}
+
+/// The checker itself: a record edited so that a restorable state is one the writer
+/// "never had", or two states swapped in time, must make `check_history` fail and say so.
+#[test]
+fn the_checker_catches_unknown_and_reordered_states() {
+    let (dir, writer) = setup();
+    let d = dir.path();
+    let mut round_ends = Vec::new();
+    for round in 0..2 {
+        writer.run(
+            &["--txns", "5", "--seed", &round.to_string()],
+            WRITER_TIMEOUT,
+        );
+        let out = store().run(
+            d,
+            &["replicate", "--once", "--db", "./app.db"],
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{out:?}");
+        round_ends.push(writer.history().last());
+    }
+    let record = d.join("app.record");
+    let original = std::fs::read_to_string(&record).unwrap();
+    check_history(d, NS, &writer.history(), 100, &String::new); // the truth passes
+    let edit = |f: &dyn Fn(&str) -> String| {
+        let text: String = original.lines().map(|l| f(l) + "\n").collect();
+        std::fs::write(&record, text).unwrap();
+        let history = writer.history();
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            check_history(d, NS, &history, 100, &String::new)
+        }));
+        let payload = failed.expect_err("the checker accepted an edited record");
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let hex = |e: &harness::Entry| format!("{:016x}", e.hash);
+    let (a, b) = (round_ends[0], round_ends[1]);
+    let unknown = edit(&|l: &str| l.replace(&hex(&a), "0123456789abcdef"));
+    assert!(unknown.contains("never had"), "{unknown}");
+    let swapped = edit(&|l: &str| {
+        if l.starts_with(&format!("{} ", a.seq)) {
+            l.replace(&hex(&a), &hex(&b))
+        } else if l.starts_with(&format!("{} ", b.seq)) {
+            l.replace(&hex(&b), &hex(&a))
+        } else {
+            l.to_string()
+        }
+    });
+    assert!(swapped.contains("goes backwards"), "{swapped}");
+    std::fs::write(&record, original).unwrap();
+}
+
+/// DESIGN.md: "A commit is durable within a bounded lag (default 1 s)". The daemon's last
+/// commit of a burst, and a lone commit after an idle minute-fraction, must both be
+/// restorable within `LAG_BOUND` (the design's 1 s plus slack for a loaded 2-core VM).
+#[test]
+fn a_commit_is_restorable_within_the_bounded_lag() {
+    const LAG_BOUND: Duration = Duration::from_secs(3);
+    let (dir, writer) = setup();
+    let d = dir.path();
+    let mut daemon = Daemon::start(d, &store(), REPLICATE);
+    writer.run(&["--txns", "1"], WRITER_TIMEOUT);
+    // The first snapshot may take a moment; the lag is measured after it.
+    if let Err(e) = wait_caught_up(d, NS, &writer.history(), CATCH_UP) {
+        panic!("the first commit: {e}\n{}", daemon.tail(25));
+    }
+    let mut lags = Vec::new();
+    for (what, args) in [
+        ("a burst of 30", &["--txns", "30", "--sleep-ms", "10"][..]),
+        ("one commit after 2 s idle", &["--txns", "1"][..]),
+    ] {
+        if what.contains("idle") {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        writer.run(args, WRITER_TIMEOUT);
+        daemon.ensure_running(what);
+        match wait_caught_up(d, NS, &writer.history(), CATCH_UP) {
+            Ok(lag) => lags.push((what, lag)),
+            Err(e) => panic!("{what}: {e}\n{}", daemon.tail(25)),
+        }
+    }
+    daemon.stop();
+    eprintln!("lag: {lags:?}");
+    for (what, lag) in lags {
+        assert!(
+            lag <= LAG_BOUND,
+            "{what}: the last commit became restorable {lag:?} after it committed (bound \
+             {LAG_BOUND:?}; DESIGN.md: 1 s)\n{}",
+            daemon.tail(10)
+        );
+    }
+}
+
 /// Removes everything inside `store` (`rm -rf store/*`).
 fn empty_dir(store: &Path) -> usize {
     let mut n = 0;
