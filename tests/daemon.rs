@@ -678,7 +678,7 @@ fn soak_cycles_every_behaviour_with_daemon_kills() {
             ]),
         }
         let run = writer.spawn(&args);
-        if phases % 4 == 0 {
+        if phases.is_multiple_of(4) {
             std::thread::sleep(Duration::from_millis(next() % 800));
             daemon.kill();
             std::thread::sleep(Duration::from_millis(next() % 300));
@@ -698,7 +698,7 @@ fn soak_cycles_every_behaviour_with_daemon_kills() {
                 daemon.tail(25)
             ),
         }
-        if next() % 3 == 0 {
+        if next().is_multiple_of(3) {
             std::thread::sleep(Duration::from_millis(next() % 1500)); // idle
         }
     }
