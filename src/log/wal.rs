@@ -361,6 +361,13 @@ pub(crate) fn recover(path: &Path) -> Result<Option<Recovered>> {
         if file_len <= HEADER_LEN as u64 {
             return Ok(None);
         }
+        if header[..8] == MAGIC && u16::from_le_bytes([header[8], header[9]]) == 2 {
+            // Left by a crash of a build before lineage: its frames carry no checksums,
+            // were never durable, and are still in the database the replicator reads,
+            // which ships them again with a snapshot.
+            tracing::warn!(file = %path.display(), "dropping an open-segment file of version 2 (before lineage)");
+            return Ok(None);
+        }
         let reason = crate::FormatError::BadMagic(crate::Part::Header);
         return Err(Error::corrupt(path.display(), reason));
     };
