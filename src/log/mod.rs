@@ -389,10 +389,6 @@ impl<S: Storage + Clone> LogWriter<S> {
     pub async fn close(mut self) -> Result<()> {
         if self.failed.is_none() {
             self.seal()?;
-            if let Some(sums) = &self.sums {
-                let last = self.shared.tracker.watermark(Durability::Applied);
-                sums::save(&self.config.dir, last, sums)?;
-            }
         }
         self.submit.take();
         self.shared.stop();
@@ -402,6 +398,13 @@ impl<S: Storage + Clone> LogWriter<S> {
         // Nothing after the last appended frame will come: waits for later frames end.
         let last = self.shared.tracker.watermark(Durability::Applied);
         self.shared.tracker.end_at(last);
+        // The syncer has stopped; if it made everything written, the sums are exact.
+        let written = self.shared.tracker.watermark(Durability::Written);
+        if let (None, Some(sums)) = (&self.failed, &self.sums) {
+            if written == last && last > 0 {
+                sums::save(&self.config.dir, last, sums)?;
+            }
+        }
         match self.failed.clone().or_else(|| self.shared.tracker.closed()) {
             Some(e) => Err(e),
             None => Ok(()),
@@ -493,8 +496,17 @@ impl<S: Storage + Clone> LogWriter<S> {
     fn rotate(&mut self) -> Result<()> {
         let segment = self.builder.seal(self.config.clock.now())?;
         self.builder.reserve(segment_frames(&self.config));
+        let end = segment.end_frame_no();
+        // Sums past frames that are not yet fsynced are saved by the syncer after it
+        // fsyncs them; if they already are, now, before the segment can be stored and
+        // its file deleted.
+        let mut pending = None;
         if let Some(sums) = &self.sums {
-            sums::save(&self.config.dir, segment.end_frame_no(), sums)?;
+            if self.shared.tracker.watermark(Durability::Written) >= end {
+                sums::save(&self.config.dir, end, sums)?;
+            } else {
+                pending = Some((end, sums.clone()));
+            }
         }
         let base = self.next_base();
         let next = WalFile::create(
@@ -506,7 +518,7 @@ impl<S: Storage + Clone> LogWriter<S> {
         )?;
         self.file_base = base;
         let previous = std::mem::replace(&mut self.wal, next);
-        self.shared.rotate_sync_target(self.wal.sync_target());
+        self.shared.rotate_sync_target(self.wal.sync_target(), pending);
         // The syncer writes out the sealed file's tail and fsyncs the new file's
         // directory entry now, while appends go on, rather than in a waiter's fsync.
         self.shared.write_requested.notify_one();

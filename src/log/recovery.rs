@@ -76,9 +76,9 @@ pub(super) async fn open<S: Storage + Clone>(
         salt,
         file_base,
     )?;
-    let shared = Arc::new(Shared::new(tracker));
+    let shared = Arc::new(Shared::new(tracker, config.dir.clone()));
     shared.on_stored(durable);
-    shared.rotate_sync_target(wal.sync_target());
+    shared.rotate_sync_target(wal.sync_target(), None);
     let (submit, segments) = mpsc::unbounded_channel();
     for sealed in found.resubmit {
         let _ = submit.send(sealed.segment.clone());
