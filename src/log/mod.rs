@@ -518,7 +518,8 @@ impl<S: Storage + Clone> LogWriter<S> {
         )?;
         self.file_base = base;
         let previous = std::mem::replace(&mut self.wal, next);
-        self.shared.rotate_sync_target(self.wal.sync_target(), pending);
+        self.shared
+            .rotate_sync_target(self.wal.sync_target(), pending);
         // The syncer writes out the sealed file's tail and fsyncs the new file's
         // directory entry now, while appends go on, rather than in a waiter's fsync.
         self.shared.write_requested.notify_one();

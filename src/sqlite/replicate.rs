@@ -153,7 +153,9 @@ impl std::fmt::Display for SnapshotReason {
             Self::WalRestartedUnwatched => "WAL restarted while no read transaction was held",
             Self::FramesRewritten => "frames rewritten at the same position",
             Self::DatabaseChanged => "database changed while the WAL was empty and unwatched",
-            Self::LineageUnknown => "the store's history and this log's have diverged, or the log lost its page sums",
+            Self::LineageUnknown => {
+                "the store's history and this log's have diverged, or the log lost its page sums"
+            }
         })
     }
 }
