@@ -119,6 +119,8 @@ pub enum SnapshotReason {
     /// The WAL file is gone (SQLite deletes it when its last connection closes, after
     /// checkpointing it into the database).
     WalDeleted,
+    /// The WAL file seen at the last run was deleted and another created in its place.
+    WalReplaced,
     /// The WAL is shorter than its header (a `TRUNCATE` checkpoint) or its header is
     /// not valid.
     WalTruncated,
@@ -132,8 +134,8 @@ pub enum SnapshotReason {
     /// were written again over the ones we shipped (after a crash of the application's
     /// host), or the WAL now ends before our position.
     FramesRewritten,
-    /// The WAL was empty at the last run and the database file changed since, while no
-    /// read transaction of ours was held.
+    /// The WAL was empty at the last run and the database file changed since (checked
+    /// when no read transaction of ours was held throughout, or the WAL file changed).
     DatabaseChanged,
 }
 
@@ -144,11 +146,12 @@ impl std::fmt::Display for SnapshotReason {
             Self::PositionForOtherHistory => "saved position is for another namespace or page size",
             Self::LogLacksPosition => "log lacks the position",
             Self::WalDeleted => "WAL deleted",
+            Self::WalReplaced => "WAL deleted and created anew",
             Self::WalTruncated => "WAL truncated",
             Self::WalRestartedBySomeoneElse => "WAL restarted by someone else (salt-1 jumped)",
             Self::WalRestartedUnwatched => "WAL restarted while no read transaction was held",
             Self::FramesRewritten => "frames rewritten at the same position",
-            Self::DatabaseChanged => "database changed while the WAL was empty and unwatched",
+            Self::DatabaseChanged => "database file changed while the WAL was empty",
         })
     }
 }
@@ -207,6 +210,8 @@ pub struct Replicator<S: Storage + Clone> {
     verified: bool,
     /// The position of our last checkpoint, to count what the WAL gained since.
     checkpointed: Option<WalPosition>,
+    /// The WAL's identity at this process's last run (None before the first).
+    wal_seen: Option<Option<WalIdentity>>,
     /// True when there was no WAL before our connections opened the database.
     wal_missing_at_open: bool,
     /// Why the saved position was dropped when the replicator opened, if it was.
@@ -289,6 +294,7 @@ impl<S: Storage + Clone> Replicator<S> {
         Ok(Self {
             wal,
             wal_missing_at_open,
+            wal_seen: None,
             db,
             readers,
             held: None,
@@ -376,10 +382,13 @@ impl<S: Storage + Clone> Replicator<S> {
     async fn ship_held(&mut self) -> Result<IngestReport> {
         self.hold_reader()?;
         let mut report = IngestReport::default();
-        let continued = match (self.state.position, self.state.fingerprint) {
-            (Some(position), _) => self.ship_after(position, &mut report)?,
-            (None, Some(fp)) => self.ship_after_empty(fp, &mut report)?,
-            (None, None) => Err(self.start_reason.unwrap_or(SnapshotReason::FirstRun)),
+        let identity = wal_identity(&self.wal)?;
+        let vanished = self.wal_vanished(identity);
+        let continued = match (vanished, self.state.position, self.state.fingerprint) {
+            (Some(reason), Some(_), _) => Err(reason),
+            (_, Some(position), _) => self.ship_after(position, &mut report)?,
+            (_, None, Some(fp)) => self.ship_after_empty(fp, identity, &mut report)?,
+            (_, None, None) => Err(self.start_reason.unwrap_or(SnapshotReason::FirstRun)),
         };
         if let Err(reason) = continued {
             log_snapshot(&self.db, reason);
@@ -393,7 +402,20 @@ impl<S: Storage + Clone> Replicator<S> {
         self.state_file.save(&self.state)?;
         self.verified = true;
         self.start_reason = None;
+        self.wal_seen = Some(identity);
         Ok(report)
+    }
+
+    /// Whether the WAL this process saw at its last run is gone (deleted, or deleted
+    /// and created anew) now. SQLite deletes a WAL only after checkpointing it, so frames
+    /// we never read may have gone into the database file with it. A WAL appearing where
+    /// there was none is no such sign: SQLite creates one at the first write.
+    fn wal_vanished(&self, now: Option<WalIdentity>) -> Option<SnapshotReason> {
+        match (self.wal_seen?, now) {
+            (Some(_), None) => Some(SnapshotReason::WalDeleted),
+            (Some(seen), Some(now)) if seen != now => Some(SnapshotReason::WalReplaced),
+            _ => None,
+        }
     }
 
     /// Checkpoints the database so SQLite can restart its WAL, copying into the database
@@ -547,12 +569,20 @@ impl<S: Storage + Clone> Replicator<S> {
 
     /// The WAL was empty (or missing) at the last run, when the database file had
     /// checksum `fp`: ships the WAL from its start if nothing can have been checkpointed
-    /// into the file since. With a reader held throughout, SQLite could neither copy
-    /// frames into the file nor delete the WAL; otherwise the whole file must be
-    /// unchanged (its checksum, never its size or time).
-    fn ship_after_empty(&mut self, fp: u32, report: &mut IngestReport) -> Result<Continuity> {
-        if !self.continuous && snapshot::fingerprint(&self.db)? != fp {
-            return Ok(Err(SnapshotReason::DatabaseChanged));
+    /// into the file since. With a reader held throughout and the very WAL file we saw
+    /// last time still there, SQLite could neither copy frames into the file nor delete
+    /// the WAL; otherwise the whole file must be unchanged (its checksum, never its size
+    /// or time).
+    fn ship_after_empty(
+        &mut self,
+        fp: u32,
+        identity: Option<WalIdentity>,
+        report: &mut IngestReport,
+    ) -> Result<Continuity> {
+        let same_wal = identity.is_some() && self.wal_seen == Some(identity);
+        if !(self.continuous && same_wal) && snapshot::fingerprint(&self.db)? != fp {
+            let vanished = self.wal_vanished(identity);
+            return Ok(Err(vanished.unwrap_or(SnapshotReason::DatabaseChanged)));
         }
         let log = &mut self.log;
         match wal::scan(&self.wal, None, Check::LastFrame, |txn| {
@@ -718,4 +748,28 @@ fn wal_header(path: &Path) -> Result<Option<[u8; 32]>> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
         Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
     }
+}
+
+/// Which file a path names: (device, inode).
+type WalIdentity = (u64, u64);
+
+/// The identity of the WAL file now, None when there is none.
+fn wal_identity(path: &Path) -> Result<Option<WalIdentity>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(file_identity(&m))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("looking at {}", path.display()), e)),
+    }
+}
+
+#[cfg(unix)]
+fn file_identity(m: &std::fs::Metadata) -> WalIdentity {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+/// Without inode numbers every WAL looks the same; the salts still tell.
+#[cfg(not(unix))]
+fn file_identity(_: &std::fs::Metadata) -> WalIdentity {
+    (0, 0)
 }
