@@ -11,11 +11,13 @@
 //!   the WAL before we have read it.
 
 mod dbfile;
+mod install;
 mod replicate;
 mod snapshot;
 mod state;
 pub(crate) mod wal;
 
+pub use install::{restore_database, InstallOptions};
 pub use replicate::{IngestReport, Replicator, ReplicatorConfig, SnapshotReason};
 
 use std::path::Path;
