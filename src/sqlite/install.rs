@@ -398,3 +398,35 @@ fn write_lock(file: &File, (start, len): (u64, u64)) -> io::Result<bool> {
 fn write_lock(_: &File, _: (u64, u64)) -> io::Result<bool> {
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_removes_unlocked_temps_of_this_output_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::new(&dir.path().join("out.db")).unwrap();
+        let live = target.create_temp().unwrap();
+        let stale = dir.path().join(".out.db.walvault-restore-dead");
+        let other = dir.path().join(".other.db.walvault-restore-dead");
+        for path in [&stale, &other] {
+            std::fs::write(path, b"left by a killed run").unwrap();
+        }
+        std::fs::write(sidecar(&stale, "-wal"), b"x").unwrap();
+        target.remove_stale_temps();
+        assert!(live.path.exists(), "a live restore's temp file was removed");
+        assert!(!stale.exists() && !sidecar(&stale, "-wal").exists());
+        assert!(other.exists(), "another output's temp file was removed");
+        let path = live.path.clone();
+        drop(live);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_bare_name_lives_in_the_current_directory_and_a_root_is_refused() {
+        assert_eq!(Target::new(Path::new("r.db")).unwrap().dir, Path::new("."));
+        assert!(Target::new(Path::new("/")).is_err());
+        assert!(Target::new(Path::new("")).is_err());
+    }
+}
