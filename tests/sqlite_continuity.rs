@@ -247,3 +247,26 @@ async fn a_restart_under_the_held_reader_is_followed_without_a_snapshot() {
     r.close().await.unwrap();
     assert_eq!(s.restored("followed.db").await, rows(&conn));
 }
+
+/// A WAL file replaced behind a polling replicator (another file under the name, here
+/// with the very same bytes, so salts and checksums alone would not tell) ships a
+/// snapshot: SQLite only deletes a WAL after checkpointing it, so what was in it may
+/// never have been read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_file_replaced_behind_a_polling_replicator_ships_a_snapshot() {
+    let s = setup();
+    let conn = app(&s.db);
+    let mut r = s.replicator(u64::MAX).await;
+    insert(&conn, "one");
+    r.poll().await.unwrap();
+    insert(&conn, "two");
+    assert_continued(&r.poll().await.unwrap());
+    let aside = s.dir.path().join("aside");
+    std::fs::copy(wal(&s.db), &aside).unwrap();
+    std::fs::rename(&aside, wal(&s.db)).unwrap(); // same bytes, another inode
+    let report = r.poll().await.unwrap();
+    assert_snapshot(&report, SnapshotReason::WalReplaced);
+    assert_continued(&r.poll().await.unwrap());
+    r.close().await.unwrap();
+    assert_eq!(s.restored("replaced.db").await, rows(&conn));
+}
