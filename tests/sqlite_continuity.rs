@@ -166,9 +166,15 @@ async fn truncated_and_unwatched_restarts_ship_snapshots_that_say_why() {
     insert(&conn, "three");
     r.run_once().await.unwrap();
     insert(&conn, "four");
+    let len = std::fs::metadata(wal(&s.db)).unwrap().len();
     conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
         .unwrap();
     insert(&conn, "five");
+    let same = std::fs::metadata(wal(&s.db)).unwrap().len();
+    assert_eq!(
+        same, len,
+        "the WAL's size alone cannot tell it was restarted"
+    );
     let report = r.run_once().await.unwrap();
     assert_snapshot(&report, SnapshotReason::WalRestartedUnwatched);
     r.close().await.unwrap();
