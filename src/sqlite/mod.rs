@@ -17,6 +17,7 @@
 //! * [`install`] restores a database file in place: sidecars removed before the new
 //!   file appears, refused while another process has it open, temp files cleaned up.
 
+mod continuity;
 mod dbfile;
 mod install;
 mod replicate;
@@ -24,8 +25,9 @@ mod snapshot;
 mod state;
 pub(crate) mod wal;
 
+pub use continuity::SnapshotReason;
 pub use install::{restore_database, InstallOptions};
-pub use replicate::{IngestReport, Replicator, ReplicatorConfig, SnapshotReason};
+pub use replicate::{IngestReport, Replicator, ReplicatorConfig};
 
 use std::path::Path;
 
