@@ -113,8 +113,17 @@ fn force_over_a_database_with_a_stale_wal_restores_exactly_the_requested_state()
         "out.db",
         "--force",
     ];
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::Permissions::from_mode(0o640);
+    std::fs::set_permissions(cwd.join("out.db"), mode).unwrap();
     let out = walvault(cwd, &[&args[..], &["--integrity-check"]].concat());
     assert!(out.status.success(), "{out:?}");
+    let kept = std::fs::metadata(cwd.join("out.db")).unwrap().permissions();
+    assert_eq!(
+        kept.mode() & 0o777,
+        0o640,
+        "the old file's permissions were lost"
+    );
     assert!(!cwd.join("out.db-wal").exists() && !cwd.join("out.db-shm").exists());
     assert_eq!(sqlite3(cwd, "out.db", "pragma integrity_check"), "ok\n");
     assert_eq!(

@@ -257,6 +257,10 @@ impl Target {
             return fsync_dir(&self.dir).map_err(io_err);
         }
         let locks = SqliteLocks::take(&self.path)?;
+        if let Ok(old) = fs::metadata(&self.path) {
+            // The replacement keeps the old file's permission bits (not its owner).
+            fs::set_permissions(&temp.path, old.permissions()).map_err(io_err)?;
+        }
         remove_sidecars(&self.path).map_err(io_err)?;
         fsync_dir(&self.dir).map_err(io_err)?;
         fs::rename(&temp.path, &self.path).map_err(io_err)?;
