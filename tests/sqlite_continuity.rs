@@ -218,7 +218,8 @@ async fn frames_rewritten_at_the_same_size_ship_a_snapshot() {
 async fn a_restart_under_the_held_reader_is_followed_without_a_snapshot() {
     let s = setup();
     let conn = app(&s.db);
-    let mut r = s.replicator(1).await; // checkpoint at every poll with new frames
+    // Checkpoint at every poll with new frames.
+    let mut r = s.replicator(1).await;
     // A RESTART checkpoint waits for readers as long as the busy timeout: not at all.
     conn.busy_timeout(std::time::Duration::ZERO).unwrap();
     insert(&conn, "one");
