@@ -40,7 +40,7 @@ fn store() -> StoreArg {
 }
 const WRITER_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the daemon may take to ship the writer's last commit once it stopped.
-const CATCH_UP: Duration = Duration::from_secs(20);
+const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// A temp directory with `app.db` (WAL mode, table `t`) and the writer's record.
 fn setup() -> (tempfile::TempDir, Writer) {
@@ -97,6 +97,7 @@ fn txns(n: u64) -> String {
 /// for a store directory that does not exist yet, with `--once` and in continuous mode.
 #[test]
 fn bare_relative_paths_replicate() {
+    let _serial = harness::serial();
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
@@ -126,6 +127,7 @@ fn bare_relative_paths_replicate() {
 /// its locks) keep it from doing so.
 #[test]
 fn connection_per_transaction_writer_with_the_daemon_running_throughout() {
+    let _serial = harness::serial();
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
@@ -152,6 +154,7 @@ fn connection_per_transaction_writer_with_the_daemon_running_throughout() {
 /// unchanged size.
 #[test]
 fn writer_checkpoints_of_every_mode_and_fixed_size_rewrites() {
+    let _serial = harness::serial();
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
@@ -201,6 +204,7 @@ fn writer_checkpoints_of_every_mode_and_fixed_size_rewrites() {
 /// in the middle of a writer's run and restarted (relative paths again).
 #[test]
 fn writers_come_and_go_and_the_daemon_is_killed_and_restarted() {
+    let _serial = harness::serial();
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
@@ -236,6 +240,7 @@ fn writers_come_and_go_and_the_daemon_is_killed_and_restarted() {
 /// had, and the latest the writer's last.
 #[test]
 fn replicate_once_between_writer_runs() {
+    let _serial = harness::serial();
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
@@ -288,6 +293,7 @@ fn replicate_once_between_writer_runs() {
 /// "never had", or two states swapped in time, must make `check_history` fail and say so.
 #[test]
 fn the_checker_catches_unknown_and_reordered_states() {
+    let _serial = harness::serial();
     let (dir, writer) = setup();
     let d = dir.path();
     let mut round_ends = Vec::new();
@@ -342,6 +348,7 @@ fn the_checker_catches_unknown_and_reordered_states() {
 /// restorable within `LAG_BOUND` (the design's 1 s plus slack for a loaded 2-core VM).
 #[test]
 fn a_commit_is_restorable_within_the_bounded_lag() {
+    let _serial = harness::serial();
     const LAG_BOUND: Duration = Duration::from_secs(3);
     let (dir, writer) = setup();
     let d = dir.path();
@@ -398,6 +405,7 @@ fn empty_dir(store: &Path) -> usize {
 /// no restorable state is one the writer never had.
 #[test]
 fn emptying_the_store_under_a_running_daemon_ships_a_snapshot() {
+    let _serial = harness::serial();
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
@@ -566,6 +574,7 @@ fn failover_and_failback(dir: &Path, store: &StoreArg, app_connections: bool) {
 /// Scenario 5 on the local store, the applications keeping connections open.
 #[test]
 fn failover_and_failback_between_two_copies_local_store() {
+    let _serial = harness::serial();
     let dir = tempfile::tempdir().unwrap();
     failover_and_failback(dir.path(), &store(), true);
 }
@@ -573,6 +582,7 @@ fn failover_and_failback_between_two_copies_local_store() {
 /// Scenario 5 on the local store, each writer's close deleting the WAL.
 #[test]
 fn failover_and_failback_between_two_copies_local_store_wal_deleted() {
+    let _serial = harness::serial();
     let dir = tempfile::tempdir().unwrap();
     failover_and_failback(dir.path(), &store(), false);
 }
@@ -580,6 +590,7 @@ fn failover_and_failback_between_two_copies_local_store_wal_deleted() {
 /// Scenario 5 on S3 (the in-process `s3s-fs` server on 127.0.0.1).
 #[test]
 fn failover_and_failback_between_two_copies_s3_store() {
+    let _serial = harness::serial();
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -618,6 +629,7 @@ fn last_seq(h: &History) -> u64 {
 /// of at most `WALVAULT_SOAK_RESTORES` (default 3000) commit frames.
 #[test]
 fn soak_cycles_every_behaviour_with_daemon_kills() {
+    let _serial = harness::serial();
     let Some(secs) = std::env::var("WALVAULT_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())

@@ -52,6 +52,14 @@ pub fn scale(n: u64) -> u64 {
     n * factor
 }
 
+/// One daemon scenario at a time: they measure lags and wait with timeouts, and the
+/// machine has two cores. Hold the guard for the whole test (a panicking test poisons
+/// the lock; the next one takes it anyway).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 // ---------------------------------------------------------------------------------------
 // Content hash, identical to writer.py's.
 
