@@ -19,13 +19,16 @@
 
 #[path = "daemon/harness.rs"]
 mod harness;
+#[path = "daemon/proxy.rs"]
+mod proxy;
 mod s3;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use harness::{
-    check_history, content_hash, scale, wait_caught_up, Checked, Daemon, History, StoreArg, Writer,
+    check_history, check_history_in, content_hash, scale, wait_caught_up, wait_caught_up_in,
+    Checked, Daemon, History, Reader, StoreArg, Writer,
 };
 
 const NS: &str = "app";
@@ -60,8 +63,32 @@ fn finish(
     started: Instant,
     max_restores: usize,
 ) -> Checked {
+    let reader = Reader::Local(dir.join("store"));
+    let store = StoreArg::local("store");
+    finish_in(
+        name,
+        dir,
+        (&reader, &store),
+        daemon,
+        writer,
+        started,
+        max_restores,
+    )
+}
+
+/// [`finish`] for any store: the library reads it through `reader`, the binary through
+/// `store`.
+fn finish_in(
+    name: &str,
+    dir: &Path,
+    (reader, store): (&Reader, &StoreArg),
+    daemon: &mut Daemon,
+    writer: &Writer,
+    started: Instant,
+    max_restores: usize,
+) -> Checked {
     let history = writer.history();
-    let caught_up = wait_caught_up(dir, NS, &history, CATCH_UP);
+    let caught_up = wait_caught_up_in(dir, reader, NS, &history, CATCH_UP);
     daemon.ensure_running("before SIGINT");
     daemon.stop();
     let caught = match &caught_up {
@@ -69,7 +96,7 @@ fn finish(
         Err(e) => format!("NEVER CAUGHT UP: {e}"),
     };
     let tail = || format!("{caught}\n{}", daemon.tail(25));
-    let checked = check_history(dir, NS, &history, max_restores, &tail);
+    let checked = check_history_in(dir, reader, store, NS, &history, max_restores, &tail);
     if let Err(e) = caught_up {
         panic!("{e}\n{}", daemon.tail(25));
     }
@@ -587,21 +614,12 @@ fn failover_and_failback_between_two_copies_local_store_wal_deleted() {
     failover_and_failback(dir.path(), &store(), false);
 }
 
-/// Scenario 5 on S3 (the in-process `s3s-fs` server on 127.0.0.1).
-#[test]
-fn failover_and_failback_between_two_copies_s3_store() {
-    let _serial = harness::serial();
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = rt.block_on(async { s3::S3Server::start(&dir.path().join("s3")) });
-    let store = StoreArg {
+/// The binary's `--store` and environment for the test S3 server at `endpoint`.
+fn s3_store(endpoint: &str) -> StoreArg {
+    StoreArg {
         url: format!("s3://{}/prefix", s3::BUCKET),
         envs: [
-            ("AWS_ENDPOINT", server.endpoint.as_str()),
+            ("AWS_ENDPOINT", endpoint),
             ("AWS_ALLOW_HTTP", "true"),
             ("AWS_REGION", "us-east-1"),
             ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY),
@@ -610,7 +628,76 @@ fn failover_and_failback_between_two_copies_s3_store() {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
-    };
+    }
+}
+
+fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Scenario 6: the daemon replicating into S3 (the in-process server, reached through a
+/// proxy on 127.0.0.1) while S3 goes away for `WALVAULT_DAEMON_OUTAGE_SECS` (default 12)
+/// in the middle of a writer's run, every open connection cut. The daemon must ride the
+/// outage out (keep running, no commit lost) and catch up once S3 is back.
+#[test]
+fn an_s3_outage_under_a_running_daemon_is_ridden_out() {
+    let _serial = harness::serial();
+    let outage = Duration::from_secs(
+        std::env::var("WALVAULT_DAEMON_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(12),
+    );
+    let started = Instant::now();
+    let (dir, writer) = setup();
+    let d = dir.path();
+    let rt = multi_thread_runtime();
+    let (server, proxy) = rt.block_on(async {
+        let server = s3::S3Server::start(&d.join("s3"));
+        let proxy = proxy::Proxy::start(&server.endpoint);
+        (server, proxy)
+    });
+    let store = s3_store(&proxy.endpoint);
+    let reader = Reader::Object(server.client(), "prefix".to_string());
+    let mut daemon = Daemon::start(d, &store, REPLICATE);
+    writer.run(&["--txns", "10", "--sleep-ms", "5"], WRITER_TIMEOUT);
+    if let Err(e) = wait_caught_up_in(d, &reader, NS, &writer.history(), CATCH_UP) {
+        panic!("before the outage: {e}\n{}", daemon.tail(25));
+    }
+    let run = writer.spawn(&["--txns", &txns(150), "--sleep-ms", "10", "--seed", "8"]);
+    std::thread::sleep(Duration::from_millis(500));
+    proxy.set_down(true);
+    eprintln!("scenario 6: S3 down for {outage:?}");
+    std::thread::sleep(outage);
+    proxy.set_down(false);
+    daemon.ensure_running("right after the outage");
+    run.wait(WRITER_TIMEOUT);
+    daemon.ensure_running("after the outage and the writer");
+    finish_in(
+        "scenario 6",
+        d,
+        (&reader, &store),
+        &mut daemon,
+        &writer,
+        started,
+        2000,
+    );
+    drop(proxy);
+    drop(server);
+}
+
+/// Scenario 5 on S3 (the in-process `s3s-fs` server on 127.0.0.1).
+#[test]
+fn failover_and_failback_between_two_copies_s3_store() {
+    let _serial = harness::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = multi_thread_runtime();
+    let server = rt.block_on(async { s3::S3Server::start(&dir.path().join("s3")) });
+    let store = s3_store(&server.endpoint);
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     failover_and_failback(&work, &store, true);
