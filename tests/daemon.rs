@@ -642,7 +642,8 @@ fn multi_thread_runtime() -> tokio::runtime::Runtime {
 /// Scenario 6: the daemon replicating into S3 (the in-process server, reached through a
 /// proxy on 127.0.0.1) while S3 goes away for `WALVAULT_DAEMON_OUTAGE_SECS` (default 12)
 /// in the middle of a writer's run, every open connection cut. The daemon must ride the
-/// outage out (keep running, no commit lost) and catch up once S3 is back.
+/// outage out (keep running, no commit lost) and catch up once S3 is back. The outage
+/// must outlast the log's 10 s seal age, so that an upload is attempted during it.
 #[test]
 fn an_s3_outage_under_a_running_daemon_is_ridden_out() {
     let _serial = harness::serial();
@@ -664,12 +665,8 @@ fn an_s3_outage_under_a_running_daemon_is_ridden_out() {
     let store = s3_store(&proxy.endpoint);
     let reader = Reader::Object(server.client(), "prefix".to_string());
     let mut daemon = Daemon::start(d, &store, REPLICATE);
-    writer.run(&["--txns", "10", "--sleep-ms", "5"], WRITER_TIMEOUT);
-    if let Err(e) = wait_caught_up_in(d, &reader, NS, &writer.history(), CATCH_UP) {
-        panic!("before the outage: {e}\n{}", daemon.tail(25));
-    }
-    let run = writer.spawn(&["--txns", &txns(150), "--sleep-ms", "10", "--seed", "8"]);
-    std::thread::sleep(Duration::from_millis(500));
+    let run = writer.spawn(&["--txns", &txns(120), "--sleep-ms", "10", "--seed", "8"]);
+    std::thread::sleep(Duration::from_millis(1000));
     proxy.set_down(true);
     eprintln!("scenario 6: S3 down for {outage:?}");
     std::thread::sleep(outage);
@@ -713,7 +710,9 @@ fn last_seq(h: &History) -> u64 {
 /// behaviour above (plain transactions, checkpoints of each mode, fixed-size rewrites
 /// after RESTART, pauses), the daemon is SIGKILLed and restarted every few phases, and
 /// the lag to ship each phase's last commit is measured. Then every check, on a sample
-/// of at most `WALVAULT_SOAK_RESTORES` (default 3000) commit frames.
+/// of at most `WALVAULT_SOAK_RESTORES` (default 3000) commit frames. With
+/// `WALVAULT_SOAK_EMPTY_STORE=1` the store is also emptied under the daemon every fourth
+/// phase (scenario 4's behaviour).
 #[test]
 fn soak_cycles_every_behaviour_with_daemon_kills() {
     let _serial = harness::serial();
@@ -740,6 +739,8 @@ fn soak_cycles_every_behaviour_with_daemon_kills() {
         rng ^= rng << 17;
         rng
     };
+    let empty_store = std::env::var_os("WALVAULT_SOAK_EMPTY_STORE").is_some();
+    let mut emptied = 0;
     let mut phases = 0u64;
     let mut max_lag = Duration::ZERO;
     let mut lags = Vec::new();
@@ -782,6 +783,10 @@ fn soak_cycles_every_behaviour_with_daemon_kills() {
             daemon.kill();
             std::thread::sleep(Duration::from_millis(next() % 300));
             daemon.restart();
+        } else if empty_store && phases % 4 == 2 {
+            std::thread::sleep(Duration::from_millis(next() % 800));
+            empty_dir(&d.join("store"));
+            emptied += 1;
         }
         run.wait(WRITER_TIMEOUT);
         daemon.ensure_running(&format!("soak phase {phases}"));
@@ -813,7 +818,7 @@ fn soak_cycles_every_behaviour_with_daemon_kills() {
     eprintln!(
         "soak figures after {:.0?}: {phases} writer phases, {} commits written, {} commit frames \
          restorable ({} distinct writer states), {} restores checked, {} snapshots shipped, \
-         {} daemon runs ({} SIGKILLs), {ckpts} writer checkpoints ({busy} busy), lag to ship \
+         {} daemon runs ({} SIGKILLs), store emptied {emptied} times, {ckpts} writer checkpoints ({busy} busy), lag to ship \
          a phase's last commit: median {:?}, max {max_lag:?}",
         started.elapsed(),
         checked.written,

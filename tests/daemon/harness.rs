@@ -55,9 +55,35 @@ pub fn scale(n: u64) -> u64 {
 /// One daemon scenario at a time: they measure lags and wait with timeouts, and the
 /// machine has two cores. Hold the guard for the whole test (a panicking test poisons
 /// the lock; the next one takes it anyway).
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+/// The guard also prints how long the test took (from taking the lock), pass or fail.
+pub fn serial() -> Serial {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    let lock = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    Serial {
+        _lock: lock,
+        started: Instant::now(),
+    }
+}
+
+/// See [`serial`].
+pub struct Serial {
+    _lock: std::sync::MutexGuard<'static, ()>,
+    started: Instant,
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        eprintln!(
+            "[{}] took {:.1?}{}",
+            std::thread::current().name().unwrap_or("test"),
+            self.started.elapsed(),
+            if std::thread::panicking() {
+                ", FAILED"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
