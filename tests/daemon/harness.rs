@@ -30,8 +30,8 @@ use walvault::{LocalStorage, NamespaceName, ObjectStorage, RestoreOptions, Stora
 /// the store with this build's library).
 pub fn bin() -> PathBuf {
     match std::env::var_os("WALVAULT_DAEMON_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_walvault")),
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_walvault")),
     }
 }
 pub const PYTHON: &str = "/usr/bin/python3";
@@ -407,12 +407,20 @@ impl Daemon {
     /// SIGINT, then waits (at most 60 s) for a graceful exit; panics unless it exits 0
     /// and says everything shipped is durable.
     pub fn stop(&mut self) {
+        if let Err(e) = self.try_stop() {
+            panic!("{e}");
+        }
+    }
+
+    /// [`stop`](Self::stop), with what went wrong (and the daemon's last lines) as an
+    /// error rather than a panic.
+    pub fn try_stop(&mut self) -> Result<(), String> {
         let mut child = self.child.take().expect("the daemon is not running");
         if let Some(status) = child.try_wait().unwrap() {
-            panic!(
+            return Err(format!(
                 "the daemon had already exited on its own ({status}) before SIGINT\n{}",
                 self.tail(30)
-            );
+            ));
         }
         signal(&child, libc::SIGINT);
         let status = match wait_timeout(&mut child, Duration::from_secs(60)) {
@@ -420,23 +428,26 @@ impl Daemon {
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
+                return Err(format!(
                     "the daemon did not stop within 60 s of SIGINT\n{}",
                     self.tail(30)
-                );
+                ));
             }
         };
-        assert!(
-            status.success(),
-            "the daemon exited with {status} after SIGINT\n{}",
-            self.tail(30)
-        );
+        if !status.success() {
+            return Err(format!(
+                "the daemon exited with {status} after SIGINT\n{}",
+                self.tail(30)
+            ));
+        }
         let out = fs::read_to_string(&self.runs.last().unwrap().0).unwrap_or_default();
-        assert!(
-            out.contains("everything shipped is durable"),
-            "the daemon exited 0 without saying everything shipped is durable\n{}",
-            self.tail(30)
-        );
+        if !out.contains("everything shipped is durable") {
+            return Err(format!(
+                "the daemon exited 0 without saying everything shipped is durable\n{}",
+                self.tail(30)
+            ));
+        }
+        Ok(())
     }
 
     /// SIGKILL (no chance to clean up) and reap.
