@@ -666,9 +666,10 @@ impl Opened {
         ns: &NamespaceName,
     ) -> Result<Vec<(u64, String)>, String> {
         match self {
-            Opened::Local(s) => rt.block_on(commit_frames_in(s, ns)),
-            Opened::Object(s) => rt.block_on(commit_frames_in(s, ns)),
+            Opened::Local(s) => rt.block_on(bounded(commit_frames_in(s, ns))),
+            Opened::Object(s) => rt.block_on(bounded(commit_frames_in(s, ns))),
         }
+        .and_then(|frames| frames)
     }
 
     /// Restores `ns` as of `options` into a new file at `out` (no fsync: a scratch file);
@@ -683,16 +684,26 @@ impl Opened {
     ) -> Result<(u64, u64, u64), String> {
         let _ = fs::remove_file(out);
         let mut file = fs::File::create(out).map_err(|e| e.to_string())?;
-        let summary = match self {
-            Opened::Local(s) => rt.block_on(s.restore(ns, options, &mut file, None)),
-            Opened::Object(s) => rt.block_on(s.restore(ns, options, &mut file, None)),
-        }
-        .map_err(|e| format!("restore failed: {e}"))?;
+        let restored = match self {
+            Opened::Local(s) => rt.block_on(bounded(s.restore(ns, options, &mut file, None))),
+            Opened::Object(s) => rt.block_on(bounded(s.restore(ns, options, &mut file, None))),
+        };
+        let summary = restored?.map_err(|e| format!("restore failed: {e}"))?;
         drop(file);
         walvault::integrity_check(out).map_err(|e| format!("integrity_check: {e}"))?;
         let (h, rows) = content_hash(out)?;
         Ok((summary.frame_no, h, rows))
     }
+}
+
+/// How long one library call of the checker may take.
+const LIBRARY_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `f`, or an error once it took [`LIBRARY_CALL_TIMEOUT`].
+async fn bounded<T>(f: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(LIBRARY_CALL_TIMEOUT, f)
+        .await
+        .map_err(|_| format!("the library call did not finish within {LIBRARY_CALL_TIMEOUT:?}"))
 }
 
 /// Every commit frame of `ns`, ascending, with the key of the segment holding it.
