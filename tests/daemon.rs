@@ -239,6 +239,77 @@ fn writer_checkpoints_of_every_mode_and_fixed_size_rewrites() {
     finish("scenario 2", d, &mut daemon, &writer, started, 2000);
 }
 
+/// Scenario 2b, Litestream #1037/#1083: while the daemon is down, the application
+/// RESTARTs the WAL (nobody reads it then, so the checkpoint succeeds) and rewrites it
+/// with fixed-size transactions to exactly the size it had when the daemon stopped.
+/// Size and mtime say nothing changed; only the salts and checksums do. The restarted
+/// daemon must notice (and ship a snapshot), losing nothing.
+#[test]
+fn a_wal_rewritten_at_an_unchanged_size_while_the_daemon_was_down() {
+    let _serial = harness::serial();
+    let started = Instant::now();
+    let (dir, writer) = setup();
+    let d = dir.path();
+    let app = app_connection(d); // the WAL outlives the writer's connections
+    let wal = d.join("app.db-wal");
+    let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    let wal_salts = || {
+        std::fs::read(&wal)
+            .map(|b| b[16..24].to_vec())
+            .unwrap_or_default()
+    };
+    let settle = || std::thread::sleep(Duration::from_millis(1000)); // > 2 polls
+    let mut daemon = Daemon::start(d, &store(), REPLICATE);
+    writer.run(&["--txns", "20", "--seed", "30"], WRITER_TIMEOUT);
+    // Fixed-size rows in place, then an empty WAL (nobody reads: the daemon is down).
+    settle();
+    daemon.stop();
+    writer.run(
+        &[
+            "--fixed",
+            "--txns",
+            "2",
+            "--checkpoint",
+            "TRUNCATE",
+            "--checkpoint-every",
+            "2",
+        ],
+        WRITER_TIMEOUT,
+    );
+    assert_eq!(
+        wal_len(),
+        0,
+        "the TRUNCATE checkpoint did not empty the WAL"
+    );
+    writer.run(&["--fixed", "--txns", "10"], WRITER_TIMEOUT);
+    daemon.restart();
+    settle();
+    daemon.stop();
+    let (len_at_stop, salts_at_stop) = (wal_len(), wal_salts());
+    // Daemon down: the application RESTARTs the WAL, and the same ten fixed-size
+    // commits overwrite it from its start (SQLite keeps the file's length).
+    let busy: i64 = app
+        .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(busy, 0, "the RESTART checkpoint was busy");
+    writer.run(&["--fixed", "--txns", "10"], WRITER_TIMEOUT);
+    assert_eq!(
+        wal_len(),
+        len_at_stop,
+        "the WAL was not rewritten at the size it had when the daemon stopped: the test \
+         proves nothing"
+    );
+    assert_ne!(wal_salts(), salts_at_stop, "the WAL was not restarted");
+    daemon.restart();
+    let checked = finish("scenario 2b", d, &mut daemon, &writer, started, 2000);
+    assert!(checked.commits > 2);
+    assert!(
+        daemon.last_stdout().contains("(snapshot"),
+        "the restarted daemon did not ship a snapshot of a WAL restarted behind it\n{}",
+        daemon.tail(25)
+    );
+}
+
 /// Scenario 3: writers exit and new writer processes start, and the daemon is SIGKILLed
 /// in the middle of a writer's run and restarted (relative paths again).
 #[test]

@@ -475,6 +475,14 @@ impl Daemon {
         self.runs.len()
     }
 
+    /// The current (or last) run's stdout.
+    pub fn last_stdout(&self) -> String {
+        self.runs
+            .last()
+            .map(|(out, _)| fs::read_to_string(out).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
     /// Every run's stdout, concatenated.
     pub fn stdout(&self) -> String {
         self.runs
