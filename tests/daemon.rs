@@ -12,7 +12,11 @@
 //!
 //! * `WALVAULT_DAEMON_SCALE=N` multiplies the scenarios' transaction counts;
 //! * `WALVAULT_DAEMON_BIN=/path/to/walvault` runs the scenarios against another build
-//!   of the binary (a branch with a fix); the checker still uses this build's library;
+//!   of the binary (a branch with a fix); the checker still uses this build's library,
+//!   so this works only while the store format is the same (otherwise the checker says
+//!   the manifest is corrupt). To test a branch that changed the format, check these
+//!   files out into it instead (`git checkout harness -- tests/daemon.rs tests/daemon
+//!   tests/support/writer.py`): they use only the public API;
 //! * `WALVAULT_DAEMON_OUTAGE_SECS` (default 12) is the S3 outage's length;
 //! * the soak (`soak_cycles_every_behaviour_with_daemon_kills`) runs only when
 //!   `WALVAULT_SOAK_SECS` is set, checks at most `WALVAULT_SOAK_RESTORES` (3000) commit
