@@ -7,25 +7,43 @@
 //! store holds must restore to a database that passes `integrity_check` and that the
 //! writer really had, in the writer's order (see `daemon/harness.rs`).
 //!
-//! Each scenario runs well under a minute. `WALVAULT_DAEMON_SCALE=N` multiplies the
-//! transaction counts. The soak (`soak_cycles_every_behaviour_with_daemon_kills`) runs
-//! only when `WALVAULT_SOAK_SECS` is set:
+//! Each scenario runs well under a minute, one at a time (a serial guard: they measure
+//! lags on a 2-core machine); each prints `[name] took ...`, pass or fail. Knobs:
+//!
+//! * `WALVAULT_DAEMON_SCALE=N` multiplies the scenarios' transaction counts;
+//! * `WALVAULT_DAEMON_BIN=/path/to/walvault` runs the scenarios against another build
+//!   of the binary (a branch with a fix); the checker still uses this build's library,
+//!   so this works only while the store format is the same (otherwise the checker says
+//!   the manifest is corrupt). To test a branch that changed the format, check these
+//!   files out into it instead (`git checkout harness -- tests/daemon.rs tests/daemon
+//!   tests/support/writer.py`): they use only the public API;
+//! * `WALVAULT_DAEMON_OUTAGE_SECS` (default 12) is the S3 outage's length;
+//! * the soak (`soak_cycles_every_behaviour_with_daemon_kills`) runs only when
+//!   `WALVAULT_SOAK_SECS` is set, checks at most `WALVAULT_SOAK_RESTORES` (3000) commit
+//!   frames, and with `WALVAULT_SOAK_EMPTY_STORE=1` also empties the store now and then:
 //!
 //! ```sh
 //! WALVAULT_SOAK_SECS=600 cargo test --test daemon soak -- --nocapture
 //! ```
+//!
+//! Scenarios whose subject is not the WAL's life (the emptied store, the S3 outage) keep
+//! an idle application connection open, so they do not depend on the replicator
+//! keeping SQLite's locks (scenario 1's subject).
 
 #![cfg(target_os = "linux")]
 
 #[path = "daemon/harness.rs"]
 mod harness;
+#[path = "daemon/proxy.rs"]
+mod proxy;
 mod s3;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use harness::{
-    check_history, content_hash, scale, wait_caught_up, Checked, Daemon, History, StoreArg, Writer,
+    check_history, check_history_in, content_hash, scale, wait_caught_up, wait_caught_up_in,
+    Checked, Daemon, History, Reader, StoreArg, Writer,
 };
 
 const NS: &str = "app";
@@ -40,7 +58,7 @@ fn store() -> StoreArg {
 }
 const WRITER_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the daemon may take to ship the writer's last commit once it stopped.
-const CATCH_UP: Duration = Duration::from_secs(20);
+const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// A temp directory with `app.db` (WAL mode, table `t`) and the writer's record.
 fn setup() -> (tempfile::TempDir, Writer) {
@@ -60,16 +78,41 @@ fn finish(
     started: Instant,
     max_restores: usize,
 ) -> Checked {
+    let reader = Reader::Local(dir.join("store"));
+    let store = StoreArg::local("store");
+    finish_in(
+        name,
+        dir,
+        (&reader, &store),
+        daemon,
+        writer,
+        started,
+        max_restores,
+    )
+}
+
+/// [`finish`] for any store: the library reads it through `reader`, the binary through
+/// `store`.
+fn finish_in(
+    name: &str,
+    dir: &Path,
+    (reader, store): (&Reader, &StoreArg),
+    daemon: &mut Daemon,
+    writer: &Writer,
+    started: Instant,
+    max_restores: usize,
+) -> Checked {
     let history = writer.history();
-    let caught_up = wait_caught_up(dir, NS, &history, CATCH_UP);
-    daemon.ensure_running("before SIGINT");
-    daemon.stop();
+    let caught_up = wait_caught_up_in(dir, reader, NS, &history, CATCH_UP);
     let caught = match &caught_up {
         Ok(lag) => format!("caught up {lag:?} after the writer's last commit"),
         Err(e) => format!("NEVER CAUGHT UP: {e}"),
     };
+    if let Err(e) = daemon.try_stop() {
+        panic!("{caught}\n{e}");
+    }
     let tail = || format!("{caught}\n{}", daemon.tail(25));
-    let checked = check_history(dir, NS, &history, max_restores, &tail);
+    let checked = check_history_in(dir, reader, store, NS, &history, max_restores, &tail);
     if let Err(e) = caught_up {
         panic!("{e}\n{}", daemon.tail(25));
     }
@@ -97,6 +140,7 @@ fn txns(n: u64) -> String {
 /// for a store directory that does not exist yet, with `--once` and in continuous mode.
 #[test]
 fn bare_relative_paths_replicate() {
+    let _serial = harness::serial();
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
@@ -126,6 +170,7 @@ fn bare_relative_paths_replicate() {
 /// its locks) keep it from doing so.
 #[test]
 fn connection_per_transaction_writer_with_the_daemon_running_throughout() {
+    let _serial = harness::serial();
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
@@ -152,6 +197,7 @@ fn connection_per_transaction_writer_with_the_daemon_running_throughout() {
 /// unchanged size.
 #[test]
 fn writer_checkpoints_of_every_mode_and_fixed_size_rewrites() {
+    let _serial = harness::serial();
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
@@ -197,10 +243,82 @@ fn writer_checkpoints_of_every_mode_and_fixed_size_rewrites() {
     finish("scenario 2", d, &mut daemon, &writer, started, 2000);
 }
 
+/// Scenario 2b, Litestream #1037/#1083: while the daemon is down, the application
+/// RESTARTs the WAL (nobody reads it then, so the checkpoint succeeds) and rewrites it
+/// with fixed-size transactions to exactly the size it had when the daemon stopped.
+/// Size and mtime say nothing changed; only the salts and checksums do. The restarted
+/// daemon must notice (and ship a snapshot), losing nothing.
+#[test]
+fn a_wal_rewritten_at_an_unchanged_size_while_the_daemon_was_down() {
+    let _serial = harness::serial();
+    let started = Instant::now();
+    let (dir, writer) = setup();
+    let d = dir.path();
+    let app = app_connection(d); // the WAL outlives the writer's connections
+    let wal = d.join("app.db-wal");
+    let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    let wal_salts = || {
+        std::fs::read(&wal)
+            .map(|b| b[16..24].to_vec())
+            .unwrap_or_default()
+    };
+    let settle = || std::thread::sleep(Duration::from_millis(1000)); // > 2 polls
+    let mut daemon = Daemon::start(d, &store(), REPLICATE);
+    writer.run(&["--txns", "20", "--seed", "30"], WRITER_TIMEOUT);
+    // Fixed-size rows in place, then an empty WAL (nobody reads: the daemon is down).
+    settle();
+    daemon.stop();
+    writer.run(
+        &[
+            "--fixed",
+            "--txns",
+            "2",
+            "--checkpoint",
+            "TRUNCATE",
+            "--checkpoint-every",
+            "2",
+        ],
+        WRITER_TIMEOUT,
+    );
+    assert_eq!(
+        wal_len(),
+        0,
+        "the TRUNCATE checkpoint did not empty the WAL"
+    );
+    writer.run(&["--fixed", "--txns", "10"], WRITER_TIMEOUT);
+    daemon.restart();
+    settle();
+    daemon.stop();
+    let (len_at_stop, salts_at_stop) = (wal_len(), wal_salts());
+    // Daemon down: the application RESTARTs the WAL, and the same ten fixed-size
+    // commits overwrite it from its start (SQLite keeps the file's length).
+    let busy: i64 = app
+        .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(busy, 0, "the RESTART checkpoint was busy");
+    writer.run(&["--fixed", "--txns", "10"], WRITER_TIMEOUT);
+    assert_eq!(
+        wal_len(),
+        len_at_stop,
+        "the WAL was not rewritten at the size it had when the daemon stopped: the test \
+         proves nothing"
+    );
+    assert_ne!(wal_salts(), salts_at_stop, "the WAL was not restarted");
+    daemon.restart();
+    let checked = finish("scenario 2b", d, &mut daemon, &writer, started, 2000);
+    assert!(checked.commits > 2);
+    assert!(
+        daemon.last_stdout().contains("(snapshot"),
+        "the restarted daemon did not ship a snapshot of a WAL restarted behind it\n{}",
+        daemon.tail(25)
+    );
+}
+
 /// Scenario 3: writers exit and new writer processes start, and the daemon is SIGKILLed
 /// in the middle of a writer's run and restarted (relative paths again).
 #[test]
 fn writers_come_and_go_and_the_daemon_is_killed_and_restarted() {
+    let _serial = harness::serial();
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
@@ -236,6 +354,7 @@ fn writers_come_and_go_and_the_daemon_is_killed_and_restarted() {
 /// had, and the latest the writer's last.
 #[test]
 fn replicate_once_between_writer_runs() {
+    let _serial = harness::serial();
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
@@ -288,6 +407,7 @@ fn replicate_once_between_writer_runs() {
 /// "never had", or two states swapped in time, must make `check_history` fail and say so.
 #[test]
 fn the_checker_catches_unknown_and_reordered_states() {
+    let _serial = harness::serial();
     let (dir, writer) = setup();
     let d = dir.path();
     let mut round_ends = Vec::new();
@@ -343,6 +463,7 @@ fn the_checker_catches_unknown_and_reordered_states() {
 #[test]
 #[ignore = "issue 12 (low-lag replication): the seal age is 10 s today"]
 fn a_commit_is_restorable_within_the_bounded_lag() {
+    let _serial = harness::serial();
     const LAG_BOUND: Duration = Duration::from_secs(3);
     let (dir, writer) = setup();
     let d = dir.path();
@@ -379,6 +500,17 @@ fn a_commit_is_restorable_within_the_bounded_lag() {
     }
 }
 
+/// An idle connection of the application to `dir/app.db`, kept open as a server does:
+/// the writer's closes then never delete the WAL, so a scenario holding one does not
+/// depend on the replicator keeping SQLite's locks (scenario 1's bug) and tests its own
+/// subject alone.
+fn app_connection(dir: &Path) -> rusqlite::Connection {
+    let app = rusqlite::Connection::open(dir.join("app.db")).unwrap();
+    app.query_row("SELECT count(*) FROM t", [], |_| Ok(()))
+        .unwrap();
+    app
+}
+
 /// Removes everything inside `store` (`rm -rf store/*`).
 fn empty_dir(store: &Path) -> usize {
     let mut n = 0;
@@ -399,9 +531,11 @@ fn empty_dir(store: &Path) -> usize {
 /// no restorable state is one the writer never had.
 #[test]
 fn emptying_the_store_under_a_running_daemon_ships_a_snapshot() {
+    let _serial = harness::serial();
     let started = Instant::now();
     let (dir, writer) = setup();
     let d = dir.path();
+    let _app = app_connection(d); // tests the emptied store alone
     let mut daemon = Daemon::start(d, &store(), REPLICATE);
     writer.run(&["--txns", &txns(60), "--sleep-ms", "3"], WRITER_TIMEOUT);
     if let Err(e) = wait_caught_up(d, NS, &writer.history(), CATCH_UP) {
@@ -567,6 +701,7 @@ fn failover_and_failback(dir: &Path, store: &StoreArg, app_connections: bool) {
 /// Scenario 5 on the local store, the applications keeping connections open.
 #[test]
 fn failover_and_failback_between_two_copies_local_store() {
+    let _serial = harness::serial();
     let dir = tempfile::tempdir().unwrap();
     failover_and_failback(dir.path(), &store(), true);
 }
@@ -574,24 +709,17 @@ fn failover_and_failback_between_two_copies_local_store() {
 /// Scenario 5 on the local store, each writer's close deleting the WAL.
 #[test]
 fn failover_and_failback_between_two_copies_local_store_wal_deleted() {
+    let _serial = harness::serial();
     let dir = tempfile::tempdir().unwrap();
     failover_and_failback(dir.path(), &store(), false);
 }
 
-/// Scenario 5 on S3 (the in-process `s3s-fs` server on 127.0.0.1).
-#[test]
-fn failover_and_failback_between_two_copies_s3_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = rt.block_on(async { s3::S3Server::start(&dir.path().join("s3")) });
-    let store = StoreArg {
+/// The binary's `--store` and environment for the test S3 server at `endpoint`.
+fn s3_store(endpoint: &str) -> StoreArg {
+    StoreArg {
         url: format!("s3://{}/prefix", s3::BUCKET),
         envs: [
-            ("AWS_ENDPOINT", server.endpoint.as_str()),
+            ("AWS_ENDPOINT", endpoint),
             ("AWS_ALLOW_HTTP", "true"),
             ("AWS_REGION", "us-east-1"),
             ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY),
@@ -600,7 +728,76 @@ fn failover_and_failback_between_two_copies_s3_store() {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
-    };
+    }
+}
+
+fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Scenario 6: the daemon replicating into S3 (the in-process server, reached through a
+/// proxy on 127.0.0.1) while S3 goes away for `WALVAULT_DAEMON_OUTAGE_SECS` (default 12)
+/// in the middle of a writer's run, every open connection cut. The daemon must ride the
+/// outage out (keep running, no commit lost) and catch up once S3 is back. The outage
+/// must outlast the log's 10 s seal age, so that an upload is attempted during it.
+#[test]
+fn an_s3_outage_under_a_running_daemon_is_ridden_out() {
+    let _serial = harness::serial();
+    let outage = Duration::from_secs(
+        std::env::var("WALVAULT_DAEMON_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(12),
+    );
+    let started = Instant::now();
+    let (dir, writer) = setup();
+    let d = dir.path();
+    let rt = multi_thread_runtime();
+    let (server, proxy) = rt.block_on(async {
+        let server = s3::S3Server::start(&d.join("s3"));
+        let proxy = proxy::Proxy::start(&server.endpoint);
+        (server, proxy)
+    });
+    let store = s3_store(&proxy.endpoint);
+    let reader = Reader::Object(server.client(), "prefix".to_string());
+    // Tests the outage alone (see `app_connection`).
+    let app = app_connection(d);
+    let mut daemon = Daemon::start(d, &store, REPLICATE);
+    let run = writer.spawn(&["--txns", &txns(120), "--sleep-ms", "10", "--seed", "8"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    proxy.set_down(true);
+    eprintln!("scenario 6: S3 down for {outage:?}");
+    std::thread::sleep(outage);
+    proxy.set_down(false);
+    daemon.ensure_running("right after the outage");
+    run.wait(WRITER_TIMEOUT);
+    daemon.ensure_running("after the outage and the writer");
+    finish_in(
+        "scenario 6",
+        d,
+        (&reader, &store),
+        &mut daemon,
+        &writer,
+        started,
+        2000,
+    );
+    drop(app);
+    drop(proxy);
+    drop(server);
+}
+
+/// Scenario 5 on S3 (the in-process `s3s-fs` server on 127.0.0.1).
+#[test]
+fn failover_and_failback_between_two_copies_s3_store() {
+    let _serial = harness::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = multi_thread_runtime();
+    let server = rt.block_on(async { s3::S3Server::start(&dir.path().join("s3")) });
+    let store = s3_store(&server.endpoint);
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     failover_and_failback(&work, &store, true);
@@ -616,9 +813,12 @@ fn last_seq(h: &History) -> u64 {
 /// behaviour above (plain transactions, checkpoints of each mode, fixed-size rewrites
 /// after RESTART, pauses), the daemon is SIGKILLed and restarted every few phases, and
 /// the lag to ship each phase's last commit is measured. Then every check, on a sample
-/// of at most `WALVAULT_SOAK_RESTORES` (default 3000) commit frames.
+/// of at most `WALVAULT_SOAK_RESTORES` (default 3000) commit frames. With
+/// `WALVAULT_SOAK_EMPTY_STORE=1` the store is also emptied under the daemon every fourth
+/// phase (scenario 4's behaviour).
 #[test]
 fn soak_cycles_every_behaviour_with_daemon_kills() {
+    let _serial = harness::serial();
     let Some(secs) = std::env::var("WALVAULT_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
@@ -642,6 +842,8 @@ fn soak_cycles_every_behaviour_with_daemon_kills() {
         rng ^= rng << 17;
         rng
     };
+    let empty_store = std::env::var_os("WALVAULT_SOAK_EMPTY_STORE").is_some();
+    let mut emptied = 0;
     let mut phases = 0u64;
     let mut max_lag = Duration::ZERO;
     let mut lags = Vec::new();
@@ -684,6 +886,10 @@ fn soak_cycles_every_behaviour_with_daemon_kills() {
             daemon.kill();
             std::thread::sleep(Duration::from_millis(next() % 300));
             daemon.restart();
+        } else if empty_store && phases % 4 == 2 {
+            std::thread::sleep(Duration::from_millis(next() % 800));
+            empty_dir(&d.join("store"));
+            emptied += 1;
         }
         run.wait(WRITER_TIMEOUT);
         daemon.ensure_running(&format!("soak phase {phases}"));
@@ -715,7 +921,7 @@ fn soak_cycles_every_behaviour_with_daemon_kills() {
     eprintln!(
         "soak figures after {:.0?}: {phases} writer phases, {} commits written, {} commit frames \
          restorable ({} distinct writer states), {} restores checked, {} snapshots shipped, \
-         {} daemon runs ({} SIGKILLs), {ckpts} writer checkpoints ({busy} busy), lag to ship \
+         {} daemon runs ({} SIGKILLs), store emptied {emptied} times, {ckpts} writer checkpoints ({busy} busy), lag to ship \
          a phase's last commit: median {:?}, max {max_lag:?}",
         started.elapsed(),
         checked.written,

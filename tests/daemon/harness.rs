@@ -23,15 +23,15 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio_stream::StreamExt;
-use walvault::{LocalStorage, NamespaceName, RestoreOptions, Storage};
+use walvault::{LocalStorage, NamespaceName, ObjectStorage, RestoreOptions, Storage};
 
 /// The `walvault` binary under test: this build's, or `WALVAULT_DAEMON_BIN` (to run the
 /// scenarios against another build, e.g. a branch with a fix; the checker still reads
 /// the store with this build's library).
 pub fn bin() -> PathBuf {
     match std::env::var_os("WALVAULT_DAEMON_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_walvault")),
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_walvault")),
     }
 }
 pub const PYTHON: &str = "/usr/bin/python3";
@@ -50,6 +50,40 @@ pub fn scale(n: u64) -> u64 {
         .unwrap_or(1)
         .max(1);
     n * factor
+}
+
+/// One daemon scenario at a time: they measure lags and wait with timeouts, and the
+/// machine has two cores. Hold the guard for the whole test (a panicking test poisons
+/// the lock; the next one takes it anyway).
+/// The guard also prints how long the test took (from taking the lock), pass or fail.
+pub fn serial() -> Serial {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let lock = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    Serial {
+        _lock: lock,
+        started: Instant::now(),
+    }
+}
+
+/// See [`serial`].
+pub struct Serial {
+    _lock: std::sync::MutexGuard<'static, ()>,
+    started: Instant,
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        eprintln!(
+            "[{}] took {:.1?}{}",
+            std::thread::current().name().unwrap_or("test"),
+            self.started.elapsed(),
+            if std::thread::panicking() {
+                ", FAILED"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -373,12 +407,20 @@ impl Daemon {
     /// SIGINT, then waits (at most 60 s) for a graceful exit; panics unless it exits 0
     /// and says everything shipped is durable.
     pub fn stop(&mut self) {
+        if let Err(e) = self.try_stop() {
+            panic!("{e}");
+        }
+    }
+
+    /// [`stop`](Self::stop), with what went wrong (and the daemon's last lines) as an
+    /// error rather than a panic.
+    pub fn try_stop(&mut self) -> Result<(), String> {
         let mut child = self.child.take().expect("the daemon is not running");
         if let Some(status) = child.try_wait().unwrap() {
-            panic!(
+            return Err(format!(
                 "the daemon had already exited on its own ({status}) before SIGINT\n{}",
                 self.tail(30)
-            );
+            ));
         }
         signal(&child, libc::SIGINT);
         let status = match wait_timeout(&mut child, Duration::from_secs(60)) {
@@ -386,23 +428,26 @@ impl Daemon {
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
+                return Err(format!(
                     "the daemon did not stop within 60 s of SIGINT\n{}",
                     self.tail(30)
-                );
+                ));
             }
         };
-        assert!(
-            status.success(),
-            "the daemon exited with {status} after SIGINT\n{}",
-            self.tail(30)
-        );
+        if !status.success() {
+            return Err(format!(
+                "the daemon exited with {status} after SIGINT\n{}",
+                self.tail(30)
+            ));
+        }
         let out = fs::read_to_string(&self.runs.last().unwrap().0).unwrap_or_default();
-        assert!(
-            out.contains("everything shipped is durable"),
-            "the daemon exited 0 without saying everything shipped is durable\n{}",
-            self.tail(30)
-        );
+        if !out.contains("everything shipped is durable") {
+            return Err(format!(
+                "the daemon exited 0 without saying everything shipped is durable\n{}",
+                self.tail(30)
+            ));
+        }
+        Ok(())
     }
 
     /// SIGKILL (no chance to clean up) and reap.
@@ -428,6 +473,14 @@ impl Daemon {
     /// How many runs were started.
     pub fn runs(&self) -> usize {
         self.runs.len()
+    }
+
+    /// The current (or last) run's stdout.
+    pub fn last_stdout(&self) -> String {
+        self.runs
+            .last()
+            .map(|(out, _)| fs::read_to_string(out).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Every run's stdout, concatenated.
@@ -586,69 +639,144 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Every commit frame of `ns` in the local store at `store`, ascending, with the key of
-/// the segment holding it.
-pub fn commit_frames(store: &Path, ns: &str) -> Result<Vec<(u64, String)>, String> {
-    let rt = runtime();
-    rt.block_on(async {
-        let storage = LocalStorage::open(store).map_err(|e| format!("opening the store: {e}"))?;
-        let ns = NamespaceName::new(ns).unwrap();
-        let mut infos = Vec::new();
-        let mut listed = storage.list_segments(&ns, 0, None);
+/// Where the checker reads the store through the library.
+#[derive(Clone)]
+pub enum Reader {
+    /// A local store directory.
+    Local(PathBuf),
+    /// An object store (the S3 test server's client) and the prefix inside it.
+    Object(std::sync::Arc<dyn object_store::ObjectStore>, String),
+}
+
+/// A [`Reader`]'s storage, opened (a fresh catalog).
+enum Opened {
+    Local(LocalStorage),
+    Object(ObjectStorage),
+}
+
+impl Reader {
+    fn open(&self) -> Result<Opened, String> {
+        match self {
+            Reader::Local(root) => LocalStorage::open(root)
+                .map(Opened::Local)
+                .map_err(|e| format!("opening the store: {e}")),
+            Reader::Object(client, prefix) => {
+                Ok(Opened::Object(ObjectStorage::new(client.clone(), prefix)))
+            }
+        }
+    }
+}
+
+impl Opened {
+    fn commit_frames(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        ns: &NamespaceName,
+    ) -> Result<Vec<(u64, String)>, String> {
+        match self {
+            Opened::Local(s) => rt.block_on(bounded(commit_frames_in(s, ns))),
+            Opened::Object(s) => rt.block_on(bounded(commit_frames_in(s, ns))),
+        }
+        .and_then(|frames| frames)
+    }
+
+    /// Restores `ns` as of `options` into a new file at `out` (no fsync: a scratch file);
+    /// the commit frame restored, and the content hash and row count once
+    /// `integrity_check` passed.
+    fn restore_and_hash(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        ns: &NamespaceName,
+        options: RestoreOptions,
+        out: &Path,
+    ) -> Result<(u64, u64, u64), String> {
+        let _ = fs::remove_file(out);
+        let mut file = fs::File::create(out).map_err(|e| e.to_string())?;
+        let restored = match self {
+            Opened::Local(s) => rt.block_on(bounded(s.restore(ns, options, &mut file, None))),
+            Opened::Object(s) => rt.block_on(bounded(s.restore(ns, options, &mut file, None))),
+        };
+        let summary = restored?.map_err(|e| format!("restore failed: {e}"))?;
+        drop(file);
+        walvault::integrity_check(out).map_err(|e| format!("integrity_check: {e}"))?;
+        let (h, rows) = content_hash(out)?;
+        Ok((summary.frame_no, h, rows))
+    }
+}
+
+/// How long one library call of the checker may take.
+const LIBRARY_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `f`, or an error once it took [`LIBRARY_CALL_TIMEOUT`].
+async fn bounded<T>(f: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(LIBRARY_CALL_TIMEOUT, f)
+        .await
+        .map_err(|_| format!("the library call did not finish within {LIBRARY_CALL_TIMEOUT:?}"))
+}
+
+/// Every commit frame of `ns`, ascending, with the key of the segment holding it.
+async fn commit_frames_in<S: Storage>(
+    storage: &S,
+    ns: &NamespaceName,
+) -> Result<Vec<(u64, String)>, String> {
+    let mut infos = Vec::new();
+    {
+        let mut listed = std::pin::pin!(storage.list_segments(ns, 0, None));
         while let Some(info) = listed.next().await {
             infos.push(info.map_err(|e| format!("listing segments: {e}"))?);
         }
-        drop(listed);
-        let mut frames = Vec::new();
-        for info in infos {
-            let seg = storage
-                .fetch_segment_data(&ns, &info.key, None)
-                .await
-                .map_err(|e| format!("fetching segment {}: {e}", info.key))?;
-            for c in seg.commits() {
-                frames.push((c.frame_no, info.key.to_string()));
-            }
+    }
+    let mut frames = Vec::new();
+    for info in infos {
+        let seg = storage
+            .fetch_segment_data(ns, &info.key, None)
+            .await
+            .map_err(|e| format!("fetching segment {}: {e}", info.key))?;
+        for c in seg.commits() {
+            frames.push((c.frame_no, info.key.to_string()));
         }
-        frames.sort();
-        Ok(frames)
-    })
+    }
+    frames.sort();
+    Ok(frames)
 }
 
-/// Restores `ns` as of `options` from the local store into a new file at `out` (no
-/// fsync: this is a scratch file) and returns its content hash and row count after
-/// `integrity_check` passed.
-fn restore_and_hash(
-    rt: &tokio::runtime::Runtime,
-    storage: &LocalStorage,
-    ns: &NamespaceName,
-    options: RestoreOptions,
-    out: &Path,
-) -> Result<(u64, u64, u64), String> {
-    let _ = fs::remove_file(out);
-    let mut file = fs::File::create(out).map_err(|e| e.to_string())?;
-    let summary = rt
-        .block_on(storage.restore(ns, options, &mut file, None))
-        .map_err(|e| format!("restore failed: {e}"))?;
-    drop(file);
-    walvault::integrity_check(out).map_err(|e| format!("integrity_check: {e}"))?;
-    let (h, rows) = content_hash(out)?;
-    Ok((summary.frame_no, h, rows))
-}
-
-/// The content hash of the latest state of `ns` in the local store, if it has one.
-pub fn latest_hash(store: &Path, ns: &str, scratch: &Path) -> Option<u64> {
-    let rt = runtime();
-    let storage = LocalStorage::open(store).ok()?;
+/// Every commit frame of `ns` in the local store at `store`, ascending, with the key of
+/// the segment holding it.
+pub fn commit_frames(store: &Path, ns: &str) -> Result<Vec<(u64, String)>, String> {
     let ns = NamespaceName::new(ns).unwrap();
-    restore_and_hash(&rt, &storage, &ns, RestoreOptions::Latest, scratch)
+    Reader::Local(store.to_path_buf())
+        .open()?
+        .commit_frames(&runtime(), &ns)
+}
+
+/// The content hash of the latest state of `ns`, if the store has one.
+pub fn latest_hash(reader: &Reader, ns: &str, scratch: &Path) -> Option<u64> {
+    let rt = runtime();
+    let ns = NamespaceName::new(ns).unwrap();
+    reader
+        .open()
+        .ok()?
+        .restore_and_hash(&rt, &ns, RestoreOptions::Latest, scratch)
         .ok()
         .map(|(_, h, _)| h)
 }
 
-/// Waits (at most `timeout`) until the store's latest state is the writer's last
-/// recorded one; how long that took. `Err` says where the store was at the deadline.
+/// Waits (at most `timeout`) until the local store `dir/store`'s latest state is the
+/// writer's last recorded one; how long that took. `Err` says where the store was at
+/// the deadline.
 pub fn wait_caught_up(
     dir: &Path,
+    ns: &str,
+    history: &History,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    wait_caught_up_in(dir, &Reader::Local(dir.join("store")), ns, history, timeout)
+}
+
+/// [`wait_caught_up`] for any store (`dir` holds the scratch file).
+pub fn wait_caught_up_in(
+    dir: &Path,
+    reader: &Reader,
     ns: &str,
     history: &History,
     timeout: Duration,
@@ -658,7 +786,7 @@ pub fn wait_caught_up(
     let scratch = dir.join(format!("lag-{}.db", unique()));
     let mut last = None;
     loop {
-        last = latest_hash(&dir.join("store"), ns, &scratch).or(last);
+        last = latest_hash(reader, ns, &scratch).or(last);
         if last == Some(want.hash) {
             let _ = fs::remove_file(&scratch);
             return Ok(started.elapsed());
@@ -709,9 +837,24 @@ pub fn check_history(
     max_restores: usize,
     context: &dyn Fn() -> String,
 ) -> Checked {
+    let reader = Reader::Local(dir.join("store"));
+    let store = StoreArg::local("store");
+    check_history_in(dir, &reader, &store, ns, history, max_restores, context)
+}
+
+/// [`check_history`] for any store: the binary reaches it through `store`, the library
+/// through `reader`.
+pub fn check_history_in(
+    dir: &Path,
+    reader: &Reader,
+    store: &StoreArg,
+    ns: &str,
+    history: &History,
+    max_restores: usize,
+    context: &dyn Fn() -> String,
+) -> Checked {
     let last = history.last();
     let mut problems: Vec<String> = Vec::new();
-    let store = StoreArg::local("store");
 
     // (1) The binary, latest.
     let out_name = format!("latest-{}.db", unique());
@@ -747,7 +890,14 @@ pub fn check_history(
     }
 
     // (2) Every commit frame, through the library.
-    let frames = match commit_frames(&dir.join("store"), ns) {
+    let rt = runtime();
+    let nsn = NamespaceName::new(ns).unwrap();
+    let opened = reader.open();
+    let frames = match opened
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|o| o.commit_frames(&rt, &nsn))
+    {
         Ok(f) => f,
         Err(e) => {
             problems.push(format!("enumerating the commit frames: {e}"));
@@ -770,9 +920,6 @@ pub fn check_history(
         idx.dedup();
         idx
     };
-    let rt = runtime();
-    let storage = LocalStorage::open(dir.join("store")).unwrap();
-    let nsn = NamespaceName::new(ns).unwrap();
     let scratch = dir.join(format!("check-{}.db", unique()));
     let mut prev: Option<(u64, u64)> = None; // (frame, seq)
     let mut seen = std::collections::HashSet::new();
@@ -780,13 +927,11 @@ pub fn check_history(
     for &i in &chosen {
         let (frame, key) = &frames[i];
         checked += 1;
-        match restore_and_hash(
-            &rt,
-            &storage,
-            &nsn,
-            RestoreOptions::FrameNo(*frame),
-            &scratch,
-        ) {
+        let restored = opened
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|o| o.restore_and_hash(&rt, &nsn, RestoreOptions::FrameNo(*frame), &scratch));
+        match restored {
             Err(e) => problems.push(format!("frame {frame} (segment {key}): {e}")),
             Ok((restored_frame, h, rows)) => {
                 if restored_frame != *frame {
