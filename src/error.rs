@@ -73,6 +73,17 @@ pub enum Error {
         /// The epoch of the writer that took over.
         newer: u64,
     },
+    /// A segment does not build on the namespace's latest state: its lineage checksum
+    /// names another database state (another copy of the database wrote the namespace,
+    /// or the store's history was emptied or replaced). Nothing was stored; ship a
+    /// snapshot, which starts a new lineage.
+    #[error("namespace {namespace} has diverged from this writer: {detail}")]
+    Diverged {
+        /// The namespace.
+        namespace: String,
+        /// Which states disagree.
+        detail: String,
+    },
     /// The storage was shut down.
     #[error("storage is shut down")]
     Closed,
@@ -134,6 +145,7 @@ impl Error {
             Error::Io { source, .. } => io_kind(source.kind()),
             Error::Poisoned { .. } | Error::Closed => ErrorKind::Closed,
             Error::Conflict { .. } | Error::Fenced { .. } => ErrorKind::Conflict,
+            Error::Diverged { .. } => ErrorKind::Diverged,
             // SQLite's messages carry no code here; walvault cannot tell a busy database
             // from a broken one, so it does not wait on either.
             Error::Unsupported(_) | Error::Sqlite { .. } => ErrorKind::Permanent,
@@ -189,6 +201,12 @@ impl Error {
         matches!(self, Error::Corrupt { .. })
     }
 
+    /// True when a store refused a segment because it does not build on the
+    /// namespace's latest state (see [`Error::Diverged`]).
+    pub fn is_diverged(&self) -> bool {
+        matches!(self, Error::Diverged { .. })
+    }
+
     /// True when the requested object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound(_))
@@ -221,6 +239,10 @@ pub enum ErrorKind {
     /// Another writer holds the namespace or took it over (fencing), or an object that
     /// must be created once already exists.
     Conflict,
+    /// The store's history moved on without this writer (another copy of the database
+    /// wrote the namespace, or its history was emptied or replaced): nothing was stored;
+    /// ship a snapshot, which starts a new lineage.
+    Diverged,
     /// The handle is shut down, or unusable after an earlier failure: reopen it.
     Closed,
 }
@@ -232,6 +254,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Permanent => "permanent",
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::InvalidInput => "invalid input",
+            ErrorKind::Diverged => "diverged",
             ErrorKind::NotFound => "not found",
             ErrorKind::Conflict => "conflict",
             ErrorKind::Closed => "closed",

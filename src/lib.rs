@@ -64,16 +64,18 @@ pub use crate::durability::{
 };
 pub use crate::error::{Error, ErrorKind, FormatError, InvalidInput, Part, Result};
 pub use crate::format::{
-    Commit, FrameRef, NamespaceName, PageIndex, PageIndexIter, SealedSegment, SegmentBuilder,
-    SegmentKey,
+    page_hash, Commit, FrameRef, NamespaceName, PageIndex, PageIndexIter, PageSums, SealedSegment,
+    SegmentBuilder, SegmentKey, CHECKSUM_FLAG,
 };
 pub use crate::log::{Appended, Clock, LogConfig, LogWriter, RetryPolicy, SystemClock};
 pub use crate::ops::{
-    apply_retention, compact, plan_compaction, CompactionPolicy, CompactionReport, Merge,
-    RetentionReport,
+    apply_retention, compact, plan_compaction, verify_history, CompactionPolicy, CompactionReport,
+    Merge, RetentionReport, VerifyReport,
 };
 pub use crate::replica::{durable_frames, transactions, Follower, Transaction};
-pub use crate::sqlite::{integrity_check, IngestReport, Replicator, ReplicatorConfig};
+pub use crate::sqlite::{
+    integrity_check, IngestReport, Replicator, ReplicatorConfig, SnapshotReason,
+};
 pub use crate::storage::restore_to_path_with_progress;
 pub use crate::storage::{
     on_store, plan_restore, Faults, FaultyStorage, FindSegmentReq, ForkReport, GcOptions, GcReport,

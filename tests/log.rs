@@ -203,7 +203,7 @@ async fn a_torn_transaction_is_dropped_cleanly() {
         .flatten()
         .map(|e| e.path())
         .find(|p| {
-            std::fs::metadata(p).unwrap().len() > 32 && p.extension().is_some_and(|e| e == "wal")
+            std::fs::metadata(p).unwrap().len() > 40 && p.extension().is_some_and(|e| e == "wal")
         })
         .unwrap();
     let mut bytes = std::fs::read(&wal).unwrap();
@@ -431,13 +431,13 @@ async fn files_after_a_hole_are_dropped_not_stitched_on() {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.extension().is_some_and(|e| e == "wal") && std::fs::metadata(p).unwrap().len() > 32
+            p.extension().is_some_and(|e| e == "wal") && std::fs::metadata(p).unwrap().len() > 40
         })
         .collect();
     files.sort();
     assert_eq!(files.len(), 2, "{files:?}");
     let first = std::fs::read(&files[0]).unwrap();
-    let keep = 32 + 8 * (32 + PAGE); // the first transaction (8 pages) only
+    let keep = 40 + 8 * (40 + PAGE); // the first transaction (8 pages) only
     std::fs::write(&files[0], &first[..keep]).unwrap();
 
     let log = LogWriter::open(storage, ns(), cfg()).await.unwrap();

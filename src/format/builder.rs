@@ -9,8 +9,9 @@ use uuid::Uuid;
 use super::index::PageIndex;
 use super::layout::{
     digest_add, encode_trailer, frame_crc, frame_header, frm, le_u32, put_u32, put_u64,
-    valid_page_size, Header, COMMIT_LEN, FRAME_HEADER_LEN, HEADER_LEN, TRAILER_LEN,
+    valid_page_size, Header, COMMIT_LEN, FORMAT_VERSION, FRAME_HEADER_LEN, HEADER_LEN, TRAILER_LEN,
 };
+use super::lineage::CHECKSUM_FLAG;
 use super::segment::{Commit, SealedSegment};
 use crate::error::{Error, InvalidInput, Result};
 
@@ -32,6 +33,9 @@ pub struct SegmentBuilder {
     newest: HashMap<u32, u32>,
     commits: Vec<Commit>,
     log_id: Uuid,
+    /// `Some(base)` once [`start_lineage`](Self::start_lineage) was called for this
+    /// segment: every commit then carries a checksum.
+    lineage: Option<u64>,
 }
 
 impl SegmentBuilder {
@@ -57,6 +61,7 @@ impl SegmentBuilder {
             newest: HashMap::new(),
             commits: Vec::new(),
             log_id: Uuid::nil(),
+            lineage: None,
         })
     }
 
@@ -79,14 +84,69 @@ impl SegmentBuilder {
         Ok(frame_no)
     }
 
+    /// Makes this segment carry lineage (`docs/FORMAT.md` §3.9): its first transaction
+    /// applies to the database whose checksum is `base` (0: none, the first transaction
+    /// writes the whole database and starts a new lineage). Every commit must then be
+    /// appended with [`append_commit_with_checksum`](Self::append_commit_with_checksum).
+    /// Only before the segment's first frame.
+    pub fn start_lineage(&mut self, base: u64) -> Result<()> {
+        if !self.is_empty() {
+            return Err(InvalidInput::Seal("lineage must be set before the first frame").into());
+        }
+        if base != 0 && base & CHECKSUM_FLAG == 0 {
+            return Err(InvalidInput::Seal("a base checksum has its top bit set").into());
+        }
+        self.lineage = Some(base);
+        Ok(())
+    }
+
+    /// The lineage base set by [`start_lineage`](Self::start_lineage), if any.
+    pub fn lineage_base(&self) -> Option<u64> {
+        self.lineage
+    }
+
     /// Appends the frame that commits a transaction: the database has `size_after` pages
-    /// after it, and it happened at `timestamp`. Returns its frame number.
+    /// after it, and it happened at `timestamp`. Returns its frame number. For a segment
+    /// without lineage only.
     pub fn append_commit(
         &mut self,
         page_no: u32,
         page: &[u8],
         size_after: u32,
         timestamp: DateTime<Utc>,
+    ) -> Result<u64> {
+        if self.lineage.is_some() {
+            return Err(InvalidInput::Seal("a segment with lineage needs commit checksums").into());
+        }
+        self.commit(page_no, page, size_after, timestamp, 0)
+    }
+
+    /// Appends a commit frame as [`append_commit`](Self::append_commit) does, with the
+    /// lineage checksum of the whole database after it. For a segment with lineage only.
+    pub fn append_commit_with_checksum(
+        &mut self,
+        page_no: u32,
+        page: &[u8],
+        size_after: u32,
+        timestamp: DateTime<Utc>,
+        checksum: u64,
+    ) -> Result<u64> {
+        if self.lineage.is_none() {
+            return Err(InvalidInput::Seal("call start_lineage before a commit checksum").into());
+        }
+        if checksum & CHECKSUM_FLAG == 0 {
+            return Err(InvalidInput::Seal("a commit checksum has its top bit set").into());
+        }
+        self.commit(page_no, page, size_after, timestamp, checksum)
+    }
+
+    fn commit(
+        &mut self,
+        page_no: u32,
+        page: &[u8],
+        size_after: u32,
+        timestamp: DateTime<Utc>,
+        checksum: u64,
     ) -> Result<u64> {
         let frame_no = self.check_frame(page_no, page)?;
         let timestamp_ms = self.check_commit(frame_no, size_after, timestamp)?;
@@ -95,6 +155,7 @@ impl SegmentBuilder {
             frame_no,
             timestamp_ms,
             size_after,
+            checksum,
         });
         Ok(frame_no)
     }
@@ -193,6 +254,7 @@ impl SegmentBuilder {
             newest: HashMap::new(),
             commits: Vec::new(),
             log_id: self.log_id,
+            lineage: None,
         };
         Ok(std::mem::replace(self, next).finish(sealed_at))
     }
@@ -214,6 +276,7 @@ impl SegmentBuilder {
             put_u64(&mut entry, 0, c.frame_no);
             put_u64(&mut entry, 8, c.timestamp_ms);
             put_u32(&mut entry, 16, c.size_after);
+            put_u64(&mut entry, 24, c.checksum);
             self.buf.extend_from_slice(&entry);
         }
         let commit_crc = crc32c::crc32c(&self.buf[commits_off..]);
@@ -241,6 +304,8 @@ impl SegmentBuilder {
             log_id: self.log_id,
             index_len: index_bytes.len() as u64,
             sparse,
+            version: FORMAT_VERSION,
+            lineage: self.lineage,
         };
         let encoded_header = header.encode();
         self.buf[..HEADER_LEN].copy_from_slice(&encoded_header);

@@ -11,12 +11,16 @@ use crate::error::{FormatError, Part};
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"WVSEGMNT";
 /// Magic number at byte 0 of the trailer.
 pub(crate) const TRAILER_MAGIC: [u8; 8] = *b"WVTRAILR";
-/// The only version this build writes and reads.
-pub(crate) const FORMAT_VERSION: u16 = 1;
+/// The version this build writes. It also reads version 1, which has no lineage.
+pub(crate) const FORMAT_VERSION: u16 = 2;
+/// Version 1: 24-byte commit entries, no lineage.
+pub(crate) const FORMAT_VERSION_1: u16 = 1;
 
 pub(crate) const HEADER_LEN: usize = 128;
 pub(crate) const FRAME_HEADER_LEN: usize = 24;
-pub(crate) const COMMIT_LEN: usize = 24;
+/// A commit-table entry's length in version 2 (version 1: [`COMMIT_LEN_V1`]).
+pub(crate) const COMMIT_LEN: usize = 32;
+pub(crate) const COMMIT_LEN_V1: usize = 24;
 pub(crate) const CRC_LEN: usize = 4;
 pub(crate) const TRAILER_LEN: usize = 32;
 
@@ -25,6 +29,11 @@ pub(crate) const TRAILER_LEN: usize = 32;
 /// out page versions no retained commit needs. Readers that do not know this flag
 /// refuse the segment (they reject unknown flags).
 pub(crate) const FLAG_SPARSE: u16 = 1;
+/// Header flag (version 2): the segment carries lineage. `base_checksum` names the
+/// database state its first transaction applies to (0: none, the segment starts a new
+/// lineage with a snapshot) and every commit-table entry holds the checksum of the
+/// database after that commit (`docs/FORMAT.md` §3.9).
+pub(crate) const FLAG_LINEAGE: u16 = 2;
 
 // Header field offsets.
 pub(crate) mod hdr {
@@ -43,7 +52,8 @@ pub(crate) mod hdr {
     pub const SEALED_AT: usize = 64;
     pub const LOG_ID: usize = 72;
     pub const INDEX_LEN: usize = 88;
-    pub const RESERVED: usize = 96;
+    pub const BASE_CHECKSUM: usize = 96;
+    pub const RESERVED: usize = 104;
     pub const CRC: usize = 124;
 }
 
@@ -115,6 +125,11 @@ pub(crate) struct Header {
     pub index_len: u64,
     /// [`FLAG_SPARSE`]: frame numbers need not be contiguous.
     pub sparse: bool,
+    /// The format version the segment was written in (1 or 2).
+    pub version: u16,
+    /// [`FLAG_LINEAGE`]: `Some(base checksum)`, 0 for a segment that starts a new
+    /// lineage; None for a segment without lineage (every version 1 segment).
+    pub lineage: Option<u64>,
 }
 
 impl Header {
@@ -130,12 +145,14 @@ impl Header {
     pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[hdr::MAGIC..hdr::MAGIC + 8].copy_from_slice(&SEGMENT_MAGIC);
-        put_u16(&mut b, hdr::VERSION, FORMAT_VERSION);
-        put_u16(
-            &mut b,
-            hdr::FLAGS,
-            if self.sparse { FLAG_SPARSE } else { 0 },
-        );
+        put_u16(&mut b, hdr::VERSION, self.version);
+        let flags = if self.sparse { FLAG_SPARSE } else { 0 }
+            | if self.lineage.is_some() {
+                FLAG_LINEAGE
+            } else {
+                0
+            };
+        put_u16(&mut b, hdr::FLAGS, flags);
         put_u32(&mut b, hdr::PAGE_SIZE, self.page_size);
         put_u64(&mut b, hdr::START_FRAME_NO, self.start_frame_no);
         put_u64(&mut b, hdr::END_FRAME_NO, self.end_frame_no);
@@ -148,6 +165,7 @@ impl Header {
         put_u64(&mut b, hdr::SEALED_AT, self.sealed_at);
         b[hdr::LOG_ID..hdr::LOG_ID + 16].copy_from_slice(self.log_id.as_bytes());
         put_u64(&mut b, hdr::INDEX_LEN, self.index_len);
+        put_u64(&mut b, hdr::BASE_CHECKSUM, self.lineage.unwrap_or(0));
         let crc = crc32c::crc32c(&b[..hdr::CRC]);
         put_u32(&mut b, hdr::CRC, crc);
         b
@@ -172,8 +190,25 @@ impl Header {
             });
         }
         let version = le_u16(b, hdr::VERSION);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
             return Err(FormatError::Version(version));
+        }
+        let flags = le_u16(b, hdr::FLAGS);
+        let known = match version {
+            FORMAT_VERSION_1 => FLAG_SPARSE,
+            _ => FLAG_SPARSE | FLAG_LINEAGE,
+        };
+        if flags & !known != 0 {
+            return Err(invalid(Part::Header, hdr::FLAGS, "unknown flags"));
+        }
+        let base = le_u64(b, hdr::BASE_CHECKSUM);
+        let lineage = (flags & FLAG_LINEAGE != 0).then_some(base);
+        if lineage.is_none() && base != 0 {
+            return Err(invalid(
+                Part::Header,
+                hdr::BASE_CHECKSUM,
+                "base checksum without the lineage flag",
+            ));
         }
         let header = Header {
             page_size: le_u32(b, hdr::PAGE_SIZE),
@@ -189,11 +224,10 @@ impl Header {
             log_id: Uuid::from_slice(&b[hdr::LOG_ID..hdr::LOG_ID + 16])
                 .map_err(|_| invalid(Part::Header, hdr::LOG_ID, "bad log id"))?,
             index_len: le_u64(b, hdr::INDEX_LEN),
-            sparse: le_u16(b, hdr::FLAGS) & FLAG_SPARSE != 0,
+            sparse: flags & FLAG_SPARSE != 0,
+            version,
+            lineage,
         };
-        if le_u16(b, hdr::FLAGS) & !FLAG_SPARSE != 0 {
-            return Err(invalid(Part::Header, hdr::FLAGS, "unknown flags"));
-        }
         if b[hdr::RESERVED..hdr::CRC].iter().any(|&x| x != 0) {
             return Err(invalid(
                 Part::Header,
@@ -240,6 +274,14 @@ impl Header {
         Ok(())
     }
 
+    /// The length of one commit-table entry in this segment's version.
+    pub(crate) fn commit_len(&self) -> usize {
+        match self.version {
+            FORMAT_VERSION_1 => COMMIT_LEN_V1,
+            _ => COMMIT_LEN,
+        }
+    }
+
     /// Where every part starts, computed with checked arithmetic.
     pub(crate) fn layout(&self) -> Result<Layout, FormatError> {
         let overflow = || invalid(Part::Header, hdr::FRAME_COUNT, "sizes overflow");
@@ -249,7 +291,7 @@ impl Header {
             .checked_mul(frame_len)
             .and_then(|n| n.checked_add(frames_off))
             .ok_or_else(overflow)?;
-        let index_off = (u64::from(self.commit_count) * COMMIT_LEN as u64 + CRC_LEN as u64)
+        let index_off = (u64::from(self.commit_count) * self.commit_len() as u64 + CRC_LEN as u64)
             .checked_add(commits_off)
             .ok_or_else(overflow)?;
         let trailer_off = self

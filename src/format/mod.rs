@@ -5,6 +5,7 @@ mod builder;
 mod index;
 mod key;
 pub(crate) mod layout;
+pub(crate) mod lineage;
 mod name;
 mod segment;
 
@@ -13,6 +14,7 @@ pub use builder::SegmentBuilder;
 pub use index::{PageIndex, PageIndexIter};
 pub use key::SegmentKey;
 pub(crate) use layout::{Header, FRAME_HEADER_LEN, HEADER_LEN};
+pub use lineage::{page_hash, PageSums, CHECKSUM_FLAG};
 pub use name::NamespaceName;
 pub(crate) use segment::{index_range, ms_to_datetime, parse_index_with_crc, verify_frame};
 pub use segment::{Commit, FrameRef, SealedSegment};

@@ -14,6 +14,7 @@ use super::layout::{
     digest_add, frame_crc, frm, invalid, le_u32, le_u64, trl, Header, Layout, COMMIT_LEN, CRC_LEN,
     FRAME_HEADER_LEN, HEADER_LEN, TRAILER_LEN, TRAILER_MAGIC,
 };
+use super::lineage::CHECKSUM_FLAG;
 use crate::error::{FormatError, Part};
 
 /// One frame of a segment, borrowed from the segment's bytes.
@@ -45,6 +46,9 @@ pub struct Commit {
     pub timestamp_ms: u64,
     /// Database size in pages after the commit.
     pub size_after: u32,
+    /// The lineage checksum of the whole database after the commit
+    /// ([`crate::format::lineage`]); 0 when the segment carries no lineage.
+    pub checksum: u64,
 }
 
 impl Commit {
@@ -230,6 +234,25 @@ impl SealedSegment {
         self.inner.header.log_id
     }
 
+    /// The lineage this segment carries: `Some(base)`, the checksum of the database its
+    /// first transaction applies to, 0 when it starts a new lineage (a snapshot); None
+    /// when it carries none (format version 1, or built without lineage).
+    pub fn lineage_base(&self) -> Option<u64> {
+        self.inner.header.lineage
+    }
+
+    /// The lineage checksum of the database after the segment's last commit, if it
+    /// carries lineage.
+    pub fn end_checksum(&self) -> Option<u64> {
+        self.inner.header.lineage?;
+        self.inner.commits.last().map(|c| c.checksum)
+    }
+
+    /// The segment's format version (1 or 2).
+    pub fn format_version(&self) -> u16 {
+        self.inner.header.version
+    }
+
     /// Every commit in the segment, in frame order.
     pub fn commits(&self) -> &[Commit] {
         &self.inner.commits
@@ -376,7 +399,8 @@ fn verify_frames(b: &[u8], h: &Header, l: &Layout, mut digest: u32) -> Result<u3
 
 fn decode_commits(b: &[u8], h: &Header, l: &Layout) -> Result<(Vec<Commit>, u32), FormatError> {
     let start = l.commits_off as usize;
-    let end = start + h.commit_count as usize * COMMIT_LEN;
+    let entry_len = h.commit_len();
+    let end = start + h.commit_count as usize * entry_len;
     let crc = le_u32(b, end);
     if crc32c::crc32c(&b[start..end]) != crc {
         return Err(FormatError::Checksum {
@@ -385,13 +409,18 @@ fn decode_commits(b: &[u8], h: &Header, l: &Layout) -> Result<(Vec<Commit>, u32)
         });
     }
     let mut commits = Vec::with_capacity(h.commit_count as usize);
-    for entry in b[start..end].chunks_exact(COMMIT_LEN) {
+    for entry in b[start..end].chunks_exact(entry_len) {
         let commit = Commit {
             frame_no: le_u64(entry, 0),
             timestamp_ms: le_u64(entry, 8),
             size_after: le_u32(entry, 16),
+            checksum: if entry_len == COMMIT_LEN {
+                le_u64(entry, 24)
+            } else {
+                0
+            },
         };
-        let at = start + commits.len() * COMMIT_LEN;
+        let at = start + commits.len() * entry_len;
         check_commit(&commits, &commit, entry, h)
             .map_err(|reason| invalid(Part::CommitTable, at, reason))?;
         commits.push(commit);
@@ -423,6 +452,11 @@ fn check_commit(prev: &[Commit], c: &Commit, raw: &[u8], h: &Header) -> Result<(
     }
     if c.size_after == 0 {
         return Err("commit with database size 0");
+    }
+    match (h.lineage.is_some(), c.checksum) {
+        (true, sum) if sum & CHECKSUM_FLAG == 0 => return Err("commit without a lineage checksum"),
+        (false, sum) if sum != 0 => return Err("lineage checksum in a segment without lineage"),
+        _ => {}
     }
     if let Some(p) = prev.last() {
         if c.frame_no <= p.frame_no {

@@ -29,10 +29,66 @@ fn small_segment() -> SealedSegment {
     b.seal(at(1_700_000_001_000)).unwrap()
 }
 
+/// The same transactions in a segment that carries lineage, building on a known state.
+fn small_lineage_segment() -> SealedSegment {
+    let mut b = SegmentBuilder::new(7, 512)
+        .unwrap()
+        .with_log_id(Uuid::from_u128(0x0123_4567_89ab_cdef_0011_2233_4455_6677));
+    let base = CHECKSUM_FLAG | 0x1111_2222_3333_4444;
+    b.start_lineage(base).unwrap();
+    b.append_frame(1, &page(0x10, 512)).unwrap();
+    b.append_commit_with_checksum(3, &page(0x30, 512), 3, at(1_700_000_000_000), base ^ 5)
+        .unwrap();
+    b.append_commit_with_checksum(1, &page(0x11, 512), 3, at(1_700_000_000_250), base ^ 6)
+        .unwrap();
+    b.seal(at(1_700_000_001_000)).unwrap()
+}
+
+#[test]
+fn version_1_segments_still_decode_without_lineage() {
+    let golden_path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/segment-v1.bin");
+    let decoded = SealedSegment::decode(std::fs::read(golden_path).unwrap()).unwrap();
+    assert_eq!(decoded.format_version(), 1);
+    assert_eq!(
+        (decoded.lineage_base(), decoded.end_checksum()),
+        (None, None)
+    );
+    assert_eq!(decoded.key(), small_segment().key());
+    assert_eq!(decoded.commits(), small_segment().commits());
+    assert_eq!(decoded.read_page(1), small_segment().read_page(1));
+}
+
+#[test]
+fn lineage_round_trips_and_is_checked() {
+    let s = small_lineage_segment();
+    let decoded = SealedSegment::decode(s.encoded().clone()).unwrap();
+    assert_eq!(decoded.format_version(), 2);
+    assert_eq!(
+        decoded.lineage_base(),
+        Some(CHECKSUM_FLAG | 0x1111_2222_3333_4444)
+    );
+    assert_eq!(
+        decoded.end_checksum(),
+        Some(CHECKSUM_FLAG ^ 0x1111_2222_3333_4442)
+    );
+    assert_eq!(small_segment().lineage_base(), None);
+    // A builder with lineage refuses commits without checksums, and the reverse.
+    let mut b = SegmentBuilder::new(1, 512).unwrap();
+    b.start_lineage(0).unwrap();
+    assert!(b.append_commit(1, &page(1, 512), 1, at(1)).is_err());
+    assert!(b
+        .append_commit_with_checksum(1, &page(1, 512), 1, at(1), 5)
+        .is_err());
+    let mut plain = SegmentBuilder::new(1, 512).unwrap();
+    assert!(plain
+        .append_commit_with_checksum(1, &page(1, 512), 1, at(1), CHECKSUM_FLAG)
+        .is_err());
+}
+
 #[test]
 fn golden_bytes_pin_the_format() {
-    let encoded = small_segment().encoded().clone();
-    let golden_path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/segment-v1.bin");
+    let encoded = small_lineage_segment().encoded().clone();
+    let golden_path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/segment-v2.bin");
     if std::env::var_os("WALVAULT_BLESS").is_some() {
         std::fs::write(golden_path, &encoded).unwrap();
     }
@@ -43,7 +99,7 @@ fn golden_bytes_pin_the_format() {
         "the encoding changed: bump the format version"
     );
     let decoded = SealedSegment::decode(golden).unwrap();
-    assert_eq!(decoded.key(), small_segment().key());
+    assert_eq!(decoded.key(), small_lineage_segment().key());
 }
 
 #[test]

@@ -18,6 +18,7 @@
 mod recovery;
 mod retry;
 mod shared;
+mod sums;
 mod wal;
 
 use std::ops::Range;
@@ -35,7 +36,9 @@ use self::shared::{Sealed, Shared};
 use self::wal::{WalFile, WalFrameRef};
 use crate::durability::{Durability, DurabilityTracker, FrameAllocator, DEFAULT_BLOCK_SIZE};
 use crate::error::{Error, InvalidInput, Result};
-use crate::format::{ms_to_datetime, timestamp_ms, NamespaceName, SealedSegment, SegmentBuilder};
+use crate::format::{
+    ms_to_datetime, timestamp_ms, NamespaceName, PageSums, SealedSegment, SegmentBuilder,
+};
 use crate::storage::{FindSegmentReq, Storage};
 
 /// Where time comes from. Inject one to make tests deterministic.
@@ -144,6 +147,12 @@ pub struct LogWriter<S: Storage + Clone> {
     submit: Option<mpsc::UnboundedSender<SealedSegment>>,
     tasks: Vec<JoinHandle<()>>,
     failed: Option<Error>,
+    /// The page hashes of the database after the last appended commit, for its lineage
+    /// checksum; None when this log does not know the state it continues (see
+    /// [`needs_snapshot`](Self::needs_snapshot)).
+    sums: Option<PageSums>,
+    /// The lineage base the open-segment file was created with.
+    file_base: u64,
 }
 
 impl<S: Storage + Clone> LogWriter<S> {
@@ -176,6 +185,28 @@ impl<S: Storage + Clone> LogWriter<S> {
         self.shared.tracker.wait(frame_no, level)
     }
 
+    /// Resolves once frame `frame_no` is `Durable`, or fails with [`Error::Diverged`] as
+    /// soon as the store refuses a segment of this log because its history moved on: that
+    /// frame will then never be stored as it is, and a snapshot must follow
+    /// ([`append_snapshot`](Self::append_snapshot)), whose durability covers it.
+    pub fn wait_durable(
+        &self,
+        frame_no: u64,
+    ) -> impl std::future::Future<Output = Result<u64>> + Send + 'static {
+        self.shared.sync_requested.notify_one();
+        let durable = self.shared.tracker.wait(frame_no, Durability::Durable);
+        let mut diverged = self.shared.watch_diverged();
+        async move {
+            tokio::select! {
+                waited = durable => waited,
+                refused = diverged.wait_for(Option::is_some) => match refused {
+                    Ok(e) => Err(e.clone().unwrap_or(Error::Closed)),
+                    Err(_) => Err(Error::Closed),
+                },
+            }
+        }
+    }
+
     /// The watermarks of this log.
     pub fn tracker(&self) -> &DurabilityTracker {
         &self.shared.tracker
@@ -200,9 +231,82 @@ impl<S: Storage + Clone> LogWriter<S> {
     /// Appends a transaction writing `pages` (page number, page bytes), committed with
     /// `db_size` pages in the database. It is `Applied` when this returns; wait on the
     /// result for `Written` or `Durable`.
+    ///
+    /// Each commit carries the lineage checksum of the whole database after it, so the
+    /// log must know the state it continues: after [`needs_snapshot`](Self::needs_snapshot)
+    /// says it does not, this fails with [`Error::Diverged`] and the next transaction
+    /// must be an [`append_snapshot`](Self::append_snapshot).
     pub fn append(&mut self, pages: &[(u32, &[u8])], db_size: u32) -> Result<Appended> {
         self.check_usable()?;
         self.check_transaction(pages, db_size)?;
+        if let Some(detail) = self.needs_snapshot() {
+            return Err(Error::Diverged {
+                namespace: self.namespace.to_string(),
+                detail,
+            });
+        }
+        self.append_txn(pages, db_size, false)
+    }
+
+    /// Appends a transaction that writes the whole database: `pages` are pages
+    /// `1..=db_size`, each once, in order. It starts a new lineage (a segment of its own,
+    /// which a store accepts whatever history it holds), so it is the answer to
+    /// [`needs_snapshot`](Self::needs_snapshot). What was open is sealed first.
+    pub fn append_snapshot(&mut self, pages: &[(u32, &[u8])], db_size: u32) -> Result<Appended> {
+        self.check_usable()?;
+        self.check_transaction(pages, db_size)?;
+        let whole = pages.len() == db_size as usize
+            && pages
+                .iter()
+                .zip(1..)
+                .all(|((page_no, _), want)| *page_no == want);
+        if !whole {
+            return Err(InvalidInput::Commit {
+                frame_no: self.allocator.peek(),
+                reason: format!("a snapshot writes pages 1..={db_size}, each once, in order"),
+            }
+            .into());
+        }
+        self.seal()?;
+        self.sums = Some(PageSums::new());
+        self.shared.clear_diverged();
+        self.append_txn(pages, db_size, true)
+    }
+
+    /// Why the next transaction must be a snapshot, if it must: the log does not know the
+    /// database state it continues (a first run, or lost page sums), or the store refused
+    /// a segment because its history moved on without this log ([`Error::Diverged`]).
+    pub fn needs_snapshot(&self) -> Option<String> {
+        if let Some(e) = self.shared.diverged() {
+            return Some(e.to_string());
+        }
+        self.sums.is_none().then(|| {
+            "the log does not know the database state it continues (no page sums)".to_string()
+        })
+    }
+
+    fn append_txn(
+        &mut self,
+        pages: &[(u32, &[u8])],
+        db_size: u32,
+        snapshot: bool,
+    ) -> Result<Appended> {
+        let sums = self.sums.as_mut().ok_or_else(|| Error::Diverged {
+            namespace: self.namespace.to_string(),
+            detail: "no page sums".into(),
+        })?;
+        // A transaction on an empty database writes all of it: a new lineage too.
+        let base = if snapshot || sums.db_size() == 0 {
+            0
+        } else {
+            sums.checksum()
+        };
+        let checksum = sums.apply(pages.iter().copied(), db_size)?;
+        if self.builder.is_empty() {
+            if let Err(e) = self.start_segment(base) {
+                return Err(self.fail(e));
+            }
+        }
         let now_ms = timestamp_ms(self.config.clock.now())?;
         // Commit times never go backwards, whatever the clock does.
         let commit_ms = now_ms.max(self.last_commit_ms);
@@ -213,7 +317,7 @@ impl<S: Storage + Clone> LogWriter<S> {
                 reason: "the allocator and the open segment disagree",
             })));
         }
-        if let Err(e) = self.write(&frames, pages, db_size, commit_ms) {
+        if let Err(e) = self.write(&frames, pages, db_size, commit_ms, checksum) {
             return Err(self.fail(e));
         }
         self.last_commit_ms = commit_ms;
@@ -294,6 +398,13 @@ impl<S: Storage + Clone> LogWriter<S> {
         // Nothing after the last appended frame will come: waits for later frames end.
         let last = self.shared.tracker.watermark(Durability::Applied);
         self.shared.tracker.end_at(last);
+        // The syncer has stopped; if it made everything written, the sums are exact.
+        let written = self.shared.tracker.watermark(Durability::Written);
+        if let (None, Some(sums)) = (&self.failed, &self.sums) {
+            if written == last && last > 0 {
+                sums::save(&self.config.dir, last, sums)?;
+            }
+        }
         match self.failed.clone().or_else(|| self.shared.tracker.closed()) {
             Some(e) => Err(e),
             None => Ok(()),
@@ -341,23 +452,31 @@ impl<S: Storage + Clone> LogWriter<S> {
         pages: &[(u32, &[u8])],
         db_size: u32,
         commit_ms: u64,
+        db_checksum: u64,
     ) -> Result<()> {
         let last = pages.len() - 1;
         let mut refs = Vec::with_capacity(pages.len());
         for (i, (frame_no, (page_no, page))) in frames.clone().zip(pages).enumerate() {
-            let (size_after, commit_ts) = if i == last {
+            let (size_after, commit_ts, checksum) = if i == last {
                 let at = ms_to_datetime(commit_ms);
-                self.builder.append_commit(*page_no, page, db_size, at)?;
-                (db_size, commit_ms)
+                self.builder.append_commit_with_checksum(
+                    *page_no,
+                    page,
+                    db_size,
+                    at,
+                    db_checksum,
+                )?;
+                (db_size, commit_ms, db_checksum)
             } else {
                 self.builder.append_frame(*page_no, page)?;
-                (0, 0)
+                (0, 0, 0)
             };
             refs.push(WalFrameRef {
                 frame_no,
                 page_no: *page_no,
                 size_after,
                 commit_ts,
+                checksum,
                 crc: self.builder.last_frame_crc().unwrap_or_default(),
                 page,
             });
@@ -370,18 +489,37 @@ impl<S: Storage + Clone> LogWriter<S> {
 
     /// Seals the builder, starts the next file, hands the sealed file to the syncer for
     /// a last fsync, and submits the segment.
+    ///
+    /// The page sums are saved (stamped with the sealed segment's last frame) before the
+    /// segment goes to storage, so its local file, which recovery replays onto them, is
+    /// never deleted before sums past it are on disk.
     fn rotate(&mut self) -> Result<()> {
         let segment = self.builder.seal(self.config.clock.now())?;
         self.builder.reserve(segment_frames(&self.config));
-        let salt = Uuid::new_v4().as_u128() as u32;
+        let end = segment.end_frame_no();
+        // Sums past frames that are not yet fsynced are saved by the syncer after it
+        // fsyncs them; if they already are, now, before the segment can be stored and
+        // its file deleted.
+        let mut pending = None;
+        if let Some(sums) = &self.sums {
+            if self.shared.tracker.watermark(Durability::Written) >= end {
+                sums::save(&self.config.dir, end, sums)?;
+            } else {
+                pending = Some((end, sums.clone()));
+            }
+        }
+        let base = self.next_base();
         let next = WalFile::create(
             &self.config.dir,
             self.builder.next_frame_no(),
             self.config.page_size,
-            salt,
+            Uuid::new_v4().as_u128() as u32,
+            base,
         )?;
+        self.file_base = base;
         let previous = std::mem::replace(&mut self.wal, next);
-        self.shared.rotate_sync_target(self.wal.sync_target());
+        self.shared
+            .rotate_sync_target(self.wal.sync_target(), pending);
         // The syncer writes out the sealed file's tail and fsyncs the new file's
         // directory entry now, while appends go on, rather than in a waiter's fsync.
         self.shared.write_requested.notify_one();
@@ -394,6 +532,29 @@ impl<S: Storage + Clone> LogWriter<S> {
             let _ = submit.send(segment);
         }
         Ok(())
+    }
+
+    /// The lineage base the next segment would get from the current sums.
+    fn next_base(&self) -> u64 {
+        match &self.sums {
+            Some(sums) if sums.db_size() > 0 => sums.checksum(),
+            _ => 0,
+        }
+    }
+
+    /// Gives the (empty) open segment the lineage base `base`: the builder records it,
+    /// and the open-segment file, if it was created with another base (a snapshot
+    /// follows), is created again with this one.
+    fn start_segment(&mut self, base: u64) -> Result<()> {
+        if self.file_base != base {
+            let start = self.builder.next_frame_no();
+            wal::remove(self.wal.path());
+            let salt = Uuid::new_v4().as_u128() as u32;
+            self.wal = WalFile::create(&self.config.dir, start, self.config.page_size, salt, base)?;
+            self.shared.replace_sync_target(self.wal.sync_target());
+            self.file_base = base;
+        }
+        self.builder.start_lineage(base)
     }
 
     /// Latches the first failure: the log refuses appends from then on and every waiter

@@ -10,11 +10,12 @@ use tokio_stream::StreamExt;
 use uuid::Uuid;
 
 use super::shared::{run_submitter, run_syncer, Sealed, Shared};
+use super::sums::{self, Stamped};
 use super::wal::{self, Recovered, WalFile};
 use super::{LogConfig, LogWriter};
 use crate::durability::{Durability, DurabilityTracker, FrameAllocator};
 use crate::error::{Error, InvalidInput, Result};
-use crate::format::{ms_to_datetime, NamespaceName, SealedSegment, SegmentBuilder};
+use crate::format::{ms_to_datetime, NamespaceName, PageSums, SealedSegment, SegmentBuilder};
 use crate::storage::fsutil::{create_dir_durable, fsync_dir, write_atomic};
 use crate::storage::Storage;
 
@@ -22,6 +23,8 @@ use crate::storage::Storage;
 struct Found {
     /// Sealed segments not yet durable, oldest first.
     resubmit: Vec<Sealed>,
+    /// Every segment the files held, oldest first, to bring the page sums forward.
+    recovered: Vec<SealedSegment>,
     /// The highest frame number kept (in a file or in storage).
     last_frame: u64,
     /// The newest commit time kept.
@@ -52,6 +55,7 @@ pub(super) async fn open<S: Storage + Clone>(
         }
     }
     resume_numbers(&mut allocator, found.last_frame)?;
+    let sums = recover_sums(&config.dir, &found);
 
     let tracker = DurabilityTracker::new(durable);
     if found.last_frame > durable {
@@ -61,10 +65,20 @@ pub(super) async fn open<S: Storage + Clone>(
     let mut builder = SegmentBuilder::new(allocator.peek(), config.page_size)?.with_log_id(log_id);
     builder.reserve(super::segment_frames(&config));
     let salt = Uuid::new_v4().as_u128() as u32;
-    let wal = WalFile::create(&config.dir, allocator.peek(), config.page_size, salt)?;
-    let shared = Arc::new(Shared::new(tracker));
+    let file_base = match &sums {
+        Some(sums) if sums.db_size() > 0 => sums.checksum(),
+        _ => 0,
+    };
+    let wal = WalFile::create(
+        &config.dir,
+        allocator.peek(),
+        config.page_size,
+        salt,
+        file_base,
+    )?;
+    let shared = Arc::new(Shared::new(tracker, config.dir.clone()));
     shared.on_stored(durable);
-    shared.rotate_sync_target(wal.sync_target());
+    shared.rotate_sync_target(wal.sync_target(), None);
     let (submit, segments) = mpsc::unbounded_channel();
     for sealed in found.resubmit {
         let _ = submit.send(sealed.segment.clone());
@@ -94,7 +108,42 @@ pub(super) async fn open<S: Storage + Clone>(
         submit: Some(submit),
         tasks,
         failed: None,
+        sums,
+        file_base,
     })
+}
+
+/// The page sums of the state after the last kept frame: the saved ones brought forward
+/// over the frames recovered after them (see [`super::sums`]), or, with none saved and
+/// no history anywhere, those of an empty database. None when they cannot be known: the
+/// log's next transaction must then be a snapshot.
+fn recover_sums(dir: &Path, found: &Found) -> Option<PageSums> {
+    let saved = match sums::load(dir) {
+        Ok(saved) => saved,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring damaged page sums; the next transaction ships a snapshot");
+            None
+        }
+    };
+    // With nothing saved, only a recovered segment that starts a new lineage (or an
+    // empty history) can tell the state from scratch.
+    let mut stamped = saved.unwrap_or(Stamped {
+        frame_no: 0,
+        sums: PageSums::new(),
+    });
+    for segment in &found.recovered {
+        if !sums::replay(&mut stamped, segment) {
+            tracing::info!(segment = %segment.key(), "the saved page sums do not lead up to the recovered log; the next transaction ships a snapshot");
+            return None;
+        }
+    }
+    if stamped.frame_no != found.last_frame {
+        if found.last_frame > 0 {
+            tracing::info!(sums_at = stamped.frame_no, log_at = found.last_frame, "the page sums are not at the log's last frame; the next transaction ships a snapshot");
+        }
+        return (found.last_frame == 0).then(PageSums::new);
+    }
+    Some(stamped.sums)
 }
 
 /// The file in a log directory naming the namespace its frames belong to.
@@ -168,6 +217,7 @@ fn resume_numbers(allocator: &mut FrameAllocator, last_frame: u64) -> Result<()>
 fn recover_files(config: &LogConfig, durable: u64, allocator: &FrameAllocator) -> Result<Found> {
     let mut found = Found {
         resubmit: Vec::new(),
+        recovered: Vec::new(),
         last_frame: durable,
         last_commit_ms: 0,
     };
@@ -196,6 +246,7 @@ fn recover_files(config: &LogConfig, durable: u64, allocator: &FrameAllocator) -
             continue;
         };
         previous_end = Some(segment.end_frame_no());
+        found.recovered.push(segment.clone());
         found.last_frame = found.last_frame.max(segment.end_frame_no());
         let last_ms = segment.commits().last().map_or(0, |c| c.timestamp_ms);
         found.last_commit_ms = found.last_commit_ms.max(last_ms);
@@ -230,15 +281,17 @@ fn seal_recovered(r: &Recovered, config: &LogConfig) -> Result<Option<SealedSegm
         return Ok(None);
     }
     let mut builder = SegmentBuilder::new(r.start, r.page_size)?;
+    builder.start_lineage(r.base)?;
     for f in &r.frames {
         if f.size_after == 0 {
             builder.append_frame(f.page_no, &f.page)?;
         } else {
-            builder.append_commit(
+            builder.append_commit_with_checksum(
                 f.page_no,
                 &f.page,
                 f.size_after,
                 ms_to_datetime(f.commit_ts),
+                f.checksum,
             )?;
         }
     }

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::durability::{Durability, DurabilityTracker};
 use crate::error::Error;
-use crate::format::{NamespaceName, SealedSegment};
+use crate::format::{NamespaceName, PageSums, SealedSegment};
 use crate::log::retry::{Backlog, Retrier, RetryPolicy, Stop};
 use crate::log::wal::{self, SyncTarget};
 use crate::storage::{on_store, Storage};
@@ -53,6 +53,11 @@ pub(crate) struct Shared {
     /// Wakes the syncer to write out pending appends without an fsync.
     pub write_requested: Notify,
     pub stopping: AtomicBool,
+    /// The log directory, where the syncer saves the page sums.
+    dir: PathBuf,
+    /// Set when the store refused a segment as [`Error::Diverged`]: the segments built on
+    /// it are dropped until a snapshot starts a new lineage.
+    diverged: tokio::sync::watch::Sender<Option<Error>>,
     /// The same, for the submitter, which bounds its retries once the log stops.
     stopped: watch::Sender<bool>,
 }
@@ -63,6 +68,9 @@ struct SyncTargets {
     current: Option<SyncTarget>,
     /// Files sealed since the syncer last ran: they need one last fsync.
     retired: Vec<SyncTarget>,
+    /// The page sums as of the last seal, saved once the sealed files are fsynced: saved
+    /// earlier, a crash could leave sums ahead of what the log recovers.
+    sums: Option<(u64, PageSums)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -70,7 +78,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(tracker: DurabilityTracker) -> Self {
+    pub(crate) fn new(tracker: DurabilityTracker, dir: PathBuf) -> Self {
         Self {
             tracker,
             sealed: Mutex::new(Vec::new()),
@@ -79,24 +87,54 @@ impl Shared {
             sync_requested: Notify::new(),
             write_requested: Notify::new(),
             stopping: AtomicBool::new(false),
+            dir,
+            diverged: tokio::sync::watch::Sender::new(None),
             stopped: watch::Sender::new(false),
         }
     }
 
-    /// Makes `next` the file appends go to; the previous one gets a last fsync.
-    pub(crate) fn rotate_sync_target(&self, next: SyncTarget) {
+    /// The store's refusal, while no snapshot has answered it.
+    pub(crate) fn diverged(&self) -> Option<Error> {
+        self.diverged.borrow().clone()
+    }
+
+    pub(crate) fn watch_diverged(&self) -> tokio::sync::watch::Receiver<Option<Error>> {
+        self.diverged.subscribe()
+    }
+
+    fn set_diverged(&self, e: Error) {
+        self.diverged.send_replace(Some(e));
+    }
+
+    /// A snapshot was appended: a new lineage starts.
+    pub(crate) fn clear_diverged(&self) {
+        self.diverged.send_if_modified(|d| d.take().is_some());
+    }
+
+    /// Replaces the open file (still empty) with `next`; the old one needs no fsync.
+    pub(crate) fn replace_sync_target(&self, next: SyncTarget) {
+        lock(&self.targets).current = Some(next);
+    }
+
+    /// Makes `next` the file appends go to; the previous one gets a last fsync, after
+    /// which `sums` (the page sums at the end of the sealed segment) are saved.
+    pub(crate) fn rotate_sync_target(&self, next: SyncTarget, sums: Option<(u64, PageSums)>) {
         let mut targets = lock(&self.targets);
         if let Some(previous) = targets.current.replace(next) {
             targets.retired.push(previous);
         }
+        if sums.is_some() {
+            targets.sums = sums;
+        }
     }
 
-    /// The files to fsync now: sealed ones, then the open one.
-    fn sync_targets(&self) -> Vec<SyncTarget> {
+    /// The files to fsync now (sealed ones, then the open one) and the page sums to save
+    /// once they are.
+    fn sync_targets(&self) -> (Vec<SyncTarget>, Option<(u64, PageSums)>) {
         let mut targets = lock(&self.targets);
         let mut all = std::mem::take(&mut targets.retired);
         all.extend(targets.current.clone());
-        all
+        (all, targets.sums.take())
     }
 
     /// Every file with appends that may be pending, without taking any off the list.
@@ -210,11 +248,21 @@ pub(crate) async fn run_syncer(shared: Arc<Shared>, interval: std::time::Duratio
             if target <= shared.tracker.watermark(Durability::Written) {
                 break;
             }
-            let targets = shared.sync_targets();
-            let synced =
-                tokio::task::spawn_blocking(move || targets.iter().try_for_each(|t| t.sync()))
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let (targets, sums) = shared.sync_targets();
+            let dir = shared.dir.clone();
+            let synced = tokio::task::spawn_blocking(move || {
+                targets.iter().try_for_each(|t| t.sync())?;
+                if let Some((frame_no, sums)) = sums {
+                    // Before `Written` moves (and so before the sealed file can be
+                    // deleted as durable): recovery replays that file onto older sums.
+                    if let Err(e) = super::sums::save(&dir, frame_no, &sums) {
+                        tracing::warn!(error = %e, "page sums not saved; a crash now ships a snapshot");
+                    }
+                }
+                Ok::<(), std::io::Error>(())
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             match synced {
                 Ok(()) => {
                     if shared.tracker.advance(Durability::Written, target).is_err() {
@@ -247,12 +295,27 @@ pub(crate) async fn run_submitter<S: Storage + Clone>(
     mut segments: mpsc::UnboundedReceiver<SealedSegment>,
     policy: RetryPolicy,
 ) {
+    // After the store refused a segment as diverged, the segments built on it cannot be
+    // stored either: they are skipped until a snapshot (a new lineage) arrives. Their
+    // local files go once the snapshot is durable (its frame numbers are higher).
+    let mut skipping = false;
     let seed = uuid::Uuid::new_v4().as_u64_pair().0;
     let mut retry = Retrier::new(policy, shared.stopped.subscribe(), seed);
     while let Some(segment) = segments.recv().await {
         let key = segment.key();
+        if skipping && segment.lineage_base() != Some(0) {
+            tracing::info!(namespace = %namespace, segment = %key, "skipping a segment built on a diverged history; a snapshot follows");
+            continue;
+        }
+        skipping = false;
         let failure = match submit(&storage, &namespace, &shared, segment, &mut retry).await {
             Ok(()) => continue,
+            Err(Stop::Failed(e)) if e.is_diverged() => {
+                tracing::warn!(namespace = %namespace, segment = %key, error = %e, "the store refused a segment: its history moved on without this log; shipping a snapshot instead");
+                skipping = true;
+                shared.set_diverged(e);
+                continue;
+            }
             Err(Stop::Failed(e)) => e,
             Err(Stop::Closing(last)) => closing_error(&namespace, &shared, last),
         };

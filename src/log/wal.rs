@@ -2,15 +2,18 @@
 //! checksum chained from the one before, so that recovery can find exactly where valid
 //! data ends after a crash.
 //!
-//! File `open-<start frame:020>.wal`, little-endian, version 2:
+//! File `open-<start frame:020>.wal`, little-endian, version 3:
 //!
-//! * header (32 bytes): magic `WVOPENLG`, version u16, reserved u16 (zero), page size
-//!   u32, start frame u64, salt u32, CRC-32C of bytes 0..28.
+//! * header (40 bytes): magic `WVOPENLG`, version u16, reserved u16 (zero), page size
+//!   u32, start frame u64, salt u32, lineage base u64 (the checksum of the database the
+//!   segment's first transaction applies to; 0: it starts a new lineage), CRC-32C of
+//!   bytes 0..36.
 //! * records: frame number u64, page number u32, size after u32 (0 unless a commit),
-//!   commit timestamp u64 (ms; 0 unless a commit), frame checksum u32, chain u32, page.
+//!   commit timestamp u64 (ms; 0 unless a commit), database checksum u64 (after the
+//!   commit; 0 unless a commit), frame checksum u32, chain u32, page.
 //!   The frame checksum is the one the sealed segment stores for this frame (it covers
 //!   the frame number, page number, size after and the page), so each page is checksummed
-//!   once for both files. `chain` is CRC-32C over bytes 0..28 of the record, seeded with
+//!   once for both files. `chain` is CRC-32C over bytes 0..36 of the record, seeded with
 //!   the previous record's chain (the first record's seed is the header CRC, which covers
 //!   the random salt). A record from another file or another incarnation cannot continue
 //!   a chain.
@@ -29,9 +32,14 @@ use crate::format::layout;
 use crate::storage::fsutil::{fsync_dir, read_full};
 
 const MAGIC: [u8; 8] = *b"WVOPENLG";
-const VERSION: u16 = 2;
-pub(crate) const HEADER_LEN: usize = 32;
-pub(crate) const RECORD_HEAD_LEN: usize = 32;
+const VERSION: u16 = 3;
+pub(crate) const HEADER_LEN: usize = 40;
+pub(crate) const RECORD_HEAD_LEN: usize = 40;
+/// Where the header CRC sits (it covers the bytes before it).
+const HEADER_CRC_AT: usize = 36;
+/// Where a record's frame checksum and chain sit.
+const RECORD_CRC_AT: usize = 32;
+const RECORD_CHAIN_AT: usize = 36;
 
 /// One recovered or appended frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +48,8 @@ pub(crate) struct WalFrame {
     pub page_no: u32,
     pub size_after: u32,
     pub commit_ts: u64,
+    /// The database checksum after the commit (0 unless a commit).
+    pub checksum: u64,
     pub page: Vec<u8>,
 }
 
@@ -117,17 +127,23 @@ pub(crate) struct WalFile {
 impl WalFile {
     /// Creates the file for a segment starting at `start`. It is not fsynced here: the
     /// syncer fsyncs it, and its directory, before any frame in it counts as written.
-    pub(crate) fn create(dir: &Path, start: u64, page_size: u32, salt: u32) -> Result<Self> {
+    pub(crate) fn create(
+        dir: &Path,
+        start: u64,
+        page_size: u32,
+        salt: u32,
+        base: u64,
+    ) -> Result<Self> {
         let path = dir.join(file_name(start));
         let io_err = |e| Error::io(format!("creating {}", path.display()), e);
-        let header = encode_header(page_size, start, salt);
+        let header = encode_header(page_size, start, salt, base);
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
             .map_err(io_err)?;
         file.write_all(&header).map_err(io_err)?;
-        let chain = u32::from_le_bytes([header[28], header[29], header[30], header[31]]);
+        let chain = le_u32(&header[HEADER_CRC_AT..]);
         let buffer = WalBuffer {
             pending: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
@@ -167,9 +183,10 @@ impl WalFile {
                 head[8..12].copy_from_slice(&f.page_no.to_le_bytes());
                 head[12..16].copy_from_slice(&f.size_after.to_le_bytes());
                 head[16..24].copy_from_slice(&f.commit_ts.to_le_bytes());
-                head[24..28].copy_from_slice(&f.crc.to_le_bytes());
-                self.chain = crc32c::crc32c_append(self.chain, &head[..28]);
-                head[28..].copy_from_slice(&self.chain.to_le_bytes());
+                head[24..32].copy_from_slice(&f.checksum.to_le_bytes());
+                head[RECORD_CRC_AT..RECORD_CHAIN_AT].copy_from_slice(&f.crc.to_le_bytes());
+                self.chain = crc32c::crc32c_append(self.chain, &head[..RECORD_CHAIN_AT]);
+                head[RECORD_CHAIN_AT..].copy_from_slice(&self.chain.to_le_bytes());
                 pending.extend_from_slice(&head);
                 pending.extend_from_slice(f.page);
             }
@@ -279,6 +296,8 @@ pub(crate) struct WalFrameRef<'a> {
     pub page_no: u32,
     pub size_after: u32,
     pub commit_ts: u64,
+    /// The database checksum after the commit (0 unless a commit).
+    pub checksum: u64,
     /// The frame's checksum as the sealed segment stores it ([`frame_crc`]).
     pub crc: u32,
     pub page: &'a [u8],
@@ -289,16 +308,27 @@ pub(crate) fn frame_crc(frame_no: u64, page_no: u32, size_after: u32, page: &[u8
     layout::frame_crc(&layout::frame_header(frame_no, page_no, size_after), page)
 }
 
-fn encode_header(page_size: u32, start: u64, salt: u32) -> [u8; HEADER_LEN] {
+fn encode_header(page_size: u32, start: u64, salt: u32, base: u64) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..8].copy_from_slice(&MAGIC);
     h[8..10].copy_from_slice(&VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&page_size.to_le_bytes());
     h[16..24].copy_from_slice(&start.to_le_bytes());
     h[24..28].copy_from_slice(&salt.to_le_bytes());
-    let crc = crc32c::crc32c(&h[..28]);
-    h[28..].copy_from_slice(&crc.to_le_bytes());
+    h[28..36].copy_from_slice(&base.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..HEADER_CRC_AT]);
+    h[HEADER_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
     h
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
 }
 
 /// What recovery found in one file: the committed frames, and where they end.
@@ -306,6 +336,8 @@ fn encode_header(page_size: u32, start: u64, salt: u32) -> [u8; HEADER_LEN] {
 pub(crate) struct Recovered {
     pub start: u64,
     pub page_size: u32,
+    /// The lineage base the file's segment builds on (0: a new lineage).
+    pub base: u64,
     pub frames: Vec<WalFrame>,
     /// Frames dropped after the last commit (a torn transaction).
     pub dropped: u64,
@@ -325,8 +357,15 @@ pub(crate) fn recover(path: &Path) -> Result<Option<Recovered>> {
     let decoded = (got == HEADER_LEN)
         .then(|| decode_header(&header))
         .flatten();
-    let Some((page_size, start, chain)) = decoded else {
+    let Some((page_size, start, base, chain)) = decoded else {
         if file_len <= HEADER_LEN as u64 {
+            return Ok(None);
+        }
+        if header[..8] == MAGIC && u16::from_le_bytes([header[8], header[9]]) == 2 {
+            // Left by a crash of a build before lineage: its frames carry no checksums,
+            // were never durable, and are still in the database the replicator reads,
+            // which ships them again with a snapshot.
+            tracing::warn!(file = %path.display(), "dropping an open-segment file of version 2 (before lineage)");
             return Ok(None);
         }
         let reason = crate::FormatError::BadMagic(crate::Part::Header);
@@ -335,6 +374,7 @@ pub(crate) fn recover(path: &Path) -> Result<Option<Recovered>> {
     let mut recovered = Recovered {
         start,
         page_size,
+        base,
         frames: Vec::new(),
         dropped: 0,
     };
@@ -350,17 +390,18 @@ pub(crate) fn recover(path: &Path) -> Result<Option<Recovered>> {
             break;
         }
         let frame = WalFrame {
-            frame_no: u64::from_le_bytes(head[..8].try_into().unwrap_or_default()),
-            page_no: u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()),
-            size_after: u32::from_le_bytes(head[12..16].try_into().unwrap_or_default()),
-            commit_ts: u64::from_le_bytes(head[16..24].try_into().unwrap_or_default()),
+            frame_no: le_u64(&head[..8]),
+            page_no: le_u32(&head[8..12]),
+            size_after: le_u32(&head[12..16]),
+            commit_ts: le_u64(&head[16..24]),
+            checksum: le_u64(&head[24..32]),
             page,
         };
-        let next_chain = crc32c::crc32c_append(chain, &head[..28]);
+        let next_chain = crc32c::crc32c_append(chain, &head[..RECORD_CHAIN_AT]);
         let crc = frame_crc(frame.frame_no, frame.page_no, frame.size_after, &frame.page);
         let expected_no = start + (recovered.frames.len() + pending.len()) as u64;
-        if head[28..] != next_chain.to_le_bytes()
-            || head[24..28] != crc.to_le_bytes()
+        if head[RECORD_CHAIN_AT..] != next_chain.to_le_bytes()
+            || head[RECORD_CRC_AT..RECORD_CHAIN_AT] != crc.to_le_bytes()
             || frame.frame_no != expected_no
             || frame.page_no == 0
         {
@@ -386,15 +427,17 @@ pub(crate) fn recover(path: &Path) -> Result<Option<Recovered>> {
     Ok(Some(recovered))
 }
 
-fn decode_header(h: &[u8; HEADER_LEN]) -> Option<(u32, u64, u32)> {
-    let crc = u32::from_le_bytes([h[28], h[29], h[30], h[31]]);
+/// Page size, start frame, lineage base and header CRC (the chain's seed) of a valid
+/// header.
+fn decode_header(h: &[u8; HEADER_LEN]) -> Option<(u32, u64, u64, u32)> {
+    let crc = le_u32(&h[HEADER_CRC_AT..]);
     let ok = h[..8] == MAGIC
-        && crc32c::crc32c(&h[..28]) == crc
+        && crc32c::crc32c(&h[..HEADER_CRC_AT]) == crc
         && u16::from_le_bytes([h[8], h[9]]) == VERSION
         && h[10..12] == [0, 0];
-    let page_size = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
-    let start = u64::from_le_bytes(h[16..24].try_into().ok()?);
-    (ok && start > 0).then_some((page_size, start, crc))
+    let page_size = le_u32(&h[12..16]);
+    let start = le_u64(&h[16..24]);
+    (ok && start > 0).then_some((page_size, start, le_u64(&h[28..36]), crc))
 }
 
 /// Deletes a file whose frames are durable elsewhere.
@@ -415,7 +458,7 @@ mod tests {
     }
 
     fn write(dir: &Path, frames: &[(u64, u32, u32, Vec<u8>)]) -> PathBuf {
-        let mut w = WalFile::create(dir, 10, 512, 77).unwrap();
+        let mut w = WalFile::create(dir, 10, 512, 77, 0).unwrap();
         let refs: Vec<_> = frames
             .iter()
             .map(|(n, p, s, d)| WalFrameRef {
@@ -423,6 +466,7 @@ mod tests {
                 page_no: *p,
                 size_after: *s,
                 commit_ts: u64::from(*s) * 10,
+                checksum: if *s == 0 { 0 } else { (1 << 63) | *n },
                 crc: frame_crc(*n, *p, *s, d),
                 page: d,
             })

@@ -68,6 +68,10 @@ struct Selection {
     page_size: u32,
     log_id: uuid::Uuid,
     sealed_at: u64,
+    /// The first input's lineage base when every input carries lineage: the merged
+    /// segment then carries it too (its first kept commit applies to the same state as
+    /// the first input's first commit, and each kept commit keeps its checksum).
+    lineage: Option<u64>,
 }
 
 /// Merges the consecutive stored segments `inputs` (oldest first) into one segment.
@@ -84,6 +88,9 @@ pub(crate) async fn merge<S: Storage + ?Sized>(
     let selection = select(storage, ns, inputs, retain, config).await?;
     let mut builder = SegmentBuilder::new(first.start_frame_no, selection.page_size)?
         .with_log_id(selection.log_id);
+    if let Some(base) = selection.lineage {
+        builder.start_lineage(base)?;
+    }
     builder.reserve(selection.kept.iter().map(Vec::len).sum());
     // Kept frames are fetched a batch of segments at a time: one call per batch (a
     // backend may serve it with one thread hand-off or concurrent requests), and memory
@@ -160,6 +167,13 @@ fn append(
         }
         builder.skip_to(k.frame_no)?;
         match k.commit {
+            Some(c) if builder.lineage_base().is_some() => builder.append_commit_with_checksum(
+                page_no,
+                &page,
+                c.size_after,
+                c.timestamp(),
+                c.checksum,
+            )?,
             Some(c) => builder.append_commit(page_no, &page, c.size_after, c.timestamp())?,
             None => builder.append_frame(page_no, &page)?,
         };
@@ -182,8 +196,10 @@ async fn select<S: Storage + ?Sized>(
     let mut interval = 0u64;
     let mut newest: HashMap<u32, u64> = HashMap::new();
     let mut meta: Option<(u32, uuid::Uuid, u64)> = None;
+    let mut lineage = Some(0);
     for (i, key) in inputs.iter().enumerate().rev() {
         let segment = storage.fetch_segment_data(ns, key, config.clone()).await?;
+        lineage = lineage.and(segment.lineage_base());
         let (page_size, ..) = *meta.get_or_insert((
             segment.page_size(),
             segment.log_id(),
@@ -230,6 +246,7 @@ async fn select<S: Storage + ?Sized>(
         page_size,
         log_id,
         sealed_at,
+        lineage,
     })
 }
 

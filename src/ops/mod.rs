@@ -1,8 +1,11 @@
-//! Operations over any [`Storage`](crate::Storage): compaction, retention and fork.
+//! Operations over any [`Storage`](crate::Storage): compaction, retention, fork and
+//! verification of a whole history.
 
 mod compact;
 mod merge;
 mod retain;
+mod verify;
 
 pub use compact::{compact, plan_compaction, CompactionPolicy, CompactionReport, Merge};
 pub use retain::{apply_retention, RetentionReport};
+pub use verify::{verify_history, VerifyReport};

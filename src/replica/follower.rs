@@ -56,6 +56,9 @@ pub struct Follower<S: Storage> {
     sidecar: PathBuf,
     /// The commit frame applied; None until the sidecar exists.
     position: Option<u64>,
+    /// The lineage checksum of that commit (0: unknown, as in a version 1 sidecar), so
+    /// a later catch-up proves the store still holds the history the replica is at.
+    checksum: u64,
 }
 
 impl<S: Storage> Follower<S> {
@@ -68,7 +71,10 @@ impl<S: Storage> Follower<S> {
         let mut sidecar = output.clone().into_os_string();
         sidecar.push(".walvault-position");
         let sidecar = PathBuf::from(sidecar);
-        let position = read_position(&sidecar)?;
+        let (position, checksum) = match read_position(&sidecar)? {
+            Some((frame_no, checksum)) => (Some(frame_no), checksum),
+            None => (None, 0),
+        };
         match position {
             Some(frame_no) if frame_no > 0 && !output.exists() => {
                 return Err(Error::NotFound(format!(
@@ -94,6 +100,7 @@ impl<S: Storage> Follower<S> {
             output,
             sidecar,
             position,
+            checksum,
         })
     }
 
@@ -112,20 +119,22 @@ impl<S: Storage> Follower<S> {
                 return Ok(0);
             }
             if self.position.is_none() {
-                self.record(0)?; // the output is ours from here on
+                self.record(0, 0)?; // the output is ours from here on
             }
-            let frame_no = self.restore_latest().await?;
-            self.record(frame_no)?;
+            let (frame_no, checksum) = self.restore_latest().await?;
+            self.record(frame_no, checksum)?;
+        } else if self.position() < durable {
+            self.check_lineage().await?;
         }
         while self.position() < durable {
             let after = self.position();
             let segment = next_segment(&self.storage, &self.namespace, after).await?;
             let txns = transactions_in(&segment, after, durable);
-            let Some(last) = txns.last().map(|t| t.commit.frame_no) else {
+            let Some(last) = txns.last().map(|t| t.commit) else {
                 break;
             };
             self.apply(&txns, segment.page_size())?;
-            self.record(last)?;
+            self.record(last.frame_no, last.checksum)?;
         }
         Ok(self.position())
     }
@@ -179,9 +188,49 @@ impl<S: Storage> Follower<S> {
         Ok(())
     }
 
+    /// Proves the store still holds the history the replica is at: its commit at the
+    /// recorded frame carries the recorded lineage checksum. A replica of another
+    /// store's namespace of the same name, or of a history that was replaced, is refused
+    /// before anything is applied to it.
+    async fn check_lineage(&self) -> Result<()> {
+        let at = self.position();
+        if self.checksum == 0 {
+            return Ok(()); // a version 1 sidecar: nothing to prove against
+        }
+        let refused = |what: String| Error::Diverged {
+            namespace: self.namespace.to_string(),
+            detail: format!(
+                "the replica {} is at frame {at} (database state {:016x}) but {what}; \
+                     it was made from another store or a replaced history: remove it and \
+                     its position file {} to follow afresh",
+                self.output.display(),
+                self.checksum,
+                self.sidecar.display()
+            ),
+        };
+        let key = self
+            .storage
+            .find_segment(&self.namespace, crate::FindSegmentReq::Containing(at), None)
+            .await
+            .map_err(|_| refused("the store holds no segment with that frame".into()))?;
+        let segment = self
+            .storage
+            .fetch_segment_data(&self.namespace, &key, None)
+            .await?;
+        match segment.commits().iter().find(|c| c.frame_no == at) {
+            Some(c) if c.checksum == 0 || c.checksum == self.checksum => Ok(()),
+            Some(c) => Err(refused(format!(
+                "the store's commit at that frame is state {:016x}",
+                c.checksum
+            ))),
+            None => Err(refused("the store has no commit at that frame".into())),
+        }
+    }
+
     /// Restores the latest state beside the output and renames it over the output: a
     /// crash before the position is recorded leaves a file the next run replaces.
-    async fn restore_latest(&self) -> Result<u64> {
+    /// Returns the commit's frame number and lineage checksum.
+    async fn restore_latest(&self) -> Result<(u64, u64)> {
         let mut tmp = self.output.clone().into_os_string();
         tmp.push(".walvault-restore");
         let tmp = PathBuf::from(tmp);
@@ -210,7 +259,7 @@ impl<S: Storage> Follower<S> {
         drop(file);
         std::fs::rename(&tmp, &self.output).map_err(io_err)?;
         fsync_dir(&self.dir()).map_err(io_err)?;
-        Ok(summary.frame_no)
+        Ok((summary.frame_no, summary.checksum))
     }
 
     fn dir(&self) -> PathBuf {
@@ -220,7 +269,8 @@ impl<S: Storage> Follower<S> {
         }
     }
 
-    fn record(&mut self, frame_no: u64) -> Result<()> {
+    /// Records the position: `frame_no` u64, lineage checksum u64, CRC-32C u32.
+    fn record(&mut self, frame_no: u64, checksum: u64) -> Result<()> {
         let dir = self.dir();
         let name = self
             .sidecar
@@ -228,10 +278,12 @@ impl<S: Storage> Follower<S> {
             .map(|n| n.to_string_lossy().into_owned());
         let name = name.unwrap_or_default();
         let mut bytes = frame_no.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&checksum.to_le_bytes());
         bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
         write_atomic(&dir, &name, &[&bytes])
             .map_err(|e| Error::io(format!("writing {}", self.sidecar.display()), e.source))?;
         self.position = Some(frame_no);
+        self.checksum = checksum;
         Ok(())
     }
 }
@@ -399,29 +451,31 @@ fn patch_header(page: &mut [u8], counter: u32, pages: u32) {
     page[92..96].copy_from_slice(&counter.to_be_bytes());
 }
 
-fn read_position(path: &Path) -> Result<Option<u64>> {
+/// The recorded frame and lineage checksum; a version 1 sidecar (12 bytes: frame and
+/// CRC) has no checksum (0).
+fn read_position(path: &Path) -> Result<Option<(u64, u64)>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
     };
     let corrupt = |reason| Error::corrupt(path.display(), reason);
-    if bytes.len() != 12 {
+    if bytes.len() != 12 && bytes.len() != 20 {
         return Err(corrupt(FormatError::Length {
-            expected: 12,
+            expected: 20,
             actual: bytes.len() as u64,
         }));
     }
-    let (value, crc) = bytes.split_at(8);
+    let (value, crc) = bytes.split_at(bytes.len() - 4);
     if crc32c::crc32c(value).to_le_bytes() != crc {
         return Err(corrupt(FormatError::Checksum {
             part: Part::Header,
-            offset: 8,
+            offset: value.len() as u64,
         }));
     }
-    let mut word = [0u8; 8];
-    word.copy_from_slice(value);
-    Ok(Some(u64::from_le_bytes(word)))
+    let word = |at: usize| u64::from_le_bytes(value[at..at + 8].try_into().unwrap_or_default());
+    let checksum = if value.len() == 16 { word(8) } else { 0 };
+    Ok(Some((word(0), checksum)))
 }
 
 #[cfg(test)]

@@ -10,12 +10,13 @@
 //!   continuous mode holds a read transaction so that nobody else's checkpoint can reset
 //!   the WAL before we have read it.
 
+mod dbfile;
 mod replicate;
 mod snapshot;
 mod state;
 pub(crate) mod wal;
 
-pub use replicate::{IngestReport, Replicator, ReplicatorConfig};
+pub use replicate::{IngestReport, Replicator, ReplicatorConfig, SnapshotReason};
 
 use std::path::Path;
 

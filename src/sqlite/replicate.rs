@@ -11,10 +11,24 @@
 //!   mixed.
 //! * **Continuous mode** ([`Replicator::poll`]): a read transaction is held between
 //!   runs, handed over between two connections so there is never a moment without one.
-//!   SQLite cannot restart the WAL while a reader may still need its frames, so a new
-//!   WAL generation can only appear after every frame of the old one was read by us; the
-//!   replicator then continues with the new generation instead of shipping a snapshot.
-//!   Checkpoints the replicator runs itself happen only when all it shipped is durable.
+//!   SQLite cannot copy frames past a held reader's mark into the database, nor restart
+//!   the WAL while a reader may still need its frames, nor delete it (its closing
+//!   connection needs an EXCLUSIVE lock our reader's SHARED lock denies; see
+//!   [`super::dbfile`] for how walvault keeps that lock). So while the reader is held
+//!   without a break, a new WAL generation can only be SQLite's one restart of ours,
+//!   begun after we read every frame of it; SQLite's restart sets salt-1 to the old
+//!   salt-1 plus one. The replicator continues into a new generation only then, and
+//!   ships a snapshot, saying why ([`SnapshotReason`]), for anything else: a deleted,
+//!   truncated or otherwise restarted WAL, frames rewritten where we stood. Size or
+//!   modification time never decide that nothing changed. Checkpoints the replicator
+//!   runs itself happen only when all it shipped is durable.
+//!
+//!   The application's own `RESTART` and `TRUNCATE` checkpoints return `SQLITE_BUSY`
+//!   while the replicator holds its reader (that is what keeps frames from being lost);
+//!   they still copy what they can, and the replicator's own checkpoints let SQLite
+//!   restart the WAL. (When every frame was copied already, our reader reads the
+//!   database file alone and a `TRUNCATE` can succeed: the next poll then finds the WAL
+//!   truncated and ships a snapshot.)
 //!
 //! The position is saved only after the frames it covers are `Written` in the log. It is
 //! tied to the namespace and to the log frame it reached (see [`super::state`]), and the
@@ -86,6 +100,94 @@ pub struct IngestReport {
     pub last: Option<Appended>,
     /// True when the replicator checkpointed the database in this step.
     pub checkpointed: bool,
+    /// Why the run shipped a snapshot (None when it shipped no snapshot).
+    pub snapshot_reason: Option<SnapshotReason>,
+}
+
+/// Why a run shipped a snapshot of the whole database rather than the WAL's new
+/// transactions: the WAL could not prove it continues from the last shipped frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SnapshotReason {
+    /// No saved position: the first run with this log directory.
+    FirstRun,
+    /// The saved position was taken for another namespace or page size.
+    PositionForOtherHistory,
+    /// The log holds fewer frames than the saved position says were shipped (an
+    /// emptied or another store).
+    LogLacksPosition,
+    /// The WAL file is gone (SQLite deletes it when its last connection closes, after
+    /// checkpointing it into the database).
+    WalDeleted,
+    /// The WAL is shorter than its header (a `TRUNCATE` checkpoint) or its header is
+    /// not valid.
+    WalTruncated,
+    /// New salts that are not SQLite's restart of our generation (salt-1 + 1): the WAL
+    /// was deleted and recreated, or restarted more than once.
+    WalRestartedBySomeoneElse,
+    /// SQLite restarted the WAL (salt-1 + 1) while no read transaction of ours was
+    /// held, so frames after our position may have been checkpointed unseen.
+    WalRestartedUnwatched,
+    /// The same salts, but the checksum chain no longer reaches our position: frames
+    /// were written again over the ones we shipped (after a crash of the application's
+    /// host), or the WAL now ends before our position.
+    FramesRewritten,
+    /// The WAL was empty at the last run and the database file changed since, while no
+    /// read transaction of ours was held.
+    DatabaseChanged,
+    /// The log cannot continue the store's history: the store refused a segment because
+    /// its history moved on (emptied, or written by another copy of the database), or
+    /// the log does not know the database state it continues (its page sums are lost).
+    LineageUnknown,
+}
+
+impl std::fmt::Display for SnapshotReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::FirstRun => "first run",
+            Self::PositionForOtherHistory => "saved position is for another namespace or page size",
+            Self::LogLacksPosition => "log lacks the position",
+            Self::WalDeleted => "WAL deleted",
+            Self::WalTruncated => "WAL truncated",
+            Self::WalRestartedBySomeoneElse => "WAL restarted by someone else (salt-1 jumped)",
+            Self::WalRestartedUnwatched => "WAL restarted while no read transaction was held",
+            Self::FramesRewritten => "frames rewritten at the same position",
+            Self::DatabaseChanged => "database changed while the WAL was empty and unwatched",
+            Self::LineageUnknown => {
+                "the store's history and this log's have diverged, or the log lost its page sums"
+            }
+        })
+    }
+}
+
+/// Whether the WAL continues from the last shipped frame: `Err` says why not.
+type Continuity = std::result::Result<(), SnapshotReason>;
+
+/// How a WAL header with other salts than `start`'s relates to it: `Ok` when it is
+/// SQLite's restart of that generation (walRestartHdr sets salt-1 to the old one plus
+/// one, salt-2 at random; a WAL created anew has both at random).
+fn restart_kind(start: WalPosition, header: &wal::WalHeader) -> Continuity {
+    if header.salt == start.salt {
+        Err(SnapshotReason::FramesRewritten)
+    } else if header.salt.0 == start.salt.0.wrapping_add(1) {
+        Ok(())
+    } else {
+        Err(SnapshotReason::WalRestartedBySomeoneElse)
+    }
+}
+
+/// Says, in the log, why a snapshot is shipped: a warning unless it is the first run.
+fn log_snapshot(db: &Path, reason: SnapshotReason) {
+    match reason {
+        SnapshotReason::FirstRun => {
+            tracing::info!(db = %db.display(), %reason, "shipping a snapshot of the whole database")
+        }
+        _ => tracing::warn!(
+            db = %db.display(),
+            %reason,
+            "the WAL does not continue from the last shipped frame; shipping a snapshot of the whole database"
+        ),
+    }
 }
 
 impl IngestReport {
@@ -112,6 +214,10 @@ pub struct Replicator<S: Storage + Clone> {
     verified: bool,
     /// The position of our last checkpoint, to count what the WAL gained since.
     checkpointed: Option<WalPosition>,
+    /// True when there was no WAL before our connections opened the database.
+    wal_missing_at_open: bool,
+    /// Why the saved position was dropped when the replicator opened, if it was.
+    start_reason: Option<SnapshotReason>,
     /// After a checkpoint gave up waiting for the store: no new attempt before this.
     checkpoint_not_before: Option<std::time::Instant>,
     page_size: u32,
@@ -140,6 +246,11 @@ impl<S: Storage + Clone> Replicator<S> {
         if !db.is_file() {
             return Err(Error::NotFound(format!("database {}", db.display())));
         }
+        let mut wal = db.clone().into_os_string();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        // Our own connections create an empty WAL where there was none: look first.
+        let wal_missing_at_open = !wal.exists();
         let open = || Connection::open(&db).map_err(sqlite_err("opening the database"));
         let readers = [open()?, open()?];
         let mode: String = readers[0]
@@ -166,25 +277,32 @@ impl<S: Storage + Clone> Replicator<S> {
         let log = LogWriter::open(storage, namespace, log_config).await?;
         let (state_file, mut state) = StateFile::open(&dir)?;
         let log_high = log.tracker().watermark(Durability::Written);
-        if state.page_size != page_size || state.namespace != tag || state.log_frame > log_high {
-            // A first run, another database, another namespace, or a log that lacks what
-            // the position says was shipped: start over with a snapshot.
+        let start_reason = if state == IngestState::default() {
+            Some(SnapshotReason::FirstRun)
+        } else if state.page_size != page_size || state.namespace != tag {
+            Some(SnapshotReason::PositionForOtherHistory)
+        } else if state.log_frame > log_high {
+            Some(SnapshotReason::LogLacksPosition)
+        } else {
+            None
+        };
+        if start_reason.is_some() {
             state = IngestState {
                 page_size,
                 namespace: tag,
                 ..IngestState::default()
             };
         }
-        let mut wal = db.clone().into_os_string();
-        wal.push("-wal");
         Ok(Self {
-            wal: PathBuf::from(wal),
+            wal,
+            wal_missing_at_open,
             db,
             readers,
             held: None,
             continuous: false,
             verified: false,
             checkpointed: None,
+            start_reason,
             checkpoint_not_before: None,
             page_size,
             checkpoint_wal_bytes: config.checkpoint_wal_bytes,
@@ -234,6 +352,8 @@ impl<S: Storage + Clone> Replicator<S> {
             report.frames += shipped.frames;
             report.last = shipped.last.or(report.last);
             report.checkpointed = shipped.checkpointed;
+            report.snapshot |= shipped.snapshot;
+            report.snapshot_reason = report.snapshot_reason.or(shipped.snapshot_reason);
         }
         Ok(report)
     }
@@ -263,18 +383,15 @@ impl<S: Storage + Clone> Replicator<S> {
     async fn ship_held(&mut self) -> Result<IngestReport> {
         self.hold_reader()?;
         let mut report = IngestReport::default();
-        let shipped = match self.state.position {
-            Some(position) => self.ship_after(Some(position), &mut report)?,
-            None => match self.state.fingerprint {
-                // The WAL was empty last time: if the database file has not changed since,
-                // everything newer is in the WAL.
-                Some(fp) if self.continuous || snapshot::fingerprint(&self.db)? == fp => {
-                    self.ship_after(None, &mut report)?
-                }
-                _ => false,
-            },
+        let continued = match (self.state.position, self.state.fingerprint) {
+            _ if self.log.needs_snapshot().is_some() => Err(SnapshotReason::LineageUnknown),
+            (Some(position), _) => self.ship_after(position, &mut report)?,
+            (None, Some(fp)) => self.ship_after_empty(fp, &mut report)?,
+            (None, None) => Err(self.start_reason.unwrap_or(SnapshotReason::FirstRun)),
         };
-        if !shipped {
+        if let Err(reason) = continued {
+            log_snapshot(&self.db, reason);
+            report.snapshot_reason = Some(reason);
             self.ship_snapshot(&mut report)?;
         }
         if let Some(last) = &report.last {
@@ -283,6 +400,7 @@ impl<S: Storage + Clone> Replicator<S> {
         }
         self.state_file.save(&self.state)?;
         self.verified = true;
+        self.start_reason = None;
         Ok(report)
     }
 
@@ -363,8 +481,11 @@ impl<S: Storage + Clone> Replicator<S> {
         if applied == 0 {
             return Ok(true);
         }
-        let durable = self.log.wait(applied, Durability::Durable);
+        let durable = self.log.wait_durable(applied);
         match tokio::time::timeout(self.checkpoint_timeout, durable).await {
+            // The store refused what was shipped: the next poll ships a snapshot, and
+            // nothing is checkpointed until it is durable.
+            Ok(Err(e)) if e.is_diverged() => Ok(false),
             Ok(waited) => waited.map(|_| true),
             Err(_) => {
                 tracing::warn!(
@@ -380,63 +501,107 @@ impl<S: Storage + Clone> Replicator<S> {
     }
 
     /// Seals what is open, waits until every shipped frame is durable, and closes the log.
-    pub async fn close(self) -> Result<()> {
-        let Self { mut log, .. } = self;
-        log.seal()?;
-        let applied = log.tracker().watermark(Durability::Applied);
-        if applied > 0 {
-            log.wait(applied, Durability::Durable).await?;
+    ///
+    /// If the store refuses what was shipped because its history moved on (another copy
+    /// of the database wrote the namespace, or the store was emptied), a snapshot is
+    /// shipped instead and waited for.
+    pub async fn close(mut self) -> Result<()> {
+        loop {
+            self.log.seal()?;
+            let applied = self.log.tracker().watermark(Durability::Applied);
+            if applied == 0 {
+                break;
+            }
+            match self.log.wait_durable(applied).await {
+                Ok(_) => break,
+                Err(e) if e.is_diverged() => {
+                    self.run_once().await?;
+                }
+                Err(e) => return Err(e),
+            }
         }
+        let Self { log, .. } = self;
         log.close().await
     }
 
-    /// Appends the transactions after `start`. False when the WAL no longer holds `start`
-    /// and the replicator cannot vouch that nothing was lost: a snapshot is needed.
-    fn ship_after(
-        &mut self,
-        start: Option<WalPosition>,
-        report: &mut IngestReport,
-    ) -> Result<bool> {
+    /// Appends the transactions after `start`, or says why the WAL no longer proves it
+    /// continues from there (then a snapshot is needed).
+    fn ship_after(&mut self, start: WalPosition, report: &mut IngestReport) -> Result<Continuity> {
         let log = &mut self.log;
         let check = if self.verified {
             Check::LastFrame
         } else {
             Check::WholePrefix
         };
-        let scanned = wal::scan(&self.wal, start, check, |txn| append(log, &txn, report))?;
-        let restarted = match scanned {
+        let scanned = wal::scan(&self.wal, Some(start), check, |txn| {
+            append(log, &txn, report)
+        })?;
+        match scanned {
             WalScan::Continued { end, .. } => {
                 self.record(Some(end));
-                return Ok(true);
+                Ok(Ok(()))
             }
-            WalScan::Empty if start.is_none() => {
-                return Ok(true); // still empty: nothing happened
-            }
-            WalScan::Empty => self.continuous,
-            // Only a new generation (new salts) follows on from ours; the same salts with
-            // other frames mean SQLite rewrote frames we shipped (after a power loss).
-            WalScan::Reset { header } => {
-                self.continuous && start.is_some_and(|p| p.salt != header.salt)
-            }
-        };
-        if !restarted {
-            return Ok(false);
+            WalScan::Empty => Ok(Err(self.why_empty())),
+            WalScan::Reset { header } => match restart_kind(start, &header) {
+                Err(reason) => Ok(Err(reason)),
+                Ok(()) if !self.continuous => Ok(Err(SnapshotReason::WalRestartedUnwatched)),
+                Ok(()) => self.ship_new_generation(report),
+            },
         }
-        // Held readers kept SQLite from restarting the WAL before we had read all of it:
-        // the new generation continues exactly where we stopped.
+    }
+
+    /// Ships a WAL generation SQLite started by restarting ours (salt-1 + 1) while our
+    /// reader was held without a break: that reader kept SQLite from restarting before
+    /// every frame of ours was read, and from restarting twice (the new generation's
+    /// frames cannot be checkpointed past it), so the new generation begins exactly
+    /// where we stopped.
+    fn ship_new_generation(&mut self, report: &mut IngestReport) -> Result<Continuity> {
+        let log = &mut self.log;
+        match wal::scan(&self.wal, None, Check::LastFrame, |txn| {
+            append(log, &txn, report)
+        })? {
+            WalScan::Continued { end, .. } => {
+                self.record(Some(end));
+                Ok(Ok(()))
+            }
+            WalScan::Empty => Ok(Err(self.why_empty())),
+            WalScan::Reset { .. } => Ok(Err(SnapshotReason::WalRestartedBySomeoneElse)),
+        }
+    }
+
+    /// The WAL was empty (or missing) at the last run, when the database file had
+    /// checksum `fp`: ships the WAL from its start if nothing can have been checkpointed
+    /// into the file since. With a reader held throughout, SQLite could neither copy
+    /// frames into the file nor delete the WAL; otherwise the whole file must be
+    /// unchanged (its checksum, never its size or time).
+    fn ship_after_empty(&mut self, fp: u32, report: &mut IngestReport) -> Result<Continuity> {
+        if !self.continuous && snapshot::fingerprint(&self.db)? != fp {
+            return Ok(Err(SnapshotReason::DatabaseChanged));
+        }
         let log = &mut self.log;
         match wal::scan(&self.wal, None, Check::LastFrame, |txn| {
             append(log, &txn, report)
         })? {
             WalScan::Continued { end, .. } => self.record(Some(end)),
-            WalScan::Empty => {
-                let fp = snapshot::fingerprint(&self.db)?;
-                self.state.position = None;
-                self.state.fingerprint = Some(fp);
-            }
-            WalScan::Reset { .. } => return Ok(false),
+            WalScan::Empty => {} // still empty: nothing happened
+            WalScan::Reset { .. } => return Ok(Err(SnapshotReason::WalRestartedBySomeoneElse)),
         }
-        Ok(true)
+        Ok(Ok(()))
+    }
+
+    /// Why a WAL we had a position in now reads as empty.
+    /// Before this process's first run, the WAL's absence is looked for when the
+    /// replicator opened, since opening the database creates an empty WAL.
+    fn why_empty(&self) -> SnapshotReason {
+        let missing = match std::fs::symlink_metadata(&self.wal) {
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            Ok(_) => !self.verified && self.wal_missing_at_open,
+        };
+        if missing {
+            SnapshotReason::WalDeleted
+        } else {
+            SnapshotReason::WalTruncated
+        }
     }
 
     /// Ships the whole database as of the end of its WAL as one transaction.
@@ -468,7 +633,7 @@ impl<S: Storage + Clone> Replicator<S> {
         if db_size > 0 {
             let pages = snapshot::read(&self.db, self.page_size, db_size, &mut overlay)?;
             let refs: Vec<(u32, &[u8])> = pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
-            report.add(self.log.append(&refs, db_size)?);
+            report.add(self.log.append_snapshot(&refs, db_size)?);
         }
         match end {
             Some(end) => self.record(Some(end)),

@@ -20,6 +20,12 @@ pub(crate) struct CatalogEntry {
     pub key: SegmentKey,
     pub size: u64,
     pub last_commit_ts: u64,
+    /// The lineage checksum of the state the segment builds on; 0 when it starts a new
+    /// lineage (or carries none: see `end_checksum`).
+    pub base_checksum: u64,
+    /// The lineage checksum after the segment's last commit; 0 when the segment carries
+    /// no lineage (format version 1), so nothing can be checked against it.
+    pub end_checksum: u64,
 }
 
 impl CatalogEntry {
@@ -217,6 +223,31 @@ impl Catalog {
         Append::New
     }
 
+    /// Whether a new segment builds on the namespace's latest state (`docs/FORMAT.md`
+    /// §3.9): it starts a new lineage, or its base checksum is the checksum after the
+    /// last catalogued commit. Segments without lineage, and segments after one without
+    /// (history written before lineage existed), cannot be checked and pass. Checked
+    /// for new stores only, not on replay of what was accepted before.
+    pub(crate) fn check_lineage(&self, entry: &CatalogEntry) -> Result<(), String> {
+        if entry.end_checksum == 0 || entry.base_checksum == 0 {
+            return Ok(()); // no lineage, or a new one
+        }
+        match self.entries.last() {
+            None => Err(format!(
+                "it builds on database state {:016x} but the namespace holds no history",
+                entry.base_checksum
+            )),
+            Some(last) if last.end_checksum == 0 => Ok(()),
+            Some(last) if last.end_checksum == entry.base_checksum => Ok(()),
+            Some(last) => Err(format!(
+                "it builds on database state {:016x} but the namespace's latest state is \
+                 {:016x} (frame {}): another copy of the database wrote this namespace, or \
+                 its history was replaced",
+                entry.base_checksum, last.end_checksum, last.key.end_frame_no
+            )),
+        }
+    }
+
     /// Appends an entry that [`check_append`](Self::check_append) judged `New`.
     pub(crate) fn push(&mut self, entry: CatalogEntry) {
         debug_assert_eq!(self.check_append(&entry), Append::New);
@@ -407,6 +438,8 @@ mod tests {
                 timestamp: ts,
             },
             size: 100,
+            base_checksum: 0,
+            end_checksum: 0,
             last_commit_ts: last_ts,
         }
     }

@@ -108,6 +108,9 @@ pub(crate) async fn plan<S: Storage + ?Sized>(
 fn cut(segment: &SealedSegment, commit: &Commit) -> Result<SealedSegment> {
     let mut b = SegmentBuilder::new(segment.start_frame_no(), segment.page_size())?
         .with_log_id(segment.log_id());
+    if let Some(base) = segment.lineage_base() {
+        b.start_lineage(base)?; // a prefix of the segment builds on what it built on
+    }
     let mut commits = segment.commits().iter();
     for frame in segment
         .frames()
@@ -121,7 +124,18 @@ fn cut(segment: &SealedSegment, commit: &Commit) -> Result<SealedSegment> {
                     segment.key()
                 ))
             })?;
-            b.append_commit(frame.page_no, frame.data, frame.size_after, c.timestamp())?;
+            match segment.lineage_base() {
+                Some(_) => b.append_commit_with_checksum(
+                    frame.page_no,
+                    frame.data,
+                    frame.size_after,
+                    c.timestamp(),
+                    c.checksum,
+                )?,
+                None => {
+                    b.append_commit(frame.page_no, frame.data, frame.size_after, c.timestamp())?
+                }
+            };
         } else {
             b.append_frame(frame.page_no, frame.data)?;
         }

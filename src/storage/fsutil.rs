@@ -12,7 +12,11 @@ use uuid::Uuid;
 pub(crate) const TEMP_PREFIX: &str = ".tmp-";
 
 /// fsyncs a directory so that entries created or renamed in it survive a crash.
+/// An empty path (the parent of a bare relative name) is the current directory.
 pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
+    if dir.as_os_str().is_empty() {
+        return File::open(".")?.sync_all();
+    }
     File::open(dir)?.sync_all()
 }
 
@@ -67,8 +71,10 @@ pub(crate) fn write_atomic(
 }
 
 /// Creates `dir` (and missing parents) and makes the new entries durable.
+/// An empty path (the parent of a bare relative name such as `app.db-walvault`) is the
+/// current directory, which exists.
 pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
@@ -80,8 +86,8 @@ pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
         Err(e) => return Err(e),
     }
     match dir.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => fsync_dir(parent),
-        _ => Ok(()),
+        Some(parent) => fsync_dir(parent),
+        None => Ok(()),
     }
 }
 

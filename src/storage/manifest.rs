@@ -27,7 +27,11 @@ const MAGIC: [u8; 8] = *b"WVMANIFS";
 const VERSION: u16 = 1;
 const FILE_HEADER_LEN: usize = 16;
 const RECORD_HEAD_LEN: usize = 9;
-const ENTRY_LEN: usize = 40;
+/// An entry as written (kinds ADD_L and SNAPSHOT_L): key, size, last commit time, then
+/// the lineage (base and end checksums).
+const ENTRY_LEN: usize = 56;
+/// An entry in the kinds without lineage (ADD and SNAPSHOT), still read.
+const ENTRY_LEN_V1: usize = 40;
 const KEY_LEN: usize = 24;
 /// Records past the last snapshot before a rewrite is considered, at minimum.
 const MIN_COMPACT_RECORDS: u64 = 1024;
@@ -38,6 +42,10 @@ const KIND_ADD: u8 = 1;
 const KIND_REMOVE: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
 const KIND_LINEAGE: u8 = 4;
+/// ADD with a 56-byte entry that carries the segment's lineage checksums.
+const KIND_ADD_L: u8 = 5;
+/// SNAPSHOT of 56-byte entries.
+const KIND_SNAPSHOT_L: u8 = 6;
 
 /// One change to a catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +62,7 @@ impl Edit {
     /// The whole record: head, payload and checksum.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let (kind, payload) = match self {
-            Edit::Add(e) => (KIND_ADD, encode_entry(e).to_vec()),
+            Edit::Add(e) => (KIND_ADD_L, encode_entry(e).to_vec()),
             Edit::Remove(keys) => {
                 let mut p = (keys.len() as u64).to_le_bytes().to_vec();
                 keys.iter()
@@ -67,7 +75,7 @@ impl Edit {
                 entries
                     .iter()
                     .for_each(|e| p.extend_from_slice(&encode_entry(e)));
-                (KIND_SNAPSHOT, p)
+                (KIND_SNAPSHOT_L, p)
             }
         };
         let mut out = Vec::with_capacity(RECORD_HEAD_LEN + payload.len() + 4);
@@ -107,15 +115,35 @@ fn encode_entry(e: &CatalogEntry) -> [u8; ENTRY_LEN] {
     let mut b = [0u8; ENTRY_LEN];
     b[..KEY_LEN].copy_from_slice(&encode_key(&e.key));
     b[24..32].copy_from_slice(&e.size.to_le_bytes());
-    b[32..].copy_from_slice(&e.last_commit_ts.to_le_bytes());
+    b[32..40].copy_from_slice(&e.last_commit_ts.to_le_bytes());
+    b[40..48].copy_from_slice(&e.base_checksum.to_le_bytes());
+    b[48..].copy_from_slice(&e.end_checksum.to_le_bytes());
     b
 }
 
+/// Decodes an entry of either length; the short form has no lineage (zeros).
 fn decode_entry(b: &[u8]) -> CatalogEntry {
+    let lineage = |at| {
+        if b.len() == ENTRY_LEN {
+            u64_at(b, at)
+        } else {
+            0
+        }
+    };
     CatalogEntry {
         key: decode_key(b),
         size: u64_at(b, 24),
         last_commit_ts: u64_at(b, 32),
+        base_checksum: lineage(40),
+        end_checksum: lineage(48),
+    }
+}
+
+/// The entry length of a record kind.
+fn entry_len(kind: u8) -> usize {
+    match kind {
+        KIND_ADD_L | KIND_SNAPSHOT_L => ENTRY_LEN,
+        _ => ENTRY_LEN_V1,
     }
 }
 
@@ -255,13 +283,21 @@ fn read_record(
             Err(corrupt(offset, "record header checksum mismatch"))
         };
     }
-    if !matches!(kind, KIND_ADD | KIND_REMOVE | KIND_SNAPSHOT | KIND_LINEAGE) {
+    let known = [
+        KIND_ADD,
+        KIND_REMOVE,
+        KIND_SNAPSHOT,
+        KIND_LINEAGE,
+        KIND_ADD_L,
+        KIND_SNAPSHOT_L,
+    ];
+    if !known.contains(&kind) {
         // The head's checksum holds, so the kind is what was written: not a torn append.
         return Err(corrupt(offset, "unknown record kind"));
     }
     // Snapshots (and the lineage that follows one) are only ever written whole (temp
     // file and rename), never appended, so damage there cannot be a torn append.
-    let appended = !matches!(kind, KIND_SNAPSHOT | KIND_LINEAGE);
+    let appended = !matches!(kind, KIND_SNAPSHOT | KIND_SNAPSHOT_L | KIND_LINEAGE);
     let total = RECORD_HEAD_LEN as u64 + u64::from(len) + 4;
     if total > remaining {
         return if appended {
@@ -273,10 +309,10 @@ fn read_record(
     let is_last = total == remaining;
     let payload_at = offset + RECORD_HEAD_LEN as u64;
     let outcome = match kind {
-        KIND_ADD => read_add(r, len, payload_at, state),
+        KIND_ADD | KIND_ADD_L => read_add(r, len, entry_len(kind), payload_at, state),
         KIND_REMOVE => read_remove(r, len, payload_at, state),
         KIND_LINEAGE => read_lineage(r, len, payload_at, state),
-        _ => read_snapshot(r, len, payload_at, state),
+        _ => read_snapshot(r, len, entry_len(kind), payload_at, state),
     };
     match outcome {
         Err(Stop::ZeroTail(_)) if is_last && appended => Err(Stop::Torn),
@@ -325,8 +361,14 @@ fn read_payload(r: &mut impl Read, len: u32, at: u64) -> Result<Vec<u8>, Stop> {
     Ok(payload)
 }
 
-fn read_add(r: &mut impl Read, len: u32, at: u64, state: &mut Replay) -> Result<(), Stop> {
-    if len as usize != ENTRY_LEN {
+fn read_add(
+    r: &mut impl Read,
+    len: u32,
+    entry_len: usize,
+    at: u64,
+    state: &mut Replay,
+) -> Result<(), Stop> {
+    if len as usize != entry_len {
         return Err(corrupt(at, "add record of the wrong length"));
     }
     let entry = decode_entry(&read_payload(r, len, at)?);
@@ -435,26 +477,32 @@ fn lineage_record(catalog: &Catalog) -> Option<Vec<u8>> {
 
 /// Snapshots can hold millions of entries, so they are streamed: entries go straight
 /// into the catalog while the checksum is computed, and nothing is kept if it fails.
-fn read_snapshot(r: &mut impl Read, len: u32, at: u64, state: &mut Replay) -> Result<(), Stop> {
+fn read_snapshot(
+    r: &mut impl Read,
+    len: u32,
+    entry_len: usize,
+    at: u64,
+    state: &mut Replay,
+) -> Result<(), Stop> {
     let mut count_bytes = [0u8; 8];
     if (len as usize) < 8 {
         return Err(corrupt(at, "bad snapshot record"));
     }
     r.read_exact(&mut count_bytes)?;
     let count = u64::from_le_bytes(count_bytes);
-    if Some(u64::from(len) - 8) != count.checked_mul(ENTRY_LEN as u64) {
+    if Some(u64::from(len) - 8) != count.checked_mul(entry_len as u64) {
         return Err(corrupt(at, "snapshot length disagrees with its count"));
     }
     let mut crc = crc32c::crc32c(&count_bytes);
     let mut entries = Vec::with_capacity(count as usize);
-    let mut chunk = vec![0u8; ENTRY_LEN * 1024];
+    let mut chunk = vec![0u8; entry_len * 1024];
     let mut left = count as usize;
     while left > 0 {
         let n = left.min(1024);
-        let buf = &mut chunk[..n * ENTRY_LEN];
+        let buf = &mut chunk[..n * entry_len];
         r.read_exact(buf)?;
         crc = crc32c::crc32c_append(crc, buf);
-        entries.extend(buf.chunks_exact(ENTRY_LEN).map(decode_entry));
+        entries.extend(buf.chunks_exact(entry_len).map(decode_entry));
         left -= n;
     }
     let mut stored = [0u8; 4];

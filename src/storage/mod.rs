@@ -415,6 +415,8 @@ pub(crate) fn entry_for(segment: &SealedSegment) -> CatalogEntry {
         key: segment.key(),
         size: segment.encoded_len(),
         last_commit_ts: segment.commits().last().map_or(0, |c| c.timestamp_ms),
+        base_checksum: segment.lineage_base().unwrap_or(0),
+        end_checksum: segment.end_checksum().unwrap_or(0),
     }
 }
 
@@ -443,7 +445,15 @@ pub(crate) fn check_append(
     entry: &CatalogEntry,
 ) -> Result<bool> {
     match catalog.check_append(entry) {
-        catalog::Append::New => Ok(true),
+        catalog::Append::New => {
+            catalog
+                .check_lineage(entry)
+                .map_err(|detail| Error::Diverged {
+                    namespace: namespace.to_string(),
+                    detail: format!("segment {}: {detail}", entry.key),
+                })?;
+            Ok(true)
+        }
         catalog::Append::AlreadyStored => Ok(false),
         catalog::Append::Rejected(reason) => Err(crate::InvalidInput::OutOfOrder {
             namespace: namespace.to_string(),

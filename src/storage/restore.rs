@@ -39,6 +39,9 @@ pub struct RestoreSummary {
     pub db_pages: u32,
     /// Segments read.
     pub segments_read: usize,
+    /// The commit's lineage checksum, which the restored file was proved against (0:
+    /// the commit has none, format version 1).
+    pub checksum: u64,
 }
 
 pub(crate) async fn restore<S, W>(
@@ -122,6 +125,7 @@ where
     if pages.missing > 0 {
         return Err(incomplete(ns, &pages, commit.frame_no));
     }
+    check_lineage(ns, &commit, writer.xor)?;
     writer.finish()?;
     Ok(RestoreSummary {
         frame_no: commit.frame_no,
@@ -129,7 +133,27 @@ where
         page_size,
         db_pages: commit.size_after,
         segments_read,
+        checksum: commit.checksum,
     })
+}
+
+/// Proves the restored pages are the database the target commit produced: their
+/// combined checksum must be the commit's lineage checksum (`docs/FORMAT.md` §3.9).
+/// Commits without one (format version 1) cannot be checked.
+fn check_lineage(ns: &NamespaceName, commit: &Commit, xor: u64) -> Result<()> {
+    if commit.checksum == 0 || crate::format::lineage::checksum_of(xor) == commit.checksum {
+        return Ok(());
+    }
+    let reason = crate::error::FormatError::Invalid {
+        part: crate::error::Part::CommitTable,
+        offset: 0,
+        reason: "the restored pages do not make the database this commit recorded \
+                 (lineage checksum mismatch): the history mixes two databases",
+    };
+    Err(Error::corrupt(
+        format!("history of {ns} at frame {}", commit.frame_no),
+        reason,
+    ))
 }
 
 /// Indexes read ahead of the walk in one call: enough to keep a backend's fixed cost per
@@ -394,6 +418,8 @@ struct PageWriter<'a, W: Write + Seek> {
     buf: Vec<u8>,
     /// Offset in the file of `buf[0]`.
     buf_at: u64,
+    /// XOR of the page hashes written (each page is written once), for the lineage check.
+    xor: u64,
 }
 
 const WRITE_BUFFER: usize = 1 << 20;
@@ -406,6 +432,7 @@ impl<'a, W: Write + Seek> PageWriter<'a, W> {
             page_size: u64::from(page_size),
             buf: Vec::with_capacity(WRITE_BUFFER),
             buf_at: 0,
+            xor: 0,
         }
     }
 
@@ -419,6 +446,7 @@ impl<'a, W: Write + Seek> PageWriter<'a, W> {
                 self.buf_at = at;
             }
             self.buf.extend_from_slice(data);
+            self.xor ^= crate::format::page_hash(*page_no, data);
         }
         if let Some(p) = self.progress {
             p.inner

@@ -124,26 +124,28 @@ pub async fn info<S: Store>(store: S, a: InfoArgs) -> Result<()> {
 
 pub async fn verify<S: Store>(store: S, a: VerifyArgs) -> Result<()> {
     let namespace = known(&store, &a.namespace).await?;
-    let segments = segments(&store, &namespace).await?;
-    let mut bad = Vec::new();
-    for s in &segments {
-        if let Err(e) = store.fetch_segment_data(&namespace, &s.key, None).await {
-            println!("BAD {}: {e}", s.key);
-            bad.push(s.key.to_string());
-        }
+    let report = walvault::verify_history(&store, &namespace).await?;
+    for (key, why) in &report.problems {
+        println!("BAD {key}: {why}");
     }
-    if bad.is_empty() {
+    if report.is_sound() {
         println!(
-            "{namespace}: {} segments verified, every checksum matches",
-            segments.len()
+            "{namespace}: {} segments verified, every checksum matches; {} commits proved by \
+             replaying the lineage chain{}",
+            report.segments,
+            report.commits_proved,
+            match report.commits_unchecked {
+                0 => String::new(),
+                n => format!(" ({n} older commits carry no lineage checksum)"),
+            }
         );
         Ok(())
     } else {
         Err(Error::NotFound(format!(
             "{} of {} segments of {namespace} failed verification (first: {})",
-            bad.len(),
-            segments.len(),
-            bad[0]
+            report.problems.len(),
+            report.segments,
+            report.problems[0].0
         )))
     }
 }

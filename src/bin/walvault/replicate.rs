@@ -124,7 +124,7 @@ async fn once<S: Store>(
         a.db.display(),
         report.transactions,
         report.frames,
-        if report.snapshot { " (snapshot)" } else { "" },
+        snapshot_note(&report),
     );
     Ok(())
 }
@@ -169,11 +169,11 @@ async fn follow<S: Store>(
     let mut warned: Option<tokio::time::Instant> = None;
     loop {
         match replicator.poll().await {
-            Ok(report) if report.transactions > 0 => println!(
+            Ok(report) if report.transactions > 0 || report.snapshot => println!(
                 "shipped {} transactions, {} frames{}",
                 report.transactions,
                 report.frames,
-                if report.snapshot { " (snapshot)" } else { "" }
+                snapshot_note(&report)
             ),
             Ok(_) => {}
             // The log itself failed (a permanent store error, a failed fsync): stop.
@@ -234,6 +234,15 @@ async fn stop_replicator<S: Store>(
             );
             Err(Error::io(what, std::io::ErrorKind::TimedOut.into()))
         }
+    }
+}
+
+/// ` (snapshot: <why>)` when the step shipped a snapshot, so a discontinuity is seen.
+fn snapshot_note(report: &walvault::IngestReport) -> String {
+    match (report.snapshot, report.snapshot_reason) {
+        (true, Some(reason)) => format!(" (snapshot: {reason})"),
+        (true, None) => " (snapshot)".to_string(),
+        (false, _) => String::new(),
     }
 }
 

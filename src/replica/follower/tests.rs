@@ -249,7 +249,7 @@ async fn a_kill_during_the_first_restore_leaves_nothing_the_next_run_trusts() {
     let s = scene().await;
     let output = s.dir.join("fresh.db");
     let mut follower = Follower::open(s.store.clone(), s.ns.clone(), &output).unwrap();
-    follower.record(0).unwrap();
+    follower.record(0, 0).unwrap();
     std::fs::write(&output, b"an output whose restore was never recorded").unwrap();
     let mut partial = output.as_os_str().to_owned();
     partial.push(".walvault-restore");

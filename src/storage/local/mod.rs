@@ -506,6 +506,8 @@ pub fn write_manifest_for_bench(
             key: i.key,
             size: i.size,
             last_commit_ts: i.last_commit_ts,
+            base_checksum: 0,
+            end_checksum: 0,
         })
         .collect();
     super::manifest::write_snapshot(&dir, entries)

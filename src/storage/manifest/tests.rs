@@ -9,6 +9,8 @@ fn entry(n: u64) -> CatalogEntry {
         },
         size: 4096 + n,
         last_commit_ts: 1005 + n * 10,
+        base_checksum: if n == 0 { 0 } else { (1 << 63) | n },
+        end_checksum: (1 << 63) | (n + 1),
     }
 }
 
@@ -137,7 +139,7 @@ fn the_file_grows_by_appends_and_compacts_into_a_snapshot() {
     let snapshot = Edit::Snapshot(vec![entry(0); MIN_COMPACT_RECORDS as usize])
         .encode()
         .len();
-    assert!(len < (FILE_HEADER_LEN + snapshot + 6 * 53) as u64, "{len}");
+    assert!(len < (FILE_HEADER_LEN + snapshot + 6 * 69) as u64, "{len}");
 }
 
 #[test]
@@ -287,6 +289,8 @@ fn a_forks_lineage_round_trips_and_damage_is_caught() {
         },
         size: 1,
         last_commit_ts: 9_000,
+        base_checksum: 0,
+        end_checksum: 0,
     };
     assert!(matches!(
         r.catalog.check_append(&entry(45)),

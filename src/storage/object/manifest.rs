@@ -163,6 +163,8 @@ mod tests {
                 },
                 size: 4096,
                 last_commit_ts: 1_000 + i,
+                base_checksum: 0,
+                end_checksum: (1 << 63) | i,
             })
             .collect();
         Catalog::from_entries(entries).unwrap()

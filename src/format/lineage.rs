@@ -1,0 +1,196 @@
+//! Lineage: a rolling checksum of a whole database, so that every commit names the exact
+//! database it produced and every segment names the database it builds on.
+//!
+//! The checksum of a database of `n` pages is the XOR of `page_hash(p, page p)` over
+//! `p = 1..=n`, with the top bit set (so that 0 can mean "no checksum"). `page_hash`
+//! is a 64-bit XXH3 of the page seeded with its page number, so moving a page changes
+//! the checksum as surely as changing its bytes. XOR makes the combination independent
+//! of order and lets a commit update it in O(pages it changes): take out the old hash of
+//! each page it writes and put in the new one; pages past a shrunken end are taken out.
+//!
+//! Why it matters: a store accepts a segment only if the state it builds on is the
+//! namespace's latest state (or the segment starts a new lineage with a snapshot), and a
+//! restore proves its output against the target commit's checksum. Together these make a
+//! restore of "a database that never existed" (a segment from one copy of a database
+//! applied on top of another copy's history) impossible rather than merely unlikely.
+
+use crate::error::{Error, InvalidInput, Result};
+
+/// The top bit every checksum carries, so that a stored 0 always means "none".
+pub const CHECKSUM_FLAG: u64 = 1 << 63;
+
+/// The hash of one page: its bytes seeded with its page number.
+pub fn page_hash(page_no: u32, page: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(page, u64::from(page_no))
+}
+
+/// The lineage checksum of a database whose page hashes XOR to `xor`.
+pub fn checksum_of(xor: u64) -> u64 {
+    xor | CHECKSUM_FLAG
+}
+
+/// The checksum of the database in `bytes` (whole pages of `page_size` bytes), as a
+/// restore or a follower computes it from a file.
+#[cfg(test)]
+pub fn database_checksum(bytes: &[u8], page_size: usize, first_page: u32) -> u64 {
+    bytes
+        .chunks(page_size)
+        .zip(first_page..)
+        .fold(0, |acc, (page, no)| acc ^ page_hash(no, page))
+}
+
+/// The page hashes of a database's current state, kept by a writer so each commit's
+/// checksum costs O(pages it changes). Eight bytes per page of the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageSums {
+    /// `hashes[p - 1]` is page `p`'s hash; the vector's length is the database size.
+    hashes: Vec<u64>,
+    xor: u64,
+}
+
+impl PageSums {
+    /// The sums of an empty database.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuilds the sums from stored page hashes (see [`hashes`](Self::hashes)).
+    pub fn from_hashes(hashes: Vec<u64>) -> Self {
+        let xor = hashes.iter().fold(0, |acc, h| acc ^ h);
+        Self { hashes, xor }
+    }
+
+    /// The page hashes, page 1 first.
+    pub fn hashes(&self) -> &[u64] {
+        &self.hashes
+    }
+
+    /// The database size in pages.
+    pub fn db_size(&self) -> u32 {
+        self.hashes.len() as u32
+    }
+
+    /// The lineage checksum of the current state.
+    pub fn checksum(&self) -> u64 {
+        checksum_of(self.xor)
+    }
+
+    /// Applies one committed transaction: `pages` written (a page may repeat; the last
+    /// image wins), then the database is `db_size` pages. Returns the new checksum.
+    ///
+    /// A page inside the new size that no transaction ever wrote counts as the hash of
+    /// its number alone.
+    pub fn apply<'a>(
+        &mut self,
+        pages: impl IntoIterator<Item = (u32, &'a [u8])>,
+        db_size: u32,
+    ) -> Result<u64> {
+        let mut written = Vec::new();
+        for (page_no, page) in pages {
+            if page_no == 0 {
+                return Err(InvalidInput::PageNo.into());
+            }
+            written.push((page_no, page_hash(page_no, page)));
+        }
+        self.resize(db_size)?;
+        for (page_no, hash) in written {
+            if page_no > db_size {
+                continue; // written, then cut off by the commit's size
+            }
+            let slot = &mut self.hashes[page_no as usize - 1];
+            self.xor ^= *slot ^ hash;
+            *slot = hash;
+        }
+        Ok(self.checksum())
+    }
+
+    /// Grows (with never-written pages) or shrinks the table to `db_size` pages.
+    fn resize(&mut self, db_size: u32) -> Result<()> {
+        if db_size == 0 {
+            return Err(Error::from(InvalidInput::Commit {
+                frame_no: 0,
+                reason: "database size after a commit must be at least 1 page".into(),
+            }));
+        }
+        let new_len = db_size as usize;
+        for gone in self.hashes.drain(new_len.min(self.hashes.len())..) {
+            self.xor ^= gone;
+        }
+        for page_no in self.hashes.len() as u32 + 1..=db_size {
+            let hash = unwritten_page_hash(page_no);
+            self.xor ^= hash;
+            self.hashes.push(hash);
+        }
+        Ok(())
+    }
+}
+
+/// The hash a page inside the database that no transaction wrote contributes: the hash
+/// of its number alone. A restore could not produce such a page anyway (it is "in no
+/// segment"), so any fixed value works as long as writers agree on it.
+fn unwritten_page_hash(page_no: u32) -> u64 {
+    page_hash(page_no, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(b: u8) -> Vec<u8> {
+        vec![b; 512]
+    }
+
+    #[test]
+    fn the_checksum_is_that_of_the_whole_database_whatever_the_order_of_commits() {
+        let mut sums = PageSums::new();
+        sums.apply([(1, &page(1)[..]), (2, &page(2)[..])], 2)
+            .unwrap();
+        sums.apply([(2, &page(7)[..]), (3, &page(3)[..])], 3)
+            .unwrap();
+        let whole = [page(1), page(7), page(3)].concat();
+        assert_eq!(
+            sums.checksum(),
+            checksum_of(database_checksum(&whole, 512, 1))
+        );
+
+        let mut other = PageSums::new();
+        other
+            .apply([(3, &page(3)[..]), (1, &page(1)[..]), (2, &page(7)[..])], 3)
+            .unwrap();
+        assert_eq!(other.checksum(), sums.checksum());
+        assert_eq!(PageSums::from_hashes(sums.hashes().to_vec()), sums);
+    }
+
+    #[test]
+    fn shrinking_takes_pages_out_and_moving_a_page_changes_the_checksum() {
+        let mut sums = PageSums::new();
+        sums.apply([(1, &page(1)[..]), (2, &page(2)[..]), (3, &page(3)[..])], 3)
+            .unwrap();
+        let three = sums.checksum();
+        sums.apply([(1, &page(1)[..])], 2).unwrap();
+        let two = [page(1), page(2)].concat();
+        assert_eq!(
+            sums.checksum(),
+            checksum_of(database_checksum(&two, 512, 1))
+        );
+        assert_ne!(sums.checksum(), three);
+
+        let swapped = [page(2), page(1)].concat();
+        assert_ne!(
+            checksum_of(database_checksum(&swapped, 512, 1)),
+            sums.checksum()
+        );
+        assert_ne!(sums.checksum() & CHECKSUM_FLAG, 0);
+    }
+
+    #[test]
+    fn a_page_written_past_the_commit_size_does_not_count_and_bad_input_is_refused() {
+        let mut sums = PageSums::new();
+        sums.apply([(1, &page(1)[..]), (5, &page(5)[..])], 1)
+            .unwrap();
+        assert_eq!(sums.db_size(), 1);
+        assert_eq!(sums.checksum(), checksum_of(page_hash(1, &page(1))));
+        assert!(sums.apply([(0, &page(1)[..])], 1).is_err());
+        assert!(sums.apply([(1, &page(1)[..])], 0).is_err());
+    }
+}
