@@ -140,7 +140,7 @@ async fn the_log_rides_out_an_outage_and_catches_up_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_request_fails_fast_with_what_to_fix() {
     for (error, needle) in [
-        (Injected::PermissionDenied, "permission"),
+        (Injected::PermissionDenied, "denied the request"),
         (Injected::Unauthenticated, "credentials"),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -233,6 +233,11 @@ while not os.path.exists(stop):
 
 /// `walvault` with the S3 endpoint and credentials in the environment, from `dir`.
 fn walvault(dir: &Path, endpoint: &str) -> Command {
+    walvault_at(dir, endpoint, &format!("s3://{}/outage", s3::BUCKET))
+}
+
+/// [`walvault`] with the store URL `store`.
+fn walvault_at(dir: &Path, endpoint: &str, store: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_walvault"));
     cmd.current_dir(dir)
         .env("AWS_ENDPOINT", endpoint)
@@ -241,8 +246,71 @@ fn walvault(dir: &Path, endpoint: &str) -> Command {
         .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
         .env_remove("WALVAULT_LOG")
-        .args(["--store", &format!("s3://{}/outage", s3::BUCKET)]);
+        .args(["--store", store]);
     cmd
+}
+
+/// Runs `cmd` to its end (killed after `secs`), with its exit status and stderr.
+async fn run_bounded(
+    mut cmd: Command,
+    dir: &Path,
+    secs: u64,
+) -> (std::process::ExitStatus, String) {
+    let err = dir.join("run.err");
+    cmd.stderr(std::fs::File::create(&err).unwrap());
+    let mut child = Killed(cmd.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return (status, read(&err));
+        }
+        assert!(Instant::now() < deadline, "still running: {}", read(&err));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Credentials the store rejects, or a bucket that does not exist: the daemon does not
+/// wait (it would wait forever), it exits at once with one line saying what to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_stops_at_once_on_bad_credentials_or_a_missing_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = s3::S3Server::start(&dir.path().join("s3"));
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    Connection::open(work.join("app.db"))
+        .unwrap()
+        .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(n); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let replicate = [
+        "replicate",
+        "--db",
+        "app.db",
+        "--interval",
+        "100ms",
+        "--seal-age",
+        "100ms",
+    ];
+
+    let mut wrong_secret = walvault(&work, &server.endpoint);
+    wrong_secret
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .args(replicate);
+    let (status, stderr) = run_bounded(wrong_secret, &work, 60).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("walvault: error: store refused"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("credentials"), "{stderr}");
+
+    let mut no_bucket = walvault_at(&work, &server.endpoint, "s3://no-such-bucket/x");
+    no_bucket.args(replicate);
+    let (status, stderr) = run_bounded(no_bucket, &work, 60).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bucket (or container) does not exist"),
+        "{stderr}"
+    );
 }
 
 fn read(path: &Path) -> String {

@@ -160,7 +160,7 @@ impl Retrier {
         }
         let now = Instant::now();
         let outage = self.outage.get_or_insert_with(|| {
-            tracing::warn!(backlog = %backlog, error = %e, "store unreachable; retrying until it answers (the local log keeps {backlog})");
+            tracing::warn!("store unreachable; retrying until it answers, the local log keeps {backlog}; error: {e}");
             Outage {
                 since: now,
                 failures: 0,

@@ -320,7 +320,9 @@ pub(crate) async fn run_submitter<S: Storage + Clone>(
             Err(Stop::Closing(last)) => closing_error(&namespace, &shared, last),
         };
         shared.write_out(std::time::Duration::from_secs(10)).await;
-        tracing::error!(namespace = %namespace, segment = %key, error = %failure, "storing a sealed segment failed; the log stops");
+        // Every waiter, append and `tracker().closed()` hears the error itself; at `info`
+        // so that a CLI printing both warnings and the error does not say it twice.
+        tracing::info!(namespace = %namespace, segment = %key, error = %failure, "storing a sealed segment failed; the log stops");
         shared.tracker.fail(failure);
         return;
     }

@@ -96,7 +96,7 @@ impl S3Server {
 /// Serves `root` on `listener` until the returned task is aborted, which also drops every
 /// connection (they live in the task's `JoinSet`).
 fn serve(root: &Path, listener: std::net::TcpListener) -> tokio::task::JoinHandle<()> {
-    let fs = AtomicWrites::new(s3s_fs::FileSystem::new(root).unwrap());
+    let fs = AtomicWrites::new(s3s_fs::FileSystem::new(root).unwrap(), root);
     let mut builder = s3s::service::S3ServiceBuilder::new(fs);
     builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
     let service = builder.build();
@@ -131,8 +131,12 @@ fn serve(root: &Path, listener: std::net::TcpListener) -> tokio::task::JoinHandl
 /// allows. walvault's manifest versions rely on that rule, so the test server keeps it:
 /// every operation that writes or deletes a key holds that key's lock throughout.
 /// Reads and listings pass straight through.
+///
+/// Writes to a bucket that does not exist fail with `NoSuchBucket` (404), as on S3;
+/// `s3s-fs` would create the bucket's directory.
 struct AtomicWrites {
     inner: s3s_fs::FileSystem,
+    root: PathBuf,
     keys: Mutex<HashMap<BucketKey, KeyLock>>,
 }
 
@@ -140,11 +144,20 @@ type BucketKey = (String, String);
 type KeyLock = Arc<tokio::sync::Mutex<()>>;
 
 impl AtomicWrites {
-    fn new(inner: s3s_fs::FileSystem) -> Self {
+    fn new(inner: s3s_fs::FileSystem, root: &Path) -> Self {
         Self {
             inner,
+            root: root.to_path_buf(),
             keys: Mutex::default(),
         }
+    }
+
+    /// `NoSuchBucket` unless `bucket` exists.
+    fn check_bucket(&self, bucket: &str) -> S3Result<()> {
+        if self.root.join(bucket).is_dir() {
+            return Ok(());
+        }
+        Err(s3s::s3_error!(NoSuchBucket))
     }
 
     /// Locks `bucket/key` for writing; the guard releases it.
@@ -180,6 +193,7 @@ macro_rules! atomic_writes {
             )*
             $(
                 async fn $lop(&self, req: S3Request<$linput>) -> S3Result<S3Response<$loutput>> {
+                    self.check_bucket(&req.input.bucket)?;
                     let _key = self.lock(&req.input.bucket, &req.input.key).await;
                     self.inner.$lop(req).await
                 }

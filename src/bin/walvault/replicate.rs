@@ -175,7 +175,13 @@ async fn follow<S: Store>(
                 report.frames,
                 snapshot_note(&report)
             ),
-            Ok(_) => {}
+            // Nothing new to ship; but the log may have stopped in the background (a
+            // store that refuses the credentials, say): then so does the daemon.
+            Ok(_) => {
+                if let Some(e) = replicator.log().tracker().closed() {
+                    return (replicator, Err(e));
+                }
+            }
             // The log itself failed (a permanent store error, a failed fsync): stop.
             Err(e) if !e.is_transient() || replicator.log().tracker().closed().is_some() => {
                 return (replicator, Err(e));
