@@ -436,3 +436,33 @@ async fn the_daemon_rides_out_an_s3_outage_while_a_writer_commits() {
     );
     assert_eq!(rows(&work.join("restored.db")), expected);
 }
+
+/// `--once` against a store that is down does not wait forever: it exits with status 1
+/// and a line saying the store is unavailable; run again once the store is back, it
+/// ships.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_gives_up_on_a_store_that_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = s3::S3Server::start(&dir.path().join("s3"));
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    Connection::open(work.join("app.db"))
+        .unwrap()
+        .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(n); INSERT INTO t VALUES (1);")
+        .unwrap();
+    server.stop().await;
+    let mut once = walvault(&work, &server.endpoint);
+    once.args(["replicate", "--db", "app.db", "--once"]);
+    let (status, stderr) = run_bounded(once, &work, 120).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("walvault: error: store unavailable"),
+        "{stderr}"
+    );
+
+    server.start_again().await;
+    let mut once = walvault(&work, &server.endpoint);
+    once.args(["replicate", "--db", "app.db", "--once"]);
+    let (status, stderr) = run_bounded(once, &work, 60).await;
+    assert!(status.success(), "{stderr}");
+}
