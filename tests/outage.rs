@@ -466,3 +466,77 @@ async fn once_gives_up_on_a_store_that_is_down() {
     let (status, stderr) = run_bounded(once, &work, 60).await;
     assert!(status.success(), "{stderr}");
 }
+
+/// A stop signal while the store is down: the daemon does not hang, it exits with
+/// status 1 naming what stays in the local log, and the next run ships it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_an_outage_is_bounded_and_the_next_run_ships_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = s3::S3Server::start(&dir.path().join("s3"));
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let db = work.join("app.db");
+    let conn = Connection::open(&db).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(n); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let err = work.join("daemon.err");
+    let daemon = walvault(&work, &server.endpoint)
+        .args(["replicate", "--db", "app.db", "--interval", "100ms"])
+        .args(["--seal-age", "200ms"])
+        .stdout(std::fs::File::create(work.join("daemon.out")).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = Killed(daemon);
+    let out = work.join("daemon.out");
+    until(30, "the daemon to ship", &err, || {
+        read(&out).contains("shipped")
+    })
+    .await;
+    server.stop().await;
+    conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    until(60, "the daemon to see the outage", &err, || {
+        read(&err).contains("store unreachable")
+    })
+    .await;
+
+    let status = Command::new("kill")
+        .args(["-INT", &daemon.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let exited = loop {
+        if let Some(status) = daemon.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no exit after SIGINT"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stderr = read(&err);
+    assert_eq!(exited.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("safe in the local log"), "{stderr}");
+    assert!(stderr.contains("submits them again"), "{stderr}");
+
+    server.start_again().await;
+    let mut once = walvault(&work, &server.endpoint);
+    once.args(["replicate", "--db", "app.db", "--once"]);
+    let (status, stderr) = run_bounded(once, &work, 60).await;
+    assert!(status.success(), "{stderr}");
+    let mut restore = walvault(&work, &server.endpoint);
+    restore.args(["restore", "--namespace", "app", "--output", "restored.db"]);
+    let (status, stderr) = run_bounded(restore, &work, 60).await;
+    assert!(status.success(), "{stderr}");
+    let restored: Vec<i64> = Connection::open(work.join("restored.db"))
+        .unwrap()
+        .prepare("SELECT n FROM t ORDER BY n")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(restored, [1, 2]);
+}
