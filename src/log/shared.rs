@@ -317,7 +317,9 @@ pub(crate) async fn run_submitter<S: Storage + Clone>(
                 continue;
             }
             Err(Stop::Failed(e)) => e,
-            Err(Stop::Closing(last)) => closing_error(&namespace, &shared, last),
+            Err(Stop::Closing(last)) => {
+                closing_error(&namespace, &shared, retry.close_timeout(), last)
+            }
         };
         shared.write_out(std::time::Duration::from_secs(10)).await;
         // Every waiter, append and `tracker().closed()` hears the error itself; at `info`
@@ -349,11 +351,16 @@ async fn submit<S: Storage + Clone>(
 }
 
 /// Why a closing log stopped retrying: what is left, where, and the last error.
-fn closing_error(namespace: &NamespaceName, shared: &Shared, last: Option<Error>) -> Error {
-    let backlog = shared.backlog();
+fn closing_error(
+    namespace: &NamespaceName,
+    shared: &Shared,
+    waited: std::time::Duration,
+    last: Option<Error>,
+) -> Error {
     let note = format!(
-        "the log closed before the store took {backlog} of {namespace}; they stay in the \
-         local log and the next open submits them again"
+        "closing the log of {namespace}: the store did not take {} within {waited:?}; \
+         they stay in the local log and the next open submits them again",
+        shared.backlog()
     );
     match last {
         Some(e) => e.with_note(&note),
