@@ -231,6 +231,24 @@ while not os.path.exists(stop):
     Killed(child)
 }
 
+/// Sends SIGINT and waits (at most 60 s) for the exit.
+async fn interrupt(daemon: &mut Killed) -> std::process::ExitStatus {
+    let pid = daemon.0.id().to_string();
+    let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(sent.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = daemon.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no exit after SIGINT"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `walvault` with the S3 endpoint and credentials in the environment, from `dir`.
 fn walvault(dir: &Path, endpoint: &str) -> Command {
     walvault_at(dir, endpoint, &format!("s3://{}/outage", s3::BUCKET))
@@ -257,7 +275,8 @@ async fn run_bounded(
     secs: u64,
 ) -> (std::process::ExitStatus, String) {
     let err = dir.join("run.err");
-    cmd.stderr(std::fs::File::create(&err).unwrap());
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap());
     let mut child = Killed(cmd.spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
@@ -394,22 +413,7 @@ async fn the_daemon_rides_out_an_s3_outage_while_a_writer_commits() {
 
     std::fs::write(&stop_writer, b"").unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await; // a few polls ship the last rows
-    let status = Command::new("kill")
-        .args(["-INT", &daemon.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = Instant::now();
-    let exited = loop {
-        if let Some(status) = daemon.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no exit after SIGINT"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let exited = interrupt(&mut daemon).await;
     assert!(exited.success(), "{exited}: {}", read(&err));
     assert!(read(&out).contains("everything shipped is durable"));
 
@@ -500,22 +504,7 @@ async fn a_stop_during_an_outage_is_bounded_and_the_next_run_ships_the_rest() {
     })
     .await;
 
-    let status = Command::new("kill")
-        .args(["-INT", &daemon.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = Instant::now();
-    let exited = loop {
-        if let Some(status) = daemon.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no exit after SIGINT"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let exited = interrupt(&mut daemon).await;
     let stderr = read(&err);
     assert_eq!(exited.code(), Some(1), "{stderr}");
     assert!(stderr.contains("safe in the local log"), "{stderr}");
@@ -539,4 +528,39 @@ async fn a_stop_during_an_outage_is_bounded_and_the_next_run_ships_the_rest() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(restored, [1, 2]);
+}
+
+/// A daemon started while the store is down waits for it (saying so) instead of
+/// exiting, and ships once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_during_an_outage_waits_for_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = s3::S3Server::start(&dir.path().join("s3"));
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    Connection::open(work.join("app.db"))
+        .unwrap()
+        .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(n); INSERT INTO t VALUES (1);")
+        .unwrap();
+    server.stop().await;
+    let (out, err) = (work.join("daemon.out"), work.join("daemon.err"));
+    let daemon = walvault(&work, &server.endpoint)
+        .args(["replicate", "--db", "app.db", "--interval", "100ms"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = Killed(daemon);
+    until(60, "the daemon to say it waits", &err, || {
+        read(&err).contains("cannot start yet")
+    })
+    .await;
+    assert!(daemon.0.try_wait().unwrap().is_none(), "{}", read(&err));
+    server.start_again().await;
+    until(90, "the daemon to ship", &err, || {
+        read(&out).contains("shipped")
+    })
+    .await;
+    let exited = interrupt(&mut daemon).await;
+    assert!(exited.success(), "{}", read(&err));
 }
