@@ -23,9 +23,10 @@ pub struct Args {
     #[arg(long, default_value = "1s", value_parser = args::duration)]
     interval: Duration,
     /// Seal the open segment and send it to the store once its first transaction is
-    /// this old: about the longest the store lags behind the database.
-    #[arg(long, default_value = "10s", value_parser = args::duration)]
-    seal_age: Duration,
+    /// this old: about the longest the store lags behind the database (default: the
+    /// library's `LogConfig::seal_age`).
+    #[arg(long, value_parser = args::duration)]
+    seal_age: Option<Duration>,
     /// Also compact the namespace (default policy) and collect its garbage this often.
     /// On the local backend this is the way to maintain a namespace that is being
     /// written, since only the writer's process may edit its manifest.
@@ -87,7 +88,9 @@ pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
     };
     let namespace = args::namespace(&name)?;
     let mut config = ReplicatorConfig::new(&a.db);
-    config.log.seal_age = a.seal_age;
+    if let Some(age) = a.seal_age {
+        config.log.seal_age = age;
+    }
     if a.once {
         config.log.store_retry.give_up_after = Some(ONCE_GIVE_UP);
         return once(store, namespace, config, &a).await;
