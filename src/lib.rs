@@ -74,7 +74,8 @@ pub use crate::ops::{
 };
 pub use crate::replica::{durable_frames, transactions, Follower, Transaction};
 pub use crate::sqlite::{
-    integrity_check, IngestReport, Replicator, ReplicatorConfig, SnapshotReason,
+    integrity_check, restore_database, IngestReport, InstallOptions, Replicator, ReplicatorConfig,
+    SnapshotReason,
 };
 pub use crate::storage::restore_to_path_with_progress;
 pub use crate::storage::{

@@ -73,6 +73,7 @@ every_backend!(
     restore_matches_a_replay,
     reopen_after_drop,
     shutdown_refuses_new_work,
+    lineage_is_checked_on_store_restore_and_verify,
 );
 
 #[tokio::test]

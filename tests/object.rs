@@ -97,6 +97,7 @@ every_object_store!(
     restore_matches_a_replay,
     reopen_after_drop,
     shutdown_refuses_new_work,
+    lineage_is_checked_on_store_restore_and_verify,
     a_newer_writer_fences_the_older_one,
     a_fenced_writer_cannot_replace_a_visible_segment,
     writers_racing_to_open_one_namespace_leave_one_winner,

@@ -166,9 +166,15 @@ async fn truncated_and_unwatched_restarts_ship_snapshots_that_say_why() {
     insert(&conn, "three");
     r.run_once().await.unwrap();
     insert(&conn, "four");
+    let len = std::fs::metadata(wal(&s.db)).unwrap().len();
     conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
         .unwrap();
     insert(&conn, "five");
+    let same = std::fs::metadata(wal(&s.db)).unwrap().len();
+    assert_eq!(
+        same, len,
+        "the WAL's size alone cannot tell it was restarted"
+    );
     let report = r.run_once().await.unwrap();
     assert_snapshot(&report, SnapshotReason::WalRestartedUnwatched);
     r.close().await.unwrap();
@@ -212,7 +218,10 @@ async fn frames_rewritten_at_the_same_size_ship_a_snapshot() {
 async fn a_restart_under_the_held_reader_is_followed_without_a_snapshot() {
     let s = setup();
     let conn = app(&s.db);
-    let mut r = s.replicator(1).await; // checkpoint at every poll with new frames
+    // Checkpoint at every poll with new frames.
+    let mut r = s.replicator(1).await;
+    // A RESTART checkpoint waits for readers as long as the busy timeout: not at all.
+    conn.busy_timeout(std::time::Duration::ZERO).unwrap();
     insert(&conn, "one");
     let first = r.poll().await.unwrap();
     assert!(first.checkpointed);
@@ -246,4 +255,27 @@ async fn a_restart_under_the_held_reader_is_followed_without_a_snapshot() {
     assert_continued(&r.poll().await.unwrap());
     r.close().await.unwrap();
     assert_eq!(s.restored("followed.db").await, rows(&conn));
+}
+
+/// A WAL file replaced behind a polling replicator (another file under the name, here
+/// with the very same bytes, so salts and checksums alone would not tell) ships a
+/// snapshot: SQLite only deletes a WAL after checkpointing it, so what was in it may
+/// never have been read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_file_replaced_behind_a_polling_replicator_ships_a_snapshot() {
+    let s = setup();
+    let conn = app(&s.db);
+    let mut r = s.replicator(u64::MAX).await;
+    insert(&conn, "one");
+    r.poll().await.unwrap();
+    insert(&conn, "two");
+    assert_continued(&r.poll().await.unwrap());
+    let aside = s.dir.path().join("aside");
+    std::fs::copy(wal(&s.db), &aside).unwrap();
+    std::fs::rename(&aside, wal(&s.db)).unwrap(); // same bytes, another inode
+    let report = r.poll().await.unwrap();
+    assert_snapshot(&report, SnapshotReason::WalReplaced);
+    assert_continued(&r.poll().await.unwrap());
+    r.close().await.unwrap();
+    assert_eq!(s.restored("replaced.db").await, rows(&conn));
 }

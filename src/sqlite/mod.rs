@@ -6,17 +6,28 @@
 //! * [`state`] is the replicator's position in that WAL, kept in a small sidecar file
 //!   written atomically after the frames it covers are `Written` in the log.
 //! * [`replicate`] decides, on each run, between shipping the new transactions and
-//!   shipping a fresh snapshot (first run, or the WAL was reset under us), and in
-//!   continuous mode holds a read transaction so that nobody else's checkpoint can reset
-//!   the WAL before we have read it.
+//!   shipping a fresh snapshot (first run, or the WAL cannot prove it continues from
+//!   the last shipped frame: the reason is reported), and in continuous mode holds a
+//!   read transaction so that nobody else's checkpoint can reset the WAL before we have
+//!   read it.
+//! * [`dbfile`] is how the database file is read in a process that has SQLite
+//!   connections to it: **never open and close that database's files outside SQLite**,
+//!   since closing any descriptor drops the process's POSIX locks on the file, SQLite's
+//!   included.
+//! * [`install`] restores a database file in place: sidecars removed before the new
+//!   file appears, refused while another process has it open, temp files cleaned up.
 
+mod continuity;
 mod dbfile;
+mod install;
 mod replicate;
 mod snapshot;
 mod state;
 pub(crate) mod wal;
 
-pub use replicate::{IngestReport, Replicator, ReplicatorConfig, SnapshotReason};
+pub use continuity::SnapshotReason;
+pub use install::{restore_database, InstallOptions};
+pub use replicate::{IngestReport, Replicator, ReplicatorConfig};
 
 use std::path::Path;
 

@@ -46,6 +46,9 @@ use std::time::Duration;
 use hashbrown::HashMap;
 use rusqlite::Connection;
 
+use super::continuity::{
+    log_snapshot, restart_kind, wal_identity, Continuity, SnapshotReason, WalIdentity,
+};
 use super::snapshot;
 use super::state::{namespace_tag, IngestState, StateFile};
 use super::wal::{self, Check, WalPosition, WalScan, WalTransaction};
@@ -104,92 +107,6 @@ pub struct IngestReport {
     pub snapshot_reason: Option<SnapshotReason>,
 }
 
-/// Why a run shipped a snapshot of the whole database rather than the WAL's new
-/// transactions: the WAL could not prove it continues from the last shipped frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SnapshotReason {
-    /// No saved position: the first run with this log directory.
-    FirstRun,
-    /// The saved position was taken for another namespace or page size.
-    PositionForOtherHistory,
-    /// The log holds fewer frames than the saved position says were shipped (an
-    /// emptied or another store).
-    LogLacksPosition,
-    /// The WAL file is gone (SQLite deletes it when its last connection closes, after
-    /// checkpointing it into the database).
-    WalDeleted,
-    /// The WAL is shorter than its header (a `TRUNCATE` checkpoint) or its header is
-    /// not valid.
-    WalTruncated,
-    /// New salts that are not SQLite's restart of our generation (salt-1 + 1): the WAL
-    /// was deleted and recreated, or restarted more than once.
-    WalRestartedBySomeoneElse,
-    /// SQLite restarted the WAL (salt-1 + 1) while no read transaction of ours was
-    /// held, so frames after our position may have been checkpointed unseen.
-    WalRestartedUnwatched,
-    /// The same salts, but the checksum chain no longer reaches our position: frames
-    /// were written again over the ones we shipped (after a crash of the application's
-    /// host), or the WAL now ends before our position.
-    FramesRewritten,
-    /// The WAL was empty at the last run and the database file changed since, while no
-    /// read transaction of ours was held.
-    DatabaseChanged,
-    /// The log cannot continue the store's history: the store refused a segment because
-    /// its history moved on (emptied, or written by another copy of the database), or
-    /// the log does not know the database state it continues (its page sums are lost).
-    LineageUnknown,
-}
-
-impl std::fmt::Display for SnapshotReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::FirstRun => "first run",
-            Self::PositionForOtherHistory => "saved position is for another namespace or page size",
-            Self::LogLacksPosition => "log lacks the position",
-            Self::WalDeleted => "WAL deleted",
-            Self::WalTruncated => "WAL truncated",
-            Self::WalRestartedBySomeoneElse => "WAL restarted by someone else (salt-1 jumped)",
-            Self::WalRestartedUnwatched => "WAL restarted while no read transaction was held",
-            Self::FramesRewritten => "frames rewritten at the same position",
-            Self::DatabaseChanged => "database changed while the WAL was empty and unwatched",
-            Self::LineageUnknown => {
-                "the store's history and this log's have diverged, or the log lost its page sums"
-            }
-        })
-    }
-}
-
-/// Whether the WAL continues from the last shipped frame: `Err` says why not.
-type Continuity = std::result::Result<(), SnapshotReason>;
-
-/// How a WAL header with other salts than `start`'s relates to it: `Ok` when it is
-/// SQLite's restart of that generation (walRestartHdr sets salt-1 to the old one plus
-/// one, salt-2 at random; a WAL created anew has both at random).
-fn restart_kind(start: WalPosition, header: &wal::WalHeader) -> Continuity {
-    if header.salt == start.salt {
-        Err(SnapshotReason::FramesRewritten)
-    } else if header.salt.0 == start.salt.0.wrapping_add(1) {
-        Ok(())
-    } else {
-        Err(SnapshotReason::WalRestartedBySomeoneElse)
-    }
-}
-
-/// Says, in the log, why a snapshot is shipped: a warning unless it is the first run.
-fn log_snapshot(db: &Path, reason: SnapshotReason) {
-    match reason {
-        SnapshotReason::FirstRun => {
-            tracing::info!(db = %db.display(), %reason, "shipping a snapshot of the whole database")
-        }
-        _ => tracing::warn!(
-            db = %db.display(),
-            %reason,
-            "the WAL does not continue from the last shipped frame; shipping a snapshot of the whole database"
-        ),
-    }
-}
-
 impl IngestReport {
     fn add(&mut self, appended: Appended) {
         self.transactions += 1;
@@ -214,6 +131,8 @@ pub struct Replicator<S: Storage + Clone> {
     verified: bool,
     /// The position of our last checkpoint, to count what the WAL gained since.
     checkpointed: Option<WalPosition>,
+    /// The WAL's identity at this process's last run (None before the first).
+    wal_seen: Option<Option<WalIdentity>>,
     /// True when there was no WAL before our connections opened the database.
     wal_missing_at_open: bool,
     /// Why the saved position was dropped when the replicator opened, if it was.
@@ -296,6 +215,7 @@ impl<S: Storage + Clone> Replicator<S> {
         Ok(Self {
             wal,
             wal_missing_at_open,
+            wal_seen: None,
             db,
             readers,
             held: None,
@@ -383,11 +303,14 @@ impl<S: Storage + Clone> Replicator<S> {
     async fn ship_held(&mut self) -> Result<IngestReport> {
         self.hold_reader()?;
         let mut report = IngestReport::default();
-        let continued = match (self.state.position, self.state.fingerprint) {
+        let identity = wal_identity(&self.wal)?;
+        let vanished = self.wal_vanished(identity);
+        let continued = match (vanished, self.state.position, self.state.fingerprint) {
             _ if self.log.needs_snapshot().is_some() => Err(SnapshotReason::LineageUnknown),
-            (Some(position), _) => self.ship_after(position, &mut report)?,
-            (None, Some(fp)) => self.ship_after_empty(fp, &mut report)?,
-            (None, None) => Err(self.start_reason.unwrap_or(SnapshotReason::FirstRun)),
+            (Some(reason), Some(_), _) => Err(reason),
+            (_, Some(position), _) => self.ship_after(position, &mut report)?,
+            (_, None, Some(fp)) => self.ship_after_empty(fp, identity, &mut report)?,
+            (_, None, None) => Err(self.start_reason.unwrap_or(SnapshotReason::FirstRun)),
         };
         if let Err(reason) = continued {
             log_snapshot(&self.db, reason);
@@ -401,7 +324,20 @@ impl<S: Storage + Clone> Replicator<S> {
         self.state_file.save(&self.state)?;
         self.verified = true;
         self.start_reason = None;
+        self.wal_seen = Some(identity);
         Ok(report)
+    }
+
+    /// Whether the WAL this process saw at its last run is gone (deleted, or deleted
+    /// and created anew) now. SQLite deletes a WAL only after checkpointing it, so frames
+    /// we never read may have gone into the database file with it. A WAL appearing where
+    /// there was none is no such sign: SQLite creates one at the first write.
+    fn wal_vanished(&self, now: Option<WalIdentity>) -> Option<SnapshotReason> {
+        match (self.wal_seen?, now) {
+            (Some(_), None) => Some(SnapshotReason::WalDeleted),
+            (Some(seen), Some(now)) if seen != now => Some(SnapshotReason::WalReplaced),
+            _ => None,
+        }
     }
 
     /// Checkpoints the database so SQLite can restart its WAL, copying into the database
@@ -571,12 +507,20 @@ impl<S: Storage + Clone> Replicator<S> {
 
     /// The WAL was empty (or missing) at the last run, when the database file had
     /// checksum `fp`: ships the WAL from its start if nothing can have been checkpointed
-    /// into the file since. With a reader held throughout, SQLite could neither copy
-    /// frames into the file nor delete the WAL; otherwise the whole file must be
-    /// unchanged (its checksum, never its size or time).
-    fn ship_after_empty(&mut self, fp: u32, report: &mut IngestReport) -> Result<Continuity> {
-        if !self.continuous && snapshot::fingerprint(&self.db)? != fp {
-            return Ok(Err(SnapshotReason::DatabaseChanged));
+    /// into the file since. With a reader held throughout and the very WAL file we saw
+    /// last time still there, SQLite could neither copy frames into the file nor delete
+    /// the WAL; otherwise the whole file must be unchanged (its checksum, never its size
+    /// or time).
+    fn ship_after_empty(
+        &mut self,
+        fp: u32,
+        identity: Option<WalIdentity>,
+        report: &mut IngestReport,
+    ) -> Result<Continuity> {
+        let same_wal = identity.is_some() && self.wal_seen == Some(identity);
+        if !(self.continuous && same_wal) && snapshot::fingerprint(&self.db)? != fp {
+            let vanished = self.wal_vanished(identity);
+            return Ok(Err(vanished.unwrap_or(SnapshotReason::DatabaseChanged)));
         }
         let log = &mut self.log;
         match wal::scan(&self.wal, None, Check::LastFrame, |txn| {

@@ -25,6 +25,16 @@ pub(crate) fn temp_path(dir: &Path) -> PathBuf {
     dir.join(format!("{TEMP_PREFIX}{}", Uuid::new_v4().simple()))
 }
 
+/// A path removed when this is dropped: a temp file that must not outlive its writer,
+/// also when the future writing it is dropped (a cancelled restore) rather than ending.
+pub(crate) struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
 /// A failed [`write_atomic`]: `renamed` says whether the new file had already replaced
 /// the old one (so only the directory fsync failed, and the old file is gone).
 #[derive(Debug)]

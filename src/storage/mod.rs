@@ -15,7 +15,7 @@ mod manifest;
 mod memory;
 mod none;
 mod object;
-mod restore;
+pub(crate) mod restore;
 mod retired;
 
 use std::fmt;

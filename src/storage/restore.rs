@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use super::{FindSegmentReq, RestoreOptions, Storage};
 use crate::error::{Error, FormatError, InvalidInput, Part, Result};
 use crate::format::{ms_to_datetime, Commit, NamespaceName, PageIndex, SealedSegment, SegmentKey};
-use crate::storage::fsutil::{fsync_dir, temp_path};
+use crate::storage::fsutil::{fsync_dir, temp_path, RemoveOnDrop};
 
 /// What a restore produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -621,19 +621,15 @@ pub(crate) async fn restore_to_path<S: Storage + ?Sized>(
     let tmp = temp_path(&dir);
     let io_err = |e| Error::io(format!("writing {}", path.display()), e);
     let mut file = File::create_new(&tmp).map_err(io_err)?;
-    let result = async {
-        let summary = restore(storage, ns, options, &mut file, config, progress).await?;
-        file.sync_all().map_err(io_err)?;
-        fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => exists().into(),
-            _ => io_err(e),
-        })?;
-        fsync_dir(&dir).map_err(io_err)?;
-        Ok(summary)
-    }
-    .await;
-    let _ = fs::remove_file(&tmp);
-    result
+    let tmp = RemoveOnDrop(tmp); // on error, success, and a dropped future alike
+    let summary = restore(storage, ns, options, &mut file, config, progress).await?;
+    file.sync_all().map_err(io_err)?;
+    fs::hard_link(&tmp.0, path).map_err(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => exists().into(),
+        _ => io_err(e),
+    })?;
+    fsync_dir(&dir).map_err(io_err)?;
+    Ok(summary)
 }
 
 /// The segment holding the target commit, and that commit.

@@ -16,7 +16,10 @@ use walvault::{
     SegmentKey, Storage,
 };
 
+mod lineage;
 mod maintain;
+#[allow(unused_imports)]
+pub use lineage::*;
 #[allow(unused_imports)]
 pub use maintain::*;
 
@@ -549,4 +552,5 @@ where
     restore_matches_a_replay(b).await;
     reopen_after_drop(b).await;
     shutdown_refuses_new_work(b).await;
+    lineage_is_checked_on_store_restore_and_verify(b).await;
 }

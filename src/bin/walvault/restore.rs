@@ -3,12 +3,14 @@
 use crate::args::Store;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use walvault::{
-    integrity_check, plan_restore, restore_to_path_with_progress, Error, Follower, InvalidInput,
-    NamespaceName, RestoreOptions, RestoreProgress, Result,
+    plan_restore, restore_database, Error, Follower, InstallOptions, RestoreOptions,
+    RestoreProgress, Result,
 };
 
 use crate::args;
@@ -33,12 +35,16 @@ pub struct Args {
     /// Run SQLite's PRAGMA integrity_check on the result before it is put in place.
     #[arg(long)]
     integrity_check: bool,
-    /// Replace the output file if it exists.
+    /// Replace the output database if it exists, and remove its -wal, -shm and
+    /// -journal files; refused while another process has it open.
     #[arg(long)]
     force: bool,
 }
 
 pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
+    // Listening from the start: a Ctrl-C at any point cancels the restore, whose temp
+    // file is then removed, rather than killing the process and leaving it behind.
+    let mut stop = args::StopSignal::listen()?;
     let namespace = args::namespace(&a.namespace)?;
     let options = match (a.at, a.frame) {
         (Some(t), _) => RestoreOptions::Timestamp(t),
@@ -61,24 +67,28 @@ pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
         }
         return Ok(());
     }
-    if a.output.exists() && !a.force {
-        return Err(InvalidInput::Output(format!(
-            "{} exists; pass --force to replace it",
-            a.output.display()
-        ))
-        .into());
-    }
     let progress = RestoreProgress::new();
     let shown = show_progress(&format!("restoring {namespace}"), &progress, plan.db_pages);
-    let summary = restore_into(
-        &store,
-        &namespace,
-        options,
-        &a.output,
-        a.integrity_check,
-        &progress,
-    )
-    .await;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let install = InstallOptions {
+        force: a.force,
+        integrity_check: a.integrity_check,
+        cancel: Some(Arc::clone(&cancel)),
+    };
+    // On a task of its own, so a signal is seen while the restore writes pages.
+    let restore = {
+        let (store, namespace, output, progress) = (
+            store.clone(),
+            namespace.clone(),
+            a.output.clone(),
+            progress.clone(),
+        );
+        tokio::spawn(async move {
+            let progress = Some(&progress);
+            restore_database(&store, &namespace, options, &output, install, progress).await
+        })
+    };
+    let summary = stop_on_signal(restore, &mut stop, &cancel, &a.output).await;
     shown.abort();
     let _ = shown.await; // the bar is cleared before anything else is printed
     let summary = summary?;
@@ -98,38 +108,47 @@ pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
     Ok(())
 }
 
-/// Restores into a temp file beside `output`, checks it if asked, then renames it over
-/// `output`: an error leaves `output` as it was.
-pub async fn restore_into<S: Store>(
-    store: &S,
-    namespace: &NamespaceName,
-    options: RestoreOptions,
+/// Waits for the restore, cancelling it on SIGINT or SIGTERM: the error then says so
+/// (unless the restore had finished already, which is then reported as it is).
+async fn stop_on_signal(
+    mut restore: tokio::task::JoinHandle<Result<walvault::RestoreSummary>>,
+    stop: &mut args::StopSignal,
+    cancel: &AtomicBool,
     output: &Path,
-    check: bool,
-    progress: &RestoreProgress,
 ) -> Result<walvault::RestoreSummary> {
-    let tmp = sibling(output, ".walvault-restore");
-    let _ = std::fs::remove_file(&tmp);
-    let result = async {
-        let summary =
-            restore_to_path_with_progress(store, namespace, options, &tmp, None, progress).await?;
-        if check {
-            integrity_check(&tmp)?;
-        }
-        std::fs::rename(&tmp, output)
-            .and_then(|()| sync_parent(output))
-            .map_err(|e| Error::io(format!("putting {} in place", output.display()), e))?;
-        Ok(summary)
+    tokio::select! {
+        done = &mut restore => return joined(done),
+        _ = stop.received() => {}
     }
-    .await;
-    let _ = std::fs::remove_file(&tmp);
-    result
+    cancel.store(true, Ordering::Relaxed);
+    restore.abort(); // at its next await, if it does not see `cancel` first
+    match joined(restore.await) {
+        Ok(summary) => Ok(summary),
+        Err(_) => Err(interrupted(output)),
+    }
 }
 
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(suffix);
-    PathBuf::from(name)
+fn joined(
+    done: std::result::Result<Result<walvault::RestoreSummary>, tokio::task::JoinError>,
+) -> Result<walvault::RestoreSummary> {
+    match done {
+        Ok(result) => result,
+        Err(e) if e.is_cancelled() => Err(Error::Closed),
+        Err(e) => Err(Error::io("restoring", std::io::Error::other(e.to_string()))),
+    }
+}
+
+/// The error of a restore stopped by SIGINT or SIGTERM (its future was dropped, which
+/// removed its temp file).
+fn interrupted(output: &Path) -> Error {
+    let reason = std::io::Error::new(
+        std::io::ErrorKind::Interrupted,
+        format!(
+            "stopped by a signal; {} was left as it was and the temp file removed",
+            output.display()
+        ),
+    );
+    Error::io(format!("restoring {}", output.display()), reason)
 }
 
 /// Shows how far a restore has come until the returned task is aborted: a progress bar
@@ -228,13 +247,5 @@ pub async fn follow<S: Store>(store: S, a: FollowArgs) -> Result<()> {
             _ = tokio::time::sleep(a.interval) => {}
             _ = stop.received() => return Ok(()),
         }
-    }
-}
-
-/// fsyncs the directory holding `path`, so a rename into it is durable.
-fn sync_parent(path: &Path) -> std::io::Result<()> {
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => std::fs::File::open(".")?.sync_all(),
     }
 }

@@ -115,6 +115,11 @@ impl Namespace {
     pub(super) fn store(&self, segment: &SealedSegment) -> Result<u64> {
         let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let writer = match slot.take() {
+            Some(writer) if self.vanished(&writer) => {
+                tracing::warn!(namespace = %self.name, dir = %self.dir.display(), "the namespace's manifest vanished from the store (emptied or removed); its history starts over");
+                drop(writer);
+                self.acquire_writer()?
+            }
             Some(writer) => writer,
             None => self.acquire_writer()?,
         };
@@ -143,6 +148,11 @@ impl Namespace {
     pub(super) fn replace(&self, inputs: &[SegmentKey], output: &SealedSegment) -> Result<()> {
         let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let writer = match slot.take() {
+            Some(writer) if self.vanished(&writer) => {
+                tracing::warn!(namespace = %self.name, dir = %self.dir.display(), "the namespace's manifest vanished from the store (emptied or removed); its history starts over");
+                drop(writer);
+                self.acquire_writer()?
+            }
             Some(writer) => writer,
             None => self.acquire_writer()?,
         };
@@ -175,6 +185,11 @@ impl Namespace {
     pub(super) fn create_fork(&self, catalog: Catalog, cut: Option<&SealedSegment>) -> Result<()> {
         let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let writer = match slot.take() {
+            Some(writer) if self.vanished(&writer) => {
+                tracing::warn!(namespace = %self.name, dir = %self.dir.display(), "the namespace's manifest vanished from the store (emptied or removed); its history starts over");
+                drop(writer);
+                self.acquire_writer()?
+            }
             Some(writer) => writer,
             None => self.acquire_writer()?,
         };
@@ -201,6 +216,17 @@ impl Namespace {
     /// Takes the namespace's lock, then replays the manifest again (another writer may
     /// have appended since this handle loaded it) and drops a torn tail, which only the
     /// lock holder may do.
+    /// True when this writer's manifest is no longer in the store (someone emptied or
+    /// removed the namespace): appending to the file it holds open would store nothing
+    /// anyone can find. The writer is then taken again over what the store now holds.
+    fn vanished(&self, writer: &Writer) -> bool {
+        writer.manifest.is_some()
+            && !self
+                .dir
+                .join(crate::storage::manifest::MANIFEST_FILE)
+                .exists()
+    }
+
     fn acquire_writer(&self) -> Result<Writer> {
         make_dir_durable(&self.dir)
             .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
