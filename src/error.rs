@@ -434,3 +434,52 @@ impl fmt::Display for Part {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_io_errors_are_transient_unless_waiting_cannot_help() {
+        let kind = |k: io::ErrorKind| Error::io("doing", io::Error::from(k)).kind();
+        assert_eq!(kind(io::ErrorKind::StorageFull), ErrorKind::Transient);
+        assert_eq!(kind(io::ErrorKind::Other), ErrorKind::Transient);
+        assert_eq!(kind(io::ErrorKind::TimedOut), ErrorKind::Transient);
+        assert_eq!(kind(io::ErrorKind::PermissionDenied), ErrorKind::Permanent);
+        assert_eq!(
+            kind(io::ErrorKind::ReadOnlyFilesystem),
+            ErrorKind::Permanent
+        );
+        assert!(Error::io("doing", io::ErrorKind::Interrupted.into()).is_transient());
+    }
+
+    #[test]
+    fn every_variant_has_the_kind_its_docs_promise() {
+        let poisoned = Error::Poisoned {
+            namespace: "a".into(),
+            cause: "fsync".into(),
+        };
+        assert_eq!(poisoned.kind(), ErrorKind::Closed);
+        assert_eq!(Error::Closed.kind(), ErrorKind::Closed);
+        assert_eq!(Error::NotFound("x".into()).kind(), ErrorKind::NotFound);
+        let fenced = Error::Fenced {
+            namespace: "a".into(),
+            epoch: 1,
+            newer: 2,
+        };
+        assert_eq!(fenced.kind(), ErrorKind::Conflict);
+        assert_eq!(
+            Error::from(InvalidInput::PageNo).kind(),
+            ErrorKind::InvalidInput
+        );
+        let noted = Error::io("storing", io::ErrorKind::TimedOut.into())
+            .gave_up(std::time::Duration::from_secs(3), 4);
+        assert!(
+            noted
+                .to_string()
+                .contains("gave up after 4 attempts in 3.0 s"),
+            "{noted}"
+        );
+        assert!(noted.is_transient());
+    }
+}

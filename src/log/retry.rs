@@ -26,6 +26,10 @@ pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// How the log retries a segment the store did not take because of a transient error
 /// (an unreachable, failing or throttling store). Every field has a documented default.
+///
+/// Over a [`StoreScheduler`](crate::StoreScheduler), which accepts a segment at once
+/// and uploads it later, the scheduler's own retries
+/// ([`SchedulerConfig`](crate::SchedulerConfig)) decide once it has accepted one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Wait before the first retry; doubles with each failure (with jitter: a random
@@ -160,7 +164,7 @@ impl Retrier {
         }
         let now = Instant::now();
         let outage = self.outage.get_or_insert_with(|| {
-            tracing::warn!(backlog = %backlog, error = %e, "store unreachable; retrying until it answers (the local log keeps {backlog})");
+            tracing::warn!("store unreachable; retrying until it answers, the local log keeps {backlog}; error: {e}");
             Outage {
                 since: now,
                 failures: 0,
@@ -218,6 +222,11 @@ impl Retrier {
     #[cfg(test)]
     pub(crate) fn in_outage(&self) -> bool {
         self.outage.is_some()
+    }
+
+    /// How long uploads go on once the log is closing.
+    pub(crate) fn close_timeout(&self) -> Duration {
+        self.policy.close_timeout
     }
 
     fn last_error(&self) -> Option<Error> {

@@ -317,10 +317,14 @@ pub(crate) async fn run_submitter<S: Storage + Clone>(
                 continue;
             }
             Err(Stop::Failed(e)) => e,
-            Err(Stop::Closing(last)) => closing_error(&namespace, &shared, last),
+            Err(Stop::Closing(last)) => {
+                closing_error(&namespace, &shared, retry.close_timeout(), last)
+            }
         };
         shared.write_out(std::time::Duration::from_secs(10)).await;
-        tracing::error!(namespace = %namespace, segment = %key, error = %failure, "storing a sealed segment failed; the log stops");
+        // Every waiter, append and `tracker().closed()` hears the error itself; at `info`
+        // so that a CLI printing both warnings and the error does not say it twice.
+        tracing::info!(namespace = %namespace, segment = %key, error = %failure, "storing a sealed segment failed; the log stops");
         shared.tracker.fail(failure);
         return;
     }
@@ -347,11 +351,16 @@ async fn submit<S: Storage + Clone>(
 }
 
 /// Why a closing log stopped retrying: what is left, where, and the last error.
-fn closing_error(namespace: &NamespaceName, shared: &Shared, last: Option<Error>) -> Error {
-    let backlog = shared.backlog();
+fn closing_error(
+    namespace: &NamespaceName,
+    shared: &Shared,
+    waited: std::time::Duration,
+    last: Option<Error>,
+) -> Error {
     let note = format!(
-        "the log closed before the store took {backlog} of {namespace}; they stay in the \
-         local log and the next open submits them again"
+        "closing the log of {namespace}: the store did not take {} within {waited:?}; \
+         they stay in the local log and the next open submits them again",
+        shared.backlog()
     );
     match last {
         Some(e) => e.with_note(&note),

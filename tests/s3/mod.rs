@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -16,15 +17,21 @@ pub const BUCKET: &str = "walvault";
 pub const ACCESS_KEY: &str = "walvault-test";
 pub const SECRET_KEY: &str = "walvault-test-secret";
 
-/// A running server: its address, and the task serving it (aborted on drop).
+/// A running server: its address, and the task serving it (aborted on drop). It can be
+/// stopped and started again on the same port, serving the same directory, to play a
+/// store outage.
 pub struct S3Server {
     pub endpoint: String,
-    task: tokio::task::JoinHandle<()>,
+    root: PathBuf,
+    addr: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -33,32 +40,41 @@ impl S3Server {
     /// Must be called inside a tokio runtime.
     pub fn start(root: &Path) -> Self {
         std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let fs = AtomicWrites::new(s3s_fs::FileSystem::new(root).unwrap());
-        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        let service = builder.build();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let task = tokio::spawn(async move {
-            let http = ConnBuilder::new(TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                // Without it, a response's last small write waits for the client's
-                // delayed ACK (Nagle's algorithm): about 40 ms per request on loopback.
-                let _ = socket.set_nodelay(true);
-                let conn = http
-                    .serve_connection(TokioIo::new(socket), service.clone())
-                    .into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+        let addr = listener.local_addr().unwrap();
+        Self {
+            endpoint: format!("http://{addr}"),
+            root: root.to_path_buf(),
+            addr,
+            task: Some(serve(root, listener)),
+        }
+    }
+
+    /// Stops serving: the port is closed (connections are refused) and every open
+    /// connection is dropped. The directory is kept.
+    pub async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await; // the listener and the connections are gone once it ends
+        }
+    }
+
+    /// Serves the same directory on the same port again (after [`stop`](Self::stop)).
+    pub async fn start_again(&mut self) {
+        assert!(self.task.is_none(), "the server is running");
+        let mut tries = 0;
+        let listener = loop {
+            match std::net::TcpListener::bind(self.addr) {
+                Ok(listener) => break listener,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("rebinding {}: {e}; trying again", self.addr);
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot serve on {} again: {e}", self.addr),
             }
-        });
-        Self { endpoint, task }
+        };
+        self.task = Some(serve(&self.root, listener));
     }
 
     /// `object_store`'s S3 client for the bucket.
@@ -77,6 +93,36 @@ impl S3Server {
     }
 }
 
+/// Serves `root` on `listener` until the returned task is aborted, which also drops every
+/// connection (they live in the task's `JoinSet`).
+fn serve(root: &Path, listener: std::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    let fs = AtomicWrites::new(s3s_fs::FileSystem::new(root).unwrap(), root);
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    let service = builder.build();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move {
+        let http = ConnBuilder::new(TokioExecutor::new());
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            while connections.try_join_next().is_some() {}
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            // Without it, a response's last small write waits for the client's
+            // delayed ACK (Nagle's algorithm): about 40 ms per request on loopback.
+            let _ = socket.set_nodelay(true);
+            let conn = http
+                .serve_connection(TokioIo::new(socket), service.clone())
+                .into_owned();
+            connections.spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    })
+}
+
 /// `s3s-fs` with S3's atomicity for writes to one key.
 ///
 /// `s3s-fs` checks `If-None-Match: *` and then writes, so two conditional PUTs racing
@@ -85,8 +131,12 @@ impl S3Server {
 /// allows. walvault's manifest versions rely on that rule, so the test server keeps it:
 /// every operation that writes or deletes a key holds that key's lock throughout.
 /// Reads and listings pass straight through.
+///
+/// Writes to a bucket that does not exist fail with `NoSuchBucket` (404), as on S3;
+/// `s3s-fs` would create the bucket's directory.
 struct AtomicWrites {
     inner: s3s_fs::FileSystem,
+    root: PathBuf,
     keys: Mutex<HashMap<BucketKey, KeyLock>>,
 }
 
@@ -94,11 +144,20 @@ type BucketKey = (String, String);
 type KeyLock = Arc<tokio::sync::Mutex<()>>;
 
 impl AtomicWrites {
-    fn new(inner: s3s_fs::FileSystem) -> Self {
+    fn new(inner: s3s_fs::FileSystem, root: &Path) -> Self {
         Self {
             inner,
+            root: root.to_path_buf(),
             keys: Mutex::default(),
         }
+    }
+
+    /// `NoSuchBucket` unless `bucket` exists.
+    fn check_bucket(&self, bucket: &str) -> S3Result<()> {
+        if self.root.join(bucket).is_dir() {
+            return Ok(());
+        }
+        Err(s3s::s3_error!(NoSuchBucket))
     }
 
     /// Locks `bucket/key` for writing; the guard releases it.
@@ -134,6 +193,7 @@ macro_rules! atomic_writes {
             )*
             $(
                 async fn $lop(&self, req: S3Request<$linput>) -> S3Result<S3Response<$loutput>> {
+                    self.check_bucket(&req.input.bucket)?;
                     let _key = self.lock(&req.input.bucket, &req.input.key).await;
                     self.inner.$lop(req).await
                 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path;
 use object_store::{
     GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -64,6 +65,22 @@ pub struct Faults {
     pub seed: u64,
     /// Sleep this long before each request.
     pub delay: Duration,
+    /// What a failed request reports.
+    pub error: Injected,
+}
+
+/// The error a failed request reports, as `object_store`'s S3 client would.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Injected {
+    /// A `Generic` error with a message only (a status the client keeps to itself).
+    #[default]
+    Generic,
+    /// The server is down: a `Generic` error whose source is a connect error.
+    Refused,
+    /// HTTP 403.
+    PermissionDenied,
+    /// HTTP 401.
+    Unauthenticated,
 }
 
 /// What happens to one request.
@@ -149,11 +166,16 @@ impl Shared {
     }
 }
 
-/// Runs `request` as `fate` says.
-async fn apply<T>(fate: Fate, path: &Path, request: impl Future<Output = Result<T>>) -> Result<T> {
+/// Runs `request` as `fate` says; a failure reports `error`.
+async fn apply<T>(
+    fate: Fate,
+    error: Injected,
+    path: &Path,
+    request: impl Future<Output = Result<T>>,
+) -> Result<T> {
     match fate {
         Fate::Pass => request.await,
-        Fate::Fail => Err(injected(path, "injected failure: the request was not sent")),
+        Fate::Fail => Err(failure(error, path)),
         Fate::Drop => {
             let _ = request.await;
             Err(injected(
@@ -161,6 +183,34 @@ async fn apply<T>(fate: Fate, path: &Path, request: impl Future<Output = Result<
                 "injected timeout: the request took effect, its response was lost",
             ))
         }
+    }
+}
+
+/// A failed request's error, of the kind `error` says.
+fn failure(error: Injected, path: &Path) -> object_store::Error {
+    let source = || format!("injected failure ({path})").into();
+    let path = path.to_string();
+    match error {
+        Injected::Generic => injected(
+            &Path::from(path),
+            "injected failure: the request was not sent",
+        ),
+        Injected::Refused => {
+            let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+            let http = HttpError::new(HttpErrorKind::Connect, refused);
+            object_store::Error::Generic {
+                store: "FaultyStore",
+                source: Box::new(http),
+            }
+        }
+        Injected::PermissionDenied => object_store::Error::PermissionDenied {
+            path,
+            source: source(),
+        },
+        Injected::Unauthenticated => object_store::Error::Unauthenticated {
+            path,
+            source: source(),
+        },
     }
 }
 
@@ -244,7 +294,7 @@ impl FaultyStore {
         request: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let fate = self.shared.admit(op, path).await;
-        apply(fate, path, request).await
+        apply(fate, self.shared.faults.error, path, request).await
     }
 }
 
@@ -368,17 +418,19 @@ impl MultipartUpload for FaultyUpload {
             if fate.is_some() {
                 shared.wait().await;
             }
-            apply(fate.unwrap_or(Fate::Pass), &path, part).await
+            apply(fate.unwrap_or(Fate::Pass), shared.faults.error, &path, part).await
         })
     }
 
     async fn complete(&mut self) -> Result<PutResult> {
         let fate = self.shared.admit(Op::Put, &self.path).await;
-        apply(fate, &self.path, self.inner.complete()).await
+        let error = self.shared.faults.error;
+        apply(fate, error, &self.path, self.inner.complete()).await
     }
 
     async fn abort(&mut self) -> Result<()> {
         let fate = self.shared.admit(Op::Delete, &self.path).await;
-        apply(fate, &self.path, self.inner.abort()).await
+        let error = self.shared.faults.error;
+        apply(fate, error, &self.path, self.inner.abort()).await
     }
 }

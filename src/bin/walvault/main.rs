@@ -1,6 +1,8 @@
 //! `walvault`: the command line. Thin: parses arguments and calls the public library API.
 //! Errors print one line (`walvault: error: ...`) and exit with status 1; bad arguments
-//! exit with status 2.
+//! exit with status 2. The library's warnings (a store outage and its recovery, a slow
+//! checkpoint) go to stderr as timestamped lines; `WALVAULT_LOG` (a `tracing` filter such
+//! as `info` or `walvault=debug`) shows more.
 
 mod args;
 mod demo;
@@ -52,6 +54,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    log_to_stderr();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -88,6 +91,18 @@ async fn run<S: args::Store>(store: S, command: Command) -> walvault::Result<()>
         Command::Fork(a) => maintain::fork_cmd(store, a).await,
         Command::Demo => demo::run().await,
     }
+}
+
+/// Prints `tracing` events at `WALVAULT_LOG`'s level (default: warnings) on stderr.
+fn log_to_stderr() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WALVAULT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -4,7 +4,7 @@ use crate::args::Store;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use walvault::{Error, InvalidInput, Replicator, ReplicatorConfig, Result};
+use walvault::{Durability, Error, InvalidInput, Replicator, ReplicatorConfig, Result};
 
 use crate::args;
 
@@ -22,6 +22,11 @@ pub struct Args {
     /// How often to look for new transactions.
     #[arg(long, default_value = "1s", value_parser = args::duration)]
     interval: Duration,
+    /// Seal the open segment and send it to the store once its first transaction is
+    /// this old: about the longest the store lags behind the database (default: the
+    /// library's `LogConfig::seal_age`).
+    #[arg(long, value_parser = args::duration)]
+    seal_age: Option<Duration>,
     /// Also compact the namespace (default policy) and collect its garbage this often.
     /// On the local backend this is the way to maintain a namespace that is being
     /// written, since only the writer's process may edit its manifest.
@@ -67,62 +72,178 @@ async fn maintain<S: Store>(store: &S, namespace: &walvault::NamespaceName, a: &
     }
 }
 
+/// How long `--once` keeps retrying a store that does not answer.
+const ONCE_GIVE_UP: Duration = Duration::from_secs(30);
+/// After a stop signal, how long the store gets to take what was shipped.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+/// The longest backoff between attempts to start while the store does not answer.
+const START_BACKOFF: Duration = Duration::from_secs(30);
+/// At most one warning this often about a poll that failed.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
     let name = match &a.namespace {
         Some(n) => n.clone(),
         None => stem(&a.db)?,
     };
     let namespace = args::namespace(&name)?;
-    let mut replicator = Replicator::open(
-        store.clone(),
-        namespace.clone(),
-        ReplicatorConfig::new(&a.db),
-    )
-    .await?;
-    if a.once {
-        let report = replicator.run_once().await?;
-        replicator.close().await?;
-        let durable = walvault::Storage::durable_frame_no(&store, &namespace, None).await?;
-        println!(
-            "replicated {}: {} transactions, {} frames{}; durable frame {durable}",
-            a.db.display(),
-            report.transactions,
-            report.frames,
-            snapshot_note(&report),
-        );
-        return Ok(());
+    let mut config = ReplicatorConfig::new(&a.db);
+    if let Some(age) = a.seal_age {
+        config.log.seal_age = age;
     }
+    if a.once {
+        config.log.store_retry.give_up_after = Some(ONCE_GIVE_UP);
+        return once(store, namespace, config, &a).await;
+    }
+    let mut stop = args::StopSignal::listen()?;
+    let dir = config.log.dir.clone();
+    let Some(replicator) = open(&store, &namespace, config, &mut stop).await? else {
+        println!("stopped before the store answered; nothing was shipped");
+        return Ok(());
+    };
     println!(
         "replicating {} into namespace {namespace} every {:?}; Ctrl-C or SIGTERM stops",
         a.db.display(),
         a.interval
     );
-    let mut stop = args::StopSignal::listen()?;
-    let mut maintained = tokio::time::Instant::now();
+    let outcome = follow(&store, &namespace, &a, replicator, &mut stop).await;
+    stop_replicator(outcome, &dir).await
+}
+
+/// `--once`: ship, wait until it is durable (giving up after [`ONCE_GIVE_UP`] of store
+/// failures), report.
+async fn once<S: Store>(
+    store: S,
+    namespace: walvault::NamespaceName,
+    config: ReplicatorConfig,
+    a: &Args,
+) -> Result<()> {
+    let mut replicator = Replicator::open(store.clone(), namespace.clone(), config).await?;
+    let report = replicator.run_once().await?;
+    replicator.close().await?;
+    let durable = walvault::Storage::durable_frame_no(&store, &namespace, None).await?;
+    println!(
+        "replicated {}: {} transactions, {} frames{}; durable frame {durable}",
+        a.db.display(),
+        report.transactions,
+        report.frames,
+        snapshot_note(&report),
+    );
+    Ok(())
+}
+
+/// Opens the replicator, waiting out a store that does not answer yet (None if a stop
+/// signal came first).
+async fn open<S: Store>(
+    store: &S,
+    namespace: &walvault::NamespaceName,
+    config: ReplicatorConfig,
+    stop: &mut args::StopSignal,
+) -> Result<Option<Replicator<S>>> {
+    let mut wait = Duration::from_secs(1);
     loop {
-        let report = replicator.poll().await?;
-        if a.maintain_every
-            .is_some_and(|every| maintained.elapsed() >= every)
-        {
-            maintain(&store, &namespace, &a).await;
-            maintained = tokio::time::Instant::now();
+        let opened = Replicator::open(store.clone(), namespace.clone(), config.clone()).await;
+        match opened {
+            Ok(replicator) => return Ok(Some(replicator)),
+            Err(e) if e.is_transient() => {
+                eprintln!("walvault: warning: cannot start yet ({e}); trying again in {wait:?}");
+            }
+            Err(e) => return Err(e),
         }
-        if report.transactions > 0 || report.snapshot {
-            println!(
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.received() => return Ok(None),
+        }
+        wait = (wait * 2).min(START_BACKOFF);
+    }
+}
+
+/// Polls every interval until a stop signal or an error that waiting cannot fix. A
+/// transient error (the store, or the database's files, failing for now) is reported
+/// and the next interval tries again: the log keeps what was shipped meanwhile.
+async fn follow<S: Store>(
+    store: &S,
+    namespace: &walvault::NamespaceName,
+    a: &Args,
+    mut replicator: Replicator<S>,
+    stop: &mut args::StopSignal,
+) -> (Replicator<S>, Result<()>) {
+    let mut maintained = tokio::time::Instant::now();
+    let mut warned: Option<tokio::time::Instant> = None;
+    loop {
+        match replicator.poll().await {
+            Ok(report) if report.transactions > 0 || report.snapshot => println!(
                 "shipped {} transactions, {} frames{}",
                 report.transactions,
                 report.frames,
                 snapshot_note(&report)
-            );
+            ),
+            // Nothing new to ship; but the log may have stopped in the background (a
+            // store that refuses the credentials, say): then so does the daemon.
+            Ok(_) => {
+                if let Some(e) = replicator.log().tracker().closed() {
+                    return (replicator, Err(e));
+                }
+            }
+            // The log itself failed (a permanent store error, a failed fsync): stop.
+            Err(e) if !e.is_transient() || replicator.log().tracker().closed().is_some() => {
+                return (replicator, Err(e));
+            }
+            Err(e) => {
+                if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                    eprintln!(
+                        "walvault: warning: {e}; trying again every {:?}",
+                        a.interval
+                    );
+                    warned = Some(tokio::time::Instant::now());
+                }
+            }
+        }
+        if a.maintain_every
+            .is_some_and(|every| maintained.elapsed() >= every)
+        {
+            maintain(store, namespace, a).await;
+            maintained = tokio::time::Instant::now();
         }
         tokio::select! {
             _ = tokio::time::sleep(a.interval) => {}
-            _ = stop.received() => break,
+            _ = stop.received() => return (replicator, Ok(())),
         }
     }
-    replicator.close().await?;
-    println!("stopped; everything shipped is durable");
-    Ok(())
+}
+
+/// Closes the replicator, giving the store [`STOP_WAIT`] to take what was shipped. What
+/// it does not take by then is safe in the local log (`dir`), and the next run submits
+/// it again: say so, and fail, since it is not in the store.
+async fn stop_replicator<S: Store>(
+    (replicator, outcome): (Replicator<S>, Result<()>),
+    dir: &std::path::Path,
+) -> Result<()> {
+    let tracker = replicator.log().tracker().clone();
+    let applied = tracker.watermark(Durability::Applied);
+    let written = replicator.log().wait(applied, Durability::Written);
+    let _ = tokio::time::timeout(STOP_WAIT, written).await;
+    let closed = tokio::time::timeout(STOP_WAIT, replicator.close()).await;
+    outcome?;
+    match closed {
+        Ok(Ok(())) => {
+            println!("stopped; everything shipped is durable");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            let durable = tracker.watermark(Durability::Durable);
+            let written = tracker.watermark(Durability::Written);
+            let what = format!(
+                "stopping: the store did not take frames {}..={written} within {STOP_WAIT:?}; \
+                 they are safe in the local log {} and the next `walvault replicate` \
+                 submits them again",
+                durable + 1,
+                dir.display()
+            );
+            Err(Error::io(what, std::io::ErrorKind::TimedOut.into()))
+        }
+    }
 }
 
 /// ` (snapshot: <why>)` when the step shipped a snapshot, so a discontinuity is seen.

@@ -360,3 +360,18 @@ async fn a_panicking_callback_does_not_stop_the_lane() {
     })
     .await;
 }
+
+#[test]
+fn only_transient_errors_are_retried() {
+    let timed_out = Error::io("storing", std::io::ErrorKind::TimedOut.into());
+    assert!(retryable(&timed_out));
+    let denied = Error::io("storing", std::io::ErrorKind::PermissionDenied.into());
+    for never in [
+        denied,
+        Error::Unsupported("no".into()),
+        Error::NotFound("x".into()),
+        Error::Closed,
+    ] {
+        assert!(!retryable(&never), "{never}");
+    }
+}

@@ -40,7 +40,7 @@ const NO_BUCKET: &str = "the bucket (or container) does not exist: create it, or
 const CREDENTIALS: &str =
     "the store rejected the credentials: check the access key and secret (AWS_*, GOOGLE_* or AZURE_* variables)";
 const PERMISSION: &str =
-    "the credentials lack a permission: allow reading, writing, listing and deleting objects under the store's prefix";
+    "the store denied the request: check the credentials (a wrong key or secret is denied too) and that they may read, write, list and delete objects under the store's prefix";
 const CONFIG: &str = "the store does not accept this request: check the store URL and options";
 
 fn wrap(kind: ErrorKind, context: &str, advice: &str, e: object_store::Error) -> Error {
@@ -209,7 +209,7 @@ mod tests {
             source: boxed("403"),
         };
         let err = write_error("writing a", denied);
-        assert!(err.to_string().contains("permission"), "{err}");
+        assert!(err.to_string().contains("denied"), "{err}");
     }
 
     fn boxed_err(text: &str) -> std::io::Error {
