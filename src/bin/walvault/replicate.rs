@@ -207,7 +207,22 @@ async fn follow<S: Store>(
         }
         tokio::select! {
             _ = tokio::time::sleep(a.interval) => {}
-            _ = stop.received() => return (replicator, Ok(())),
+            _ = stop.received() => {
+                // Commits made since the last poll are shipped too, so a stop right
+                // after a commit does not leave it for the next start.
+                let last = replicator.run_once().await;
+                if let Ok(report) = &last {
+                    if report.transactions > 0 {
+                        println!(
+                            "shipped {} transactions, {} frames{}",
+                            report.transactions,
+                            report.frames,
+                            snapshot_note(report)
+                        );
+                    }
+                }
+                return (replicator, last.map(drop));
+            }
         }
     }
 }

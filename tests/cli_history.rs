@@ -1,6 +1,7 @@
-//! The lineage checks seen from the command line, run as a person types them (relative
+//! The history a user gets from the command line, run as a person types it (relative
 //! paths, the binary as a subprocess): a store emptied behind a killed daemon gets a
-//! snapshot, and a follower never patches a replica from another store's history.
+//! snapshot, a follower never patches a replica from another store's history, and a
+//! daemon stopped right after a commit ships it.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -225,4 +226,47 @@ fn a_follower_refuses_a_replica_from_another_stores_history() {
         ],
     ));
     assert_eq!(rows(&d.join("r.db")), rows(&d.join("one.db")));
+}
+
+#[test]
+fn a_daemon_stopped_right_after_a_commit_ships_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    create(&d.join("app.db"));
+    write(&d.join("app.db"), 1, 3);
+    // A long interval: the commit below lands between two polls.
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_walvault"))
+        .current_dir(d)
+        .args([
+            "--store",
+            "store",
+            "replicate",
+            "--db",
+            "app.db",
+            "--interval",
+            "1h",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !d.join("store/app").exists() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // the first poll is over
+    write(&d.join("app.db"), 4, 1);
+    // SIGINT, as Ctrl-C sends.
+    let pid = daemon.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        restore_and_check(d, "store", "r.db"),
+        rows(&d.join("app.db"))
+    );
 }
