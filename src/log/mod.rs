@@ -198,6 +198,7 @@ impl<S: Storage + Clone> LogWriter<S> {
         let mut diverged = self.shared.watch_diverged();
         async move {
             tokio::select! {
+                biased;
                 waited = durable => waited,
                 refused = diverged.wait_for(Option::is_some) => match refused {
                     Ok(e) => Err(e.clone().unwrap_or(Error::Closed)),
@@ -268,8 +269,6 @@ impl<S: Storage + Clone> LogWriter<S> {
             .into());
         }
         self.seal()?;
-        self.sums = Some(PageSums::new());
-        self.shared.clear_diverged();
         self.append_txn(pages, db_size, true)
     }
 
@@ -285,27 +284,20 @@ impl<S: Storage + Clone> LogWriter<S> {
         })
     }
 
+    /// Appends one transaction. Everything that can fail without harm (the clock, the
+    /// allocator) runs before the page sums change; anything that fails after that
+    /// latches the log, so the sums never describe a transaction the log does not hold.
     fn append_txn(
         &mut self,
         pages: &[(u32, &[u8])],
         db_size: u32,
         snapshot: bool,
     ) -> Result<Appended> {
-        let sums = self.sums.as_mut().ok_or_else(|| Error::Diverged {
-            namespace: self.namespace.to_string(),
-            detail: "no page sums".into(),
-        })?;
-        // A transaction on an empty database writes all of it: a new lineage too.
-        let base = if snapshot || sums.db_size() == 0 {
-            0
-        } else {
-            sums.checksum()
-        };
-        let checksum = sums.apply(pages.iter().copied(), db_size)?;
-        if self.builder.is_empty() {
-            if let Err(e) = self.start_segment(base) {
-                return Err(self.fail(e));
-            }
+        if self.sums.is_none() && !snapshot {
+            return Err(Error::Diverged {
+                namespace: self.namespace.to_string(),
+                detail: "no page sums".into(),
+            });
         }
         let now_ms = timestamp_ms(self.config.clock.now())?;
         // Commit times never go backwards, whatever the clock does.
@@ -317,8 +309,30 @@ impl<S: Storage + Clone> LogWriter<S> {
                 reason: "the allocator and the open segment disagree",
             })));
         }
+        let sums = match self.sums.as_mut() {
+            Some(sums) if !snapshot => sums,
+            _ => self.sums.insert(PageSums::new()),
+        };
+        // A transaction on an empty database writes all of it: a new lineage too.
+        let base = if snapshot || sums.db_size() == 0 {
+            0
+        } else {
+            sums.checksum()
+        };
+        let checksum = match sums.apply(pages.iter().copied(), db_size) {
+            Ok(checksum) => checksum,
+            Err(e) => return Err(self.fail(e)),
+        };
+        if self.builder.is_empty() {
+            if let Err(e) = self.start_segment(base) {
+                return Err(self.fail(e));
+            }
+        }
         if let Err(e) = self.write(&frames, pages, db_size, commit_ms, checksum) {
             return Err(self.fail(e));
+        }
+        if snapshot {
+            self.shared.clear_diverged();
         }
         self.last_commit_ms = commit_ms;
         self.opened_at.get_or_insert(ms_to_datetime(now_ms));
@@ -398,6 +412,12 @@ impl<S: Storage + Clone> LogWriter<S> {
         // Nothing after the last appended frame will come: waits for later frames end.
         let last = self.shared.tracker.watermark(Durability::Applied);
         self.shared.tracker.end_at(last);
+        // Segments the store refused were never stored, and no snapshot answered them:
+        // their waiters hear why, and so does the caller.
+        if let Some(e) = self.shared.diverged() {
+            self.shared.tracker.fail(e.clone());
+            self.failed.get_or_insert(e);
+        }
         // The syncer has stopped; if it made everything written, the sums are exact.
         let written = self.shared.tracker.watermark(Durability::Written);
         if let (None, Some(sums)) = (&self.failed, &self.sums) {

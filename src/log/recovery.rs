@@ -138,10 +138,12 @@ fn recover_sums(dir: &Path, found: &Found) -> Option<PageSums> {
         }
     }
     if stamped.frame_no != found.last_frame {
-        if found.last_frame > 0 {
-            tracing::info!(sums_at = stamped.frame_no, log_at = found.last_frame, "the page sums are not at the log's last frame; the next transaction ships a snapshot");
-        }
-        return (found.last_frame == 0).then(PageSums::new);
+        tracing::info!(
+            sums_at = stamped.frame_no,
+            log_at = found.last_frame,
+            "the page sums are not at the log's last frame; the next transaction ships a snapshot"
+        );
+        return None;
     }
     Some(stamped.sums)
 }
@@ -190,6 +192,8 @@ async fn bind_namespace<S: Storage>(
             }
         }
         files.iter().for_each(|file| wal::remove(file));
+        // The page sums describe the other namespace's database.
+        let _ = fs::remove_file(dir.join(sums::FILE_NAME));
     }
     write_atomic(dir, OWNER_FILE, &[namespace.as_str().as_bytes()])
         .map_err(|e| Error::io(format!("writing {}", path.display()), e.source))?;

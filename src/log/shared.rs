@@ -307,9 +307,15 @@ pub(crate) async fn run_submitter<S: Storage + Clone>(
             tracing::info!(namespace = %namespace, segment = %key, "skipping a segment built on a diverged history; a snapshot follows");
             continue;
         }
-        skipping = false;
+        let ends_skipping = std::mem::take(&mut skipping);
         let failure = match submit(&storage, &namespace, &shared, segment, &mut retry).await {
-            Ok(()) => continue,
+            Ok(()) => {
+                if ends_skipping {
+                    // The snapshot that answers the refusal is stored: a new lineage.
+                    shared.clear_diverged();
+                }
+                continue;
+            }
             Err(Stop::Failed(e)) if e.is_diverged() => {
                 tracing::warn!(namespace = %namespace, segment = %key, error = %e, "the store refused a segment: its history moved on without this log; shipping a snapshot instead");
                 skipping = true;

@@ -208,11 +208,17 @@ impl<S: Storage> Follower<S> {
                 self.sidecar.display()
             ),
         };
-        let key = self
+        let key = match self
             .storage
             .find_segment(&self.namespace, crate::FindSegmentReq::Containing(at), None)
             .await
-            .map_err(|_| refused("the store holds no segment with that frame".into()))?;
+        {
+            Ok(key) => key,
+            Err(e) if e.is_not_found() => {
+                return Err(refused("the store holds no segment with that frame".into()))
+            }
+            Err(e) => return Err(e),
+        };
         let segment = self
             .storage
             .fetch_segment_data(&self.namespace, &key, None)
@@ -223,6 +229,9 @@ impl<S: Storage> Follower<S> {
                 "the store's commit at that frame is state {:016x}",
                 c.checksum
             ))),
+            // Compaction or retention may have dropped that commit from a sparse merge;
+            // the merge keeps what the commits after it need, so the replica goes on.
+            None if segment.is_sparse() => Ok(()),
             None => Err(refused("the store has no commit at that frame".into())),
         }
     }

@@ -308,8 +308,8 @@ impl<S: Storage + Clone> Replicator<S> {
         let continued = match (vanished, self.state.position, self.state.fingerprint) {
             _ if self.log.needs_snapshot().is_some() => Err(SnapshotReason::LineageUnknown),
             (Some(reason), Some(_), _) => Err(reason),
-            (_, Some(position), _) => self.ship_after(position, &mut report)?,
-            (_, None, Some(fp)) => self.ship_after_empty(fp, identity, &mut report)?,
+            (_, Some(position), _) => or_snapshot(self.ship_after(position, &mut report))?,
+            (_, None, Some(fp)) => or_snapshot(self.ship_after_empty(fp, identity, &mut report))?,
             (_, None, None) => Err(self.start_reason.unwrap_or(SnapshotReason::FirstRun)),
         };
         if let Err(reason) = continued {
@@ -645,6 +645,15 @@ impl<S: Storage + Clone> Replicator<S> {
         }
         self.continuous = true;
         Ok(())
+    }
+}
+
+/// A store that refused a segment while the WAL was being shipped (its history moved on)
+/// is answered like any other discontinuity: with a snapshot, in the same run.
+fn or_snapshot(shipped: Result<Continuity>) -> Result<Continuity> {
+    match shipped {
+        Err(e) if e.is_diverged() => Ok(Err(SnapshotReason::LineageUnknown)),
+        other => other,
     }
 }
 

@@ -186,7 +186,12 @@ async fn follow<S: Store>(
                 }
             }
             // The log itself failed (a permanent store error, a failed fsync): stop.
-            Err(e) if !e.is_transient() || replicator.log().tracker().closed().is_some() => {
+            // A store that refused a segment (its history moved on) is answered by the
+            // next poll's snapshot, like a transient failure.
+            Err(e)
+                if !(e.is_transient() || e.is_diverged())
+                    || replicator.log().tracker().closed().is_some() =>
+            {
                 return (replicator, Err(e));
             }
             Err(e) => {
