@@ -92,6 +92,11 @@ pub(crate) fn log_snapshot(db: &Path, reason: SnapshotReason) {
         SnapshotReason::FirstRun => {
             tracing::info!(db = %db.display(), %reason, "shipping a snapshot of the whole database")
         }
+        SnapshotReason::LineageUnknown => tracing::warn!(
+            db = %db.display(),
+            %reason,
+            "the store cannot take the WAL's transactions on top of its history; shipping a snapshot of the whole database"
+        ),
         _ => tracing::warn!(
             db = %db.display(),
             %reason,

@@ -306,11 +306,11 @@ impl<S: Storage + Clone> Replicator<S> {
         let identity = wal_identity(&self.wal)?;
         let vanished = self.wal_vanished(identity);
         let continued = match (vanished, self.state.position, self.state.fingerprint) {
+            (_, None, None) => Err(self.start_reason.unwrap_or(SnapshotReason::FirstRun)),
             _ if self.log.needs_snapshot().is_some() => Err(SnapshotReason::LineageUnknown),
             (Some(reason), Some(_), _) => Err(reason),
             (_, Some(position), _) => or_snapshot(self.ship_after(position, &mut report))?,
             (_, None, Some(fp)) => or_snapshot(self.ship_after_empty(fp, identity, &mut report))?,
-            (_, None, None) => Err(self.start_reason.unwrap_or(SnapshotReason::FirstRun)),
         };
         if let Err(reason) = continued {
             log_snapshot(&self.db, reason);
