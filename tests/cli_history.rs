@@ -56,6 +56,31 @@ fn create(db: &Path) {
         .unwrap();
 }
 
+/// `walvault --store store replicate --db app.db` in `d`, once its first snapshot is in
+/// the store (at most 30 s).
+fn start_daemon(d: &Path, interval: &str) -> std::process::Child {
+    let daemon = Command::new(env!("CARGO_BIN_EXE_walvault"))
+        .current_dir(d)
+        .args([
+            "--store",
+            "store",
+            "replicate",
+            "--db",
+            "app.db",
+            "--interval",
+            interval,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !d.join("store/app").exists() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon
+}
+
 fn restore_and_check(d: &Path, store: &str, out: &str) -> Vec<(i64, String)> {
     let _ = std::fs::remove_file(d.join(out));
     ok(&walvault(
@@ -80,25 +105,7 @@ fn a_store_emptied_behind_a_killed_daemon_gets_a_snapshot() {
     let d = dir.path();
     create(&d.join("app.db"));
     write(&d.join("app.db"), 1, 20);
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_walvault"))
-        .current_dir(d)
-        .args([
-            "--store",
-            "store",
-            "replicate",
-            "--db",
-            "app.db",
-            "--interval",
-            "100ms",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !d.join("store/app").exists() && started.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut daemon = start_daemon(d, "100ms");
     write(&d.join("app.db"), 21, 20);
     std::thread::sleep(Duration::from_millis(500)); // shipped into the open segment
     daemon.kill().unwrap(); // SIGKILL: the open segment stays pending in the log
@@ -235,25 +242,7 @@ fn a_daemon_stopped_right_after_a_commit_ships_it() {
     create(&d.join("app.db"));
     write(&d.join("app.db"), 1, 3);
     // A long interval: the commit below lands between two polls.
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_walvault"))
-        .current_dir(d)
-        .args([
-            "--store",
-            "store",
-            "replicate",
-            "--db",
-            "app.db",
-            "--interval",
-            "1h",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !d.join("store/app").exists() && started.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut daemon = start_daemon(d, "1h");
     std::thread::sleep(Duration::from_millis(300)); // the first poll is over
     write(&d.join("app.db"), 4, 1);
     // SIGINT, as Ctrl-C sends.
