@@ -1,8 +1,12 @@
 //! The log's page sums on disk: `PAGESUMS` in the log directory, so a reopened log knows
 //! the lineage checksum of the database it continues without reading the database.
 //!
-//! Written atomically (temp file, fsync, rename, directory fsync) whenever a segment is
-//! sealed and when the log closes, stamped with the commit frame the sums are at. On
+//! Replaced whole (temp file, rename) once a sealed segment's frames are fsynced, and
+//! when the log closes, stamped with the commit frame the sums are at; never fsynced
+//! itself, since the sums only save work. A power loss may leave an older file (its
+//! stamp then no longer reaches the log's frames) or a torn one (its CRC fails); either
+//! way the log's next transaction is a snapshot, never one built on wrong sums. Two
+//! fsyncs at every seal would cost the group commit more than that. On
 //! open, the frames the log directory still holds after that stamp are replayed onto it
 //! (they are all there: a segment's local file is deleted only after it is durable, which
 //! is after the seal that wrote the sums past it). If the stamp cannot be brought up to
@@ -17,7 +21,7 @@ use std::path::Path;
 
 use crate::error::{Error, FormatError, Part, Result};
 use crate::format::{PageSums, SealedSegment};
-use crate::storage::fsutil::write_atomic;
+use crate::storage::fsutil::temp_path;
 
 pub(crate) const FILE_NAME: &str = "PAGESUMS";
 const MAGIC: [u8; 8] = *b"WVPGSUMS";
@@ -46,13 +50,13 @@ pub(crate) fn save(dir: &Path, frame_no: u64, sums: &PageSums) -> Result<()> {
         .for_each(|h| bytes.extend_from_slice(&h.to_le_bytes()));
     let crc = crc32c::crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
-    write_atomic(dir, FILE_NAME, &[&bytes])
-        .map(drop)
+    let tmp = temp_path(dir);
+    let io_err = |e| Error::io(format!("writing {}", dir.join(FILE_NAME).display()), e);
+    std::fs::write(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, dir.join(FILE_NAME)))
         .map_err(|e| {
-            Error::io(
-                format!("writing {}", dir.join(FILE_NAME).display()),
-                e.source,
-            )
+            let _ = std::fs::remove_file(&tmp);
+            io_err(e)
         })
 }
 
