@@ -132,7 +132,7 @@ fn lineage(c: &mut Criterion) {
             PageSums::new,
             |sums| {
                 for txn in &txns {
-                    sums.apply(txn.iter().copied(), 1024).unwrap();
+                    sums.apply(txn, 1024).unwrap();
                 }
             },
             BatchSize::SmallInput,

@@ -94,7 +94,7 @@ impl SegmentBuilder {
             return Err(InvalidInput::Seal("lineage must be set before the first frame").into());
         }
         if base != 0 && base & CHECKSUM_FLAG == 0 {
-            return Err(InvalidInput::Seal("a base checksum has its top bit set").into());
+            return Err(InvalidInput::Seal("a base checksum must have its top bit set").into());
         }
         self.lineage = Some(base);
         Ok(())
@@ -135,7 +135,7 @@ impl SegmentBuilder {
             return Err(InvalidInput::Seal("call start_lineage before a commit checksum").into());
         }
         if checksum & CHECKSUM_FLAG == 0 {
-            return Err(InvalidInput::Seal("a commit checksum has its top bit set").into());
+            return Err(InvalidInput::Seal("a commit checksum must have its top bit set").into());
         }
         self.commit(page_no, page, size_after, timestamp, checksum)
     }

@@ -14,6 +14,7 @@
 //! restore of "a database that never existed" (a segment from one copy of a database
 //! applied on top of another copy's history) impossible rather than merely unlikely.
 
+use super::SealedSegment;
 use crate::error::{Error, InvalidInput, Result};
 
 /// The top bit every checksum carries, so that a stored 0 always means "none".
@@ -77,31 +78,49 @@ impl PageSums {
 
     /// Applies one committed transaction: `pages` written (a page may repeat; the last
     /// image wins), then the database is `db_size` pages. Returns the new checksum.
+    /// Nothing changes when it fails.
     ///
     /// A page inside the new size that no transaction ever wrote counts as the hash of
     /// its number alone.
-    pub fn apply<'a>(
-        &mut self,
-        pages: impl IntoIterator<Item = (u32, &'a [u8])>,
-        db_size: u32,
-    ) -> Result<u64> {
-        let mut written = Vec::new();
-        for (page_no, page) in pages {
-            if page_no == 0 {
-                return Err(InvalidInput::PageNo.into());
-            }
-            written.push((page_no, page_hash(page_no, page)));
+    pub fn apply(&mut self, pages: &[(u32, &[u8])], db_size: u32) -> Result<u64> {
+        if pages.iter().any(|(page_no, _)| *page_no == 0) {
+            return Err(InvalidInput::PageNo.into());
         }
         self.resize(db_size)?;
-        for (page_no, hash) in written {
+        for &(page_no, page) in pages {
             if page_no > db_size {
                 continue; // written, then cut off by the commit's size
             }
+            let hash = page_hash(page_no, page);
             let slot = &mut self.hashes[page_no as usize - 1];
             self.xor ^= *slot ^ hash;
             *slot = hash;
         }
         Ok(self.checksum())
+    }
+
+    /// Brings the sums forward over the transactions of `segment` whose commits come after
+    /// frame `after`, proving each commit's recorded checksum against the pages. Returns
+    /// the last commit frame applied (`after` when none), or the frame of the first commit
+    /// whose recorded checksum the pages do not make. The caller checks first that the
+    /// sums are the state the segment builds on.
+    pub(crate) fn replay(&mut self, segment: &SealedSegment, after: u64) -> Result<u64, u64> {
+        let mut last = after;
+        let mut pages: Vec<(u32, &[u8])> = Vec::new();
+        let mut commits = segment.commits().iter();
+        for frame in segment.frames().filter(|f| f.frame_no > after) {
+            pages.push((frame.page_no, frame.data));
+            if !frame.is_commit() {
+                continue;
+            }
+            let recorded = commits.find(|c| c.frame_no == frame.frame_no);
+            match (self.apply(&pages, frame.size_after), recorded) {
+                (Ok(sum), Some(c)) if sum == c.checksum => last = frame.frame_no,
+                _ => return Err(frame.frame_no),
+            }
+            pages.clear();
+        }
+        Ok(last)
     }
 
     /// Grows (with never-written pages) or shrinks the table to `db_size` pages.
@@ -143,9 +162,9 @@ mod tests {
     #[test]
     fn the_checksum_is_that_of_the_whole_database_whatever_the_order_of_commits() {
         let mut sums = PageSums::new();
-        sums.apply([(1, &page(1)[..]), (2, &page(2)[..])], 2)
+        sums.apply(&[(1, &page(1)[..]), (2, &page(2)[..])], 2)
             .unwrap();
-        sums.apply([(2, &page(7)[..]), (3, &page(3)[..])], 3)
+        sums.apply(&[(2, &page(7)[..]), (3, &page(3)[..])], 3)
             .unwrap();
         let whole = [page(1), page(7), page(3)].concat();
         assert_eq!(
@@ -155,7 +174,10 @@ mod tests {
 
         let mut other = PageSums::new();
         other
-            .apply([(3, &page(3)[..]), (1, &page(1)[..]), (2, &page(7)[..])], 3)
+            .apply(
+                &[(3, &page(3)[..]), (1, &page(1)[..]), (2, &page(7)[..])],
+                3,
+            )
             .unwrap();
         assert_eq!(other.checksum(), sums.checksum());
         assert_eq!(PageSums::from_hashes(sums.hashes().to_vec()), sums);
@@ -164,10 +186,13 @@ mod tests {
     #[test]
     fn shrinking_takes_pages_out_and_moving_a_page_changes_the_checksum() {
         let mut sums = PageSums::new();
-        sums.apply([(1, &page(1)[..]), (2, &page(2)[..]), (3, &page(3)[..])], 3)
-            .unwrap();
+        sums.apply(
+            &[(1, &page(1)[..]), (2, &page(2)[..]), (3, &page(3)[..])],
+            3,
+        )
+        .unwrap();
         let three = sums.checksum();
-        sums.apply([(1, &page(1)[..])], 2).unwrap();
+        sums.apply(&[(1, &page(1)[..])], 2).unwrap();
         let two = [page(1), page(2)].concat();
         assert_eq!(
             sums.checksum(),
@@ -186,11 +211,11 @@ mod tests {
     #[test]
     fn a_page_written_past_the_commit_size_does_not_count_and_bad_input_is_refused() {
         let mut sums = PageSums::new();
-        sums.apply([(1, &page(1)[..]), (5, &page(5)[..])], 1)
+        sums.apply(&[(1, &page(1)[..]), (5, &page(5)[..])], 1)
             .unwrap();
         assert_eq!(sums.db_size(), 1);
         assert_eq!(sums.checksum(), checksum_of(page_hash(1, &page(1))));
-        assert!(sums.apply([(0, &page(1)[..])], 1).is_err());
-        assert!(sums.apply([(1, &page(1)[..])], 0).is_err());
+        assert!(sums.apply(&[(0, &page(1)[..])], 1).is_err());
+        assert!(sums.apply(&[(1, &page(1)[..])], 0).is_err());
     }
 }

@@ -319,7 +319,7 @@ impl<S: Storage + Clone> LogWriter<S> {
         } else {
             sums.checksum()
         };
-        let checksum = match sums.apply(pages.iter().copied(), db_size) {
+        let checksum = match sums.apply(pages, db_size) {
             Ok(checksum) => checksum,
             Err(e) => return Err(self.fail(e)),
         };

@@ -94,24 +94,13 @@ pub(crate) fn replay(stamped: &mut Stamped, segment: &SealedSegment) -> bool {
         }
         Some(_) => {} // the stamp is inside the segment: checked at the first commit
     }
-    let mut pages: Vec<(u32, &[u8])> = Vec::new();
-    let mut commits = segment.commits().iter();
-    for frame in segment.frames() {
-        if frame.frame_no <= stamped.frame_no {
-            continue;
+    match stamped.sums.replay(segment, stamped.frame_no) {
+        Ok(last) => {
+            stamped.frame_no = last;
+            true
         }
-        pages.push((frame.page_no, frame.data));
-        if !frame.is_commit() {
-            continue;
-        }
-        let recorded = commits.find(|c| c.frame_no == frame.frame_no);
-        let applied = stamped.sums.apply(pages.drain(..), frame.size_after);
-        match (applied, recorded) {
-            (Ok(sum), Some(c)) if sum == c.checksum => stamped.frame_no = frame.frame_no,
-            _ => return false,
-        }
+        Err(_) => false,
     }
-    true
 }
 
 fn decode(b: &[u8]) -> Result<Stamped, FormatError> {
@@ -172,7 +161,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), None);
         let mut sums = PageSums::new();
-        sums.apply([(1, &[1u8; 512][..]), (3, &[3u8; 512][..])], 3)
+        sums.apply(&[(1, &[1u8; 512][..]), (3, &[3u8; 512][..])], 3)
             .unwrap();
         save(dir.path(), 42, &sums).unwrap();
         let loaded = load(dir.path()).unwrap().unwrap();

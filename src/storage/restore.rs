@@ -90,6 +90,8 @@ where
             .store(u64::from(commit.size_after), Ordering::Relaxed);
     }
     let mut writer = PageWriter::new(out, page_size, progress);
+    // Only a commit with a lineage checksum can be proved; older ones skip the hashing.
+    writer.hash = commit.checksum != 0;
     // The target segment: the newest frame of each page at or before the commit.
     let mut found: Vec<(u32, Bytes)> = Vec::new();
     for frame in segment
@@ -420,6 +422,8 @@ struct PageWriter<'a, W: Write + Seek> {
     buf_at: u64,
     /// XOR of the page hashes written (each page is written once), for the lineage check.
     xor: u64,
+    /// Whether to hash the pages at all (the target commit has a checksum).
+    hash: bool,
 }
 
 const WRITE_BUFFER: usize = 1 << 20;
@@ -433,6 +437,7 @@ impl<'a, W: Write + Seek> PageWriter<'a, W> {
             buf: Vec::with_capacity(WRITE_BUFFER),
             buf_at: 0,
             xor: 0,
+            hash: false,
         }
     }
 
@@ -446,7 +451,9 @@ impl<'a, W: Write + Seek> PageWriter<'a, W> {
                 self.buf_at = at;
             }
             self.buf.extend_from_slice(data);
-            self.xor ^= crate::format::page_hash(*page_no, data);
+            if self.hash {
+                self.xor ^= crate::format::page_hash(*page_no, data);
+            }
         }
         if let Some(p) = self.progress {
             p.inner

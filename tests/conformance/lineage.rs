@@ -37,9 +37,8 @@ pub fn lineage_segment(
             .iter()
             .map(|&(p, fill)| (p, vec![fill; PAGE]))
             .collect();
-        let mut sum = sums
-            .apply(data.iter().map(|(p, d)| (*p, d.as_slice())), *size)
-            .unwrap();
+        let refs: Vec<(u32, &[u8])> = data.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+        let mut sum = sums.apply(&refs, *size).unwrap();
         if lie && i + 1 == txns.len() {
             sum ^= 0x55;
         }
