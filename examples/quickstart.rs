@@ -42,7 +42,7 @@ async fn main() -> walvault::Result<()> {
         0 => BTreeMap::new(),
         _ => restore_pages(&storage, &ns, RestoreOptions::Latest).await?,
     };
-    let mut clock = Utc::now();
+    let mut clock = walvault::Clock::now(&walvault::SystemClock);
     if let Ok(key) = storage
         .find_segment(&ns, FindSegmentReq::EndFrameNoLessThan(durable), None)
         .await

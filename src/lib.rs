@@ -48,6 +48,7 @@
 
 #![warn(missing_docs)]
 
+mod clock;
 mod durability;
 mod error;
 mod format;
@@ -58,6 +59,7 @@ mod replica;
 mod sqlite;
 mod storage;
 
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::durability::{
     Durability, DurabilityTracker, DurableStream, FrameAllocator, SchedulerConfig, ShutdownReport,
     StoreScheduler, DEFAULT_BLOCK_SIZE,
@@ -67,7 +69,7 @@ pub use crate::format::{
     page_hash, Commit, FrameRef, NamespaceName, PageIndex, PageIndexIter, PageSums, SealedSegment,
     SegmentBuilder, SegmentKey, CHECKSUM_FLAG,
 };
-pub use crate::log::{Appended, Clock, LogConfig, LogWriter, RetryPolicy, SystemClock};
+pub use crate::log::{Appended, LogConfig, LogWriter, RetryPolicy};
 pub use crate::ops::{
     apply_retention, compact, plan_compaction, verify_history, CompactionPolicy, CompactionReport,
     Merge, RetentionReport, VerifyReport,

@@ -1,5 +1,7 @@
 //! The `walvault` CLI driven as a subprocess: every command on a real SQLite database,
 //! and the exit codes and one-line messages for bad input.
+// The tests take wall-clock moments, as a user would, to restore to.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,5 +1,7 @@
 //! Compaction, retention and garbage collection under load, with real SQLite; a restore
 //! racing a compaction; and the policy's bound on what a restore reads.
+// The tests take wall-clock moments, as a user would, to restore to.
+#![allow(clippy::disallowed_methods)]
 
 mod conformance;
 

@@ -1,5 +1,7 @@
 //! Behaviour specific to the local filesystem backend: crash leftovers, foreign files,
 //! damaged files, per-call root overrides.
+// The tests take wall-clock moments, as a user would, to restore to.
+#![allow(clippy::disallowed_methods)]
 
 mod conformance;
 

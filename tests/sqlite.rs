@@ -2,6 +2,8 @@
 //! (inserts, updates, deletes, a VACUUM that shrinks the file), the replicator ships them
 //! between phases, and every phase boundary is restored by time and by frame number; each
 //! result passes `integrity_check` and holds exactly the writer's rows at that moment.
+// The tests take wall-clock moments, as a user would, to restore to.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::Path;
 use std::time::Duration;

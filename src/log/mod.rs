@@ -34,28 +34,13 @@ use uuid::Uuid;
 pub use self::retry::RetryPolicy;
 use self::shared::{Sealed, Shared};
 use self::wal::{WalFile, WalFrameRef};
+pub use crate::clock::{Clock, SystemClock};
 use crate::durability::{Durability, DurabilityTracker, FrameAllocator, DEFAULT_BLOCK_SIZE};
 use crate::error::{Error, InvalidInput, Result};
 use crate::format::{
     ms_to_datetime, timestamp_ms, NamespaceName, PageSums, SealedSegment, SegmentBuilder,
 };
 use crate::storage::{FindSegmentReq, Storage};
-
-/// Where time comes from. Inject one to make tests deterministic.
-pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
-    /// The current time.
-    fn now(&self) -> DateTime<Utc>;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
 
 /// How a [`LogWriter`] keeps and seals its log. Every field has a documented default.
 #[derive(Debug, Clone)]

@@ -18,13 +18,25 @@ use super::{
     check_append, check_replace, entry_for, find_in, spawn_store, FindSegmentReq, OnStoreCallback,
     RestoreOptions, SegmentInfo, Storage,
 };
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
 
 /// Keeps segments in memory. Clones share the same data.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemoryStorage {
     inner: Arc<Inner>,
+    /// When segments are retired, for garbage collection's grace period.
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            clock: crate::clock::system(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +59,13 @@ impl MemoryStorage {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// This handle, reading time from `clock` (when a replaced segment was retired, and
+    /// whether its grace period has passed).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn namespace(&self, name: &NamespaceName, create: bool) -> Result<Option<Arc<Namespace>>> {
@@ -190,7 +209,7 @@ impl Storage for MemoryStorage {
         let mut segments = ns.segments.write().unwrap_or_else(PoisonError::into_inner);
         segments.insert(output.key(), output);
         *catalog = next;
-        let now = SystemTime::now();
+        let now = self.clock.system_now();
         let mut retired = ns.retired.lock().unwrap_or_else(PoisonError::into_inner);
         retired.extend(inputs.iter().map(|key| (*key, now)));
         Ok(())
@@ -239,7 +258,7 @@ impl Storage for MemoryStorage {
             &forks,
             records,
             &objects,
-            SystemTime::now(),
+            self.clock.system_now(),
             options.grace,
         );
         if !options.dry_run {

@@ -57,7 +57,7 @@ pub async fn run() -> Result<()> {
         replicator.run_once().await?;
         phases.push(Phase {
             what,
-            at: Utc::now(),
+            at: walvault::Clock::now(&walvault::SystemClock),
             rows: rows(&conn)?,
         });
         tokio::time::sleep(Duration::from_millis(5)).await;

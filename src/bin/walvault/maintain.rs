@@ -122,7 +122,14 @@ pub async fn compact_cmd<S: Store>(store: S, a: CompactArgs) -> Result<()> {
 pub async fn gc_cmd<S: Store>(store: S, a: GcArgs) -> Result<()> {
     let namespace = known(&store, &a.namespace).await?;
     if let Some(window) = a.retain {
-        let report = apply_retention(&store, &namespace, window, Utc::now(), a.dry_run).await?;
+        let report = apply_retention(
+            &store,
+            &namespace,
+            window,
+            walvault::Clock::now(&walvault::SystemClock),
+            a.dry_run,
+        )
+        .await?;
         let cutoff = report.cutoff.to_rfc3339();
         match &report.merge {
             Some(m) if a.dry_run => {

@@ -48,7 +48,7 @@ async fn maintain<S: Store>(store: &S, namespace: &walvault::NamespaceName, a: &
         let compacted = walvault::compact(store, namespace, &policy, false).await?;
         let mut dropped = false;
         if let Some(window) = a.retain {
-            let now = chrono::Utc::now();
+            let now = walvault::Clock::now(&walvault::SystemClock);
             dropped = walvault::apply_retention(store, namespace, window, now, false)
                 .await?
                 .merge

@@ -34,7 +34,7 @@ async fn store(
             }
             b.append_commit(last.0, &page(last.1), *size, at).unwrap();
         }
-        let segment = b.seal(Utc::now()).unwrap();
+        let segment = b.seal(ms_to_datetime(1_000)).unwrap();
         next = segment.end_frame_no() + 1;
         keys.push(segment.key());
         storage

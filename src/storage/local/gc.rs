@@ -29,7 +29,7 @@ pub(super) fn record_retired(dir: &Path, keys: &[SegmentKey]) -> Result<()> {
         )
     };
     create_dir_durable(&records).map_err(io_err)?;
-    let name = retired::record_name(SystemTime::now());
+    let name = retired::record_name(crate::clock::Clock::system_now(&crate::clock::SystemClock));
     write_atomic(&records, &name, &[&retired::encode(keys)]).map_err(|e| io_err(e.source))?;
     Ok(())
 }
@@ -67,7 +67,7 @@ pub(super) fn collect(
     let (live, durable) = catalogued(ns)?;
     let records = read_records(&ns.dir.join(RETIRED_DIR))?;
     let objects = segment_files(&ns.dir)?;
-    let now = SystemTime::now();
+    let now = crate::clock::Clock::system_now(&crate::clock::SystemClock);
     let decision = retired::decide(&live, durable, forks, records, &objects, now, options.grace);
     if options.dry_run {
         return Ok(decision.report);

@@ -6,7 +6,7 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::namespace::Namespace;
 use super::{LOCK_FILE, SEGMENT_EXT};
@@ -33,7 +33,7 @@ pub(super) fn scan(ns: &Namespace, grace: Duration) -> Result<Vec<PathBuf>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io(format!("listing {}", ns.dir.display()), e)),
     };
-    let now = SystemTime::now();
+    let now = crate::clock::Clock::system_now(&crate::clock::SystemClock);
     let mut foreign = Vec::new();
     for entry in entries.flatten() {
         let file_name = entry.file_name();

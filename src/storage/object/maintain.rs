@@ -143,7 +143,11 @@ impl ObjectStorage {
     }
 
     async fn put_retired(&self, name: &NamespaceName, keys: &[SegmentKey]) -> Result<()> {
-        let path = self.path(name, RETIRED_DIR, &retired::record_name(SystemTime::now()));
+        let path = self.path(
+            name,
+            RETIRED_DIR,
+            &retired::record_name(crate::clock::Clock::system_now(&crate::clock::SystemClock)),
+        );
         let payload = PutPayload::from(retired::encode(keys));
         self.inner
             .store
@@ -163,7 +167,7 @@ impl ObjectStorage {
         let (live, durable) = self.catalogued(name).await?;
         let records = self.retired_records(name).await?;
         let objects = self.segment_objects(name).await?;
-        let now = SystemTime::now();
+        let now = crate::clock::Clock::system_now(&crate::clock::SystemClock);
         let decision =
             retired::decide(&live, durable, forks, records, &objects, now, options.grace);
         if options.dry_run {
