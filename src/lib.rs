@@ -77,7 +77,7 @@ pub use crate::ops::{
 pub use crate::replica::{durable_frames, transactions, Follower, Transaction};
 pub use crate::sqlite::{
     integrity_check, restore_database, IngestReport, InstallOptions, Replicator, ReplicatorConfig,
-    SnapshotReason,
+    SnapshotReason, WalWatcher, DEFAULT_MAX_LAG, MIN_MAX_LAG,
 };
 pub use crate::storage::restore_to_path_with_progress;
 pub use crate::storage::{

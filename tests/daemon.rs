@@ -461,7 +461,6 @@ fn the_checker_catches_unknown_and_reordered_states() {
 /// commit of a burst, and a lone commit after an idle minute-fraction, must both be
 /// restorable within `LAG_BOUND` (the design's 1 s plus slack for a loaded 2-core VM).
 #[test]
-#[ignore = "issue 12 (low-lag replication): the seal age is 10 s today"]
 fn a_commit_is_restorable_within_the_bounded_lag() {
     let _serial = harness::serial();
     const LAG_BOUND: Duration = Duration::from_secs(3);

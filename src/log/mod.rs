@@ -203,6 +203,11 @@ impl<S: Storage + Clone> LogWriter<S> {
         self.allocator.peek()
     }
 
+    /// Frames appended to the open segment and not yet sealed.
+    pub fn unsealed_frames(&self) -> u32 {
+        self.builder.frame_count()
+    }
+
     /// Gaps in the frame numbers: numbers handed out that no transaction kept.
     pub fn gaps(&self) -> &[Range<u64>] {
         self.allocator.gaps()
@@ -231,7 +236,29 @@ impl<S: Storage + Clone> LogWriter<S> {
                 detail,
             });
         }
-        self.append_txn(pages, db_size, false)
+        self.append_txn(pages, db_size, false, None)
+    }
+
+    /// [`append`](Self::append) with the commit's time given by the caller, which knows
+    /// when the transaction committed better than the log does (the replicator takes it
+    /// from the WAL's modification time). A time later than the clock's, or earlier than
+    /// the previous commit's, is clamped into that range: commit times never go
+    /// backwards, and never run ahead of the log's clock.
+    pub fn append_at(
+        &mut self,
+        pages: &[(u32, &[u8])],
+        db_size: u32,
+        at: DateTime<Utc>,
+    ) -> Result<Appended> {
+        self.check_usable()?;
+        self.check_transaction(pages, db_size)?;
+        if let Some(detail) = self.needs_snapshot() {
+            return Err(Error::Diverged {
+                namespace: self.namespace.to_string(),
+                detail,
+            });
+        }
+        self.append_txn(pages, db_size, false, Some(at))
     }
 
     /// Appends a transaction that writes the whole database: `pages` are pages
@@ -254,7 +281,7 @@ impl<S: Storage + Clone> LogWriter<S> {
             .into());
         }
         self.seal()?;
-        self.append_txn(pages, db_size, true)
+        self.append_txn(pages, db_size, true, None)
     }
 
     /// Why the next transaction must be a snapshot, if it must: the log does not know the
@@ -277,6 +304,7 @@ impl<S: Storage + Clone> LogWriter<S> {
         pages: &[(u32, &[u8])],
         db_size: u32,
         snapshot: bool,
+        at: Option<DateTime<Utc>>,
     ) -> Result<Appended> {
         if self.sums.is_none() && !snapshot {
             return Err(Error::Diverged {
@@ -284,9 +312,14 @@ impl<S: Storage + Clone> LogWriter<S> {
                 detail: "no page sums".into(),
             });
         }
-        let now_ms = timestamp_ms(self.config.clock.now())?;
+        let now = self.config.clock.now();
+        let now_ms = timestamp_ms(now)?;
+        let at_ms = match at {
+            Some(at) => timestamp_ms(at.min(now))?,
+            None => now_ms,
+        };
         // Commit times never go backwards, whatever the clock does.
-        let commit_ms = now_ms.max(self.last_commit_ms);
+        let commit_ms = at_ms.max(self.last_commit_ms);
         let frames = self.allocator.allocate(pages.len() as u64)?;
         if frames.start != self.builder.next_frame_no() {
             return Err(self.fail(Error::from(InvalidInput::FrameNo {

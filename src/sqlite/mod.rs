@@ -24,10 +24,12 @@ mod replicate;
 mod snapshot;
 mod state;
 pub(crate) mod wal;
+mod watch;
 
 pub use continuity::SnapshotReason;
 pub use install::{restore_database, InstallOptions};
-pub use replicate::{IngestReport, Replicator, ReplicatorConfig};
+pub use replicate::{IngestReport, Replicator, ReplicatorConfig, DEFAULT_MAX_LAG, MIN_MAX_LAG};
+pub use watch::WalWatcher;
 
 use std::path::Path;
 

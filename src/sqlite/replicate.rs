@@ -41,7 +41,10 @@
 //! snapshot); [`Replicator::poll`] keeps one held for good.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use hashbrown::HashMap;
 use rusqlite::Connection;
@@ -52,6 +55,7 @@ use super::continuity::{
 use super::snapshot;
 use super::state::{namespace_tag, IngestState, StateFile};
 use super::wal::{self, Check, WalPosition, WalScan, WalTransaction};
+use crate::clock::Clock;
 use crate::durability::Durability;
 use crate::error::{Error, InvalidInput, Result};
 use crate::format::NamespaceName;
@@ -73,6 +77,13 @@ pub struct ReplicatorConfig {
     /// How long a checkpoint waits, holding SQLite's write lock, for what it shipped to
     /// become `Durable`; past it the checkpoint is put off to a later poll. Default 30 s.
     pub checkpoint_timeout: Duration,
+    /// The longest a commit should wait, in continuous mode, before it is sent to the
+    /// store (the store's own latency comes on top). [`Replicator::poll`] seals what it
+    /// shipped once the last seal is a tenth of this old, so under steady writes a
+    /// segment goes out every `max_lag / 10`, and after a quiet spell the first commit
+    /// goes out at once. Default 1 s. The log's age policy (`log.seal_age`) is set to it
+    /// too, as a backstop.
+    pub max_lag: Duration,
 }
 
 impl ReplicatorConfig {
@@ -81,14 +92,26 @@ impl ReplicatorConfig {
         let db = db.into();
         let mut dir = db.clone().into_os_string();
         dir.push("-walvault");
+        let max_lag = DEFAULT_MAX_LAG;
+        let mut log = LogConfig::new(dir);
+        log.seal_age = max_lag;
         Self {
-            log: LogConfig::new(dir),
+            log,
             db,
             checkpoint_wal_bytes: 4 << 20,
             checkpoint_timeout: Duration::from_secs(30),
+            max_lag,
         }
     }
+
+    /// How often [`Replicator::poll`] seals under steady writes: a tenth of `max_lag`.
+    pub fn seal_every(&self) -> Duration {
+        self.max_lag / 10
+    }
 }
+
+/// The default [`ReplicatorConfig::max_lag`].
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(1);
 
 /// What one run shipped.
 #[derive(Debug, Clone, Default)]
@@ -142,10 +165,19 @@ pub struct Replicator<S: Storage + Clone> {
     page_size: u32,
     checkpoint_wal_bytes: u64,
     checkpoint_timeout: Duration,
+    /// See [`ReplicatorConfig::seal_every`].
+    seal_every: Duration,
+    /// When `poll` last sealed (None before the first seal).
+    last_seal: Option<DateTime<Utc>>,
+    clock: Arc<dyn Clock>,
     state: IngestState,
     state_file: StateFile,
     log: LogWriter<S>,
 }
+
+/// The shortest [`ReplicatorConfig::max_lag`]: below it the replicator would seal more
+/// often than a store can take segments.
+pub const MIN_MAX_LAG: Duration = Duration::from_millis(10);
 
 /// How long a statement waits for a lock the application holds.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -161,6 +193,14 @@ impl<S: Storage + Clone> Replicator<S> {
         namespace: NamespaceName,
         config: ReplicatorConfig,
     ) -> Result<Self> {
+        if config.max_lag < MIN_MAX_LAG {
+            return Err(InvalidInput::Config(format!(
+                "max_lag {:?} is shorter than the shortest supported, {MIN_MAX_LAG:?}",
+                config.max_lag
+            ))
+            .into());
+        }
+        let seal_every = config.seal_every();
         let db = config.db;
         if !db.is_file() {
             return Err(Error::NotFound(format!("database {}", db.display())));
@@ -191,6 +231,7 @@ impl<S: Storage + Clone> Replicator<S> {
         }
         let mut log_config = config.log;
         log_config.page_size = page_size;
+        let clock = log_config.clock.clone();
         let dir = log_config.dir.clone();
         let tag = namespace_tag(namespace.as_str());
         let log = LogWriter::open(storage, namespace, log_config).await?;
@@ -227,6 +268,9 @@ impl<S: Storage + Clone> Replicator<S> {
             page_size,
             checkpoint_wal_bytes: config.checkpoint_wal_bytes,
             checkpoint_timeout: config.checkpoint_timeout,
+            seal_every,
+            last_seal: None,
+            clock,
             state,
             state_file,
             log,
@@ -261,7 +305,12 @@ impl<S: Storage + Clone> Replicator<S> {
     /// checkpoint, checkpoint (see [`checkpoint`](Self::checkpoint)).
     pub async fn poll(&mut self) -> Result<IngestReport> {
         let mut report = self.ship().await?;
-        self.log.maybe_seal()?;
+        if self.seal_due_in() == Some(Duration::ZERO) {
+            self.log.seal()?;
+            self.last_seal = Some(self.clock.now());
+        } else {
+            self.log.maybe_seal()?;
+        }
         self.hand_over_reader()?;
         let backing_off = self
             .checkpoint_not_before
@@ -276,6 +325,21 @@ impl<S: Storage + Clone> Replicator<S> {
             report.snapshot_reason = report.snapshot_reason.or(shipped.snapshot_reason);
         }
         Ok(report)
+    }
+
+    /// How long until [`poll`](Self::poll) should seal what it shipped: None when
+    /// nothing is waiting to be sealed, zero when a poll now would seal. A daemon polls
+    /// again by then even if the WAL did not change, so no commit waits longer than
+    /// [`ReplicatorConfig::max_lag`] for its seal.
+    pub fn seal_due_in(&self) -> Option<Duration> {
+        if self.log.unsealed_frames() == 0 {
+            return None;
+        }
+        let Some(last) = self.last_seal else {
+            return Some(Duration::ZERO);
+        };
+        let since = (self.clock.now() - last).to_std().unwrap_or(Duration::ZERO);
+        Some(self.seal_every.saturating_sub(since))
     }
 
     /// Bytes of WAL frames shipped since our last checkpoint (or since the WAL started).
@@ -463,14 +527,14 @@ impl<S: Storage + Clone> Replicator<S> {
     /// Appends the transactions after `start`, or says why the WAL no longer proves it
     /// continues from there (then a snapshot is needed).
     fn ship_after(&mut self, start: WalPosition, report: &mut IngestReport) -> Result<Continuity> {
-        let log = &mut self.log;
+        let (log, wal) = (&mut self.log, &self.wal);
         let check = if self.verified {
             Check::LastFrame
         } else {
             Check::WholePrefix
         };
-        let scanned = wal::scan(&self.wal, Some(start), check, |txn| {
-            append(log, &txn, report)
+        let scanned = wal::scan(wal, Some(start), check, |txn| {
+            append(log, wal, &txn, report)
         })?;
         match scanned {
             WalScan::Continued { end, .. } => {
@@ -492,9 +556,9 @@ impl<S: Storage + Clone> Replicator<S> {
     /// frames cannot be checkpointed past it), so the new generation begins exactly
     /// where we stopped.
     fn ship_new_generation(&mut self, report: &mut IngestReport) -> Result<Continuity> {
-        let log = &mut self.log;
-        match wal::scan(&self.wal, None, Check::LastFrame, |txn| {
-            append(log, &txn, report)
+        let (log, wal) = (&mut self.log, &self.wal);
+        match wal::scan(wal, None, Check::LastFrame, |txn| {
+            append(log, wal, &txn, report)
         })? {
             WalScan::Continued { end, .. } => {
                 self.record(Some(end));
@@ -522,9 +586,9 @@ impl<S: Storage + Clone> Replicator<S> {
             let vanished = self.wal_vanished(identity);
             return Ok(Err(vanished.unwrap_or(SnapshotReason::DatabaseChanged)));
         }
-        let log = &mut self.log;
-        match wal::scan(&self.wal, None, Check::LastFrame, |txn| {
-            append(log, &txn, report)
+        let (log, wal) = (&mut self.log, &self.wal);
+        match wal::scan(wal, None, Check::LastFrame, |txn| {
+            append(log, wal, &txn, report)
         })? {
             WalScan::Continued { end, .. } => self.record(Some(end)),
             WalScan::Empty => {} // still empty: nothing happened
@@ -669,16 +733,38 @@ fn begin_read(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Appends one WAL transaction, stamped with [`commit_stamp`].
 fn append<S: Storage + Clone>(
     log: &mut LogWriter<S>,
+    wal: &Path,
     txn: &WalTransaction,
     report: &mut IngestReport,
 ) -> Result<()> {
     // SQLite may write a page twice in one transaction; the later image wins, and the
     // log keeps both (its index points at the newest).
     let refs: Vec<(u32, &[u8])> = txn.pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
-    report.add(log.append(&refs, txn.db_size)?);
+    report.add(log.append_at(&refs, txn.db_size, commit_stamp(wal))?);
     Ok(())
+}
+
+/// The time stamped on a transaction just read from the WAL: the WAL's modification
+/// time, read after the transaction's commit frame was.
+///
+/// SQLite writes the commit frame before COMMIT returns, and the kernel sets the file's
+/// modification time at each write, so this time is at or after the write of every frame
+/// read so far (the latest write of the file), yet no later than the moment the
+/// application saw COMMIT return for the newest of them, give or take the kernel's
+/// timestamp granularity (on Linux the coarse clock, up to one tick behind). A restore to
+/// a time T therefore never returns a commit that had not been written by T, and a T
+/// taken right after COMMIT returned finds that commit. Older commits of a group read at
+/// once share the newest one's time. The log clamps it to its clock and keeps commit
+/// times from going backwards ([`LogWriter::append_at`]). When the time cannot be read,
+/// the log's clock (the time of reading) is used, which is later still.
+fn commit_stamp(wal: &Path) -> DateTime<Utc> {
+    match std::fs::metadata(wal).and_then(|m| m.modified()) {
+        Ok(modified) => DateTime::<Utc>::from(modified),
+        Err(_) => DateTime::<Utc>::MAX_UTC,
+    }
 }
 
 /// The WAL's header bytes, to tell whether it was restarted meanwhile.

@@ -19,12 +19,18 @@ pub struct Args {
     /// Ship what is there, wait until it is durable, and exit.
     #[arg(long)]
     once: bool,
-    /// How often to look for new transactions.
+    /// The longest a commit waits before it is sent to the store (the store's own
+    /// latency comes on top). Under steady writes a segment is sent every tenth of it;
+    /// after a quiet spell a commit is sent at once.
+    #[arg(long, default_value = "1s", value_parser = args::duration)]
+    max_lag: Duration,
+    /// How often to look at the WAL when the OS reports no change: the safety net under
+    /// file-change notification (which wakes the daemon at each write). Without
+    /// notification the WAL is looked at every tenth of --max-lag instead.
     #[arg(long, default_value = "1s", value_parser = args::duration)]
     interval: Duration,
-    /// Seal the open segment and send it to the store once its first transaction is
-    /// this old: about the longest the store lags behind the database (default: the
-    /// library's `LogConfig::seal_age`).
+    /// Advanced: also seal the open segment once its first transaction is this old
+    /// (default: --max-lag).
     #[arg(long, value_parser = args::duration)]
     seal_age: Option<Duration>,
     /// Also compact the namespace (default policy) and collect its garbage this often.
@@ -88,6 +94,8 @@ pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
     };
     let namespace = args::namespace(&name)?;
     let mut config = ReplicatorConfig::new(&a.db);
+    config.max_lag = a.max_lag;
+    config.log.seal_age = a.max_lag;
     if let Some(age) = a.seal_age {
         config.log.seal_age = age;
     }
@@ -101,12 +109,15 @@ pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
         println!("stopped before the store answered; nothing was shipped");
         return Ok(());
     };
+    let wake = Wake::new(&a);
     println!(
-        "replicating {} into namespace {namespace} every {:?}; Ctrl-C or SIGTERM stops",
+        "replicating {} into namespace {namespace}, {}, lag at most {:?} plus the store's; \
+         Ctrl-C or SIGTERM stops",
         a.db.display(),
-        a.interval
+        wake.describe(),
+        a.max_lag,
     );
-    let outcome = follow(&store, &namespace, &a, replicator, &mut stop).await;
+    let outcome = follow(&store, &namespace, &a, replicator, wake, &mut stop).await;
     stop_replicator(outcome, &dir).await
 }
 
@@ -158,29 +169,136 @@ async fn open<S: Store>(
     }
 }
 
-/// Polls every interval until a stop signal or an error that waiting cannot fix. A
-/// transient error (the store, or the database's files, failing for now) is reported
+/// When the daemon looks at the WAL next: at once when the OS reports a write (but no
+/// sooner than a tenth of --max-lag after a poll that shipped something, so a busy
+/// database is read in batches), when a shipped commit's seal is due, and every
+/// --interval regardless.
+struct Wake {
+    watcher: Option<walvault::WalWatcher>,
+    /// The fallback poll period.
+    every: Duration,
+    /// The least time between polls that ship.
+    gap: Duration,
+    last_busy: Option<tokio::time::Instant>,
+}
+
+impl Wake {
+    fn new(a: &Args) -> Self {
+        let gap = a.max_lag / 10;
+        match walvault::WalWatcher::new(&a.db) {
+            Ok(watcher) => Self {
+                watcher: Some(watcher),
+                every: a.interval,
+                gap,
+                last_busy: None,
+            },
+            Err(e) => {
+                eprintln!(
+                    "walvault: warning: no file-change notification for {} ({e}); \
+                     looking at the WAL every {gap:?}",
+                    a.db.display()
+                );
+                Self {
+                    watcher: None,
+                    every: a.interval.min(gap),
+                    gap,
+                    last_busy: None,
+                }
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.watcher {
+            Some(_) => format!(
+                "reading each commit as it is written (and every {:?})",
+                self.every
+            ),
+            None => format!("looking every {:?}", self.every),
+        }
+    }
+
+    /// Waits until the next poll is due, or a stop signal (true).
+    async fn wait(&mut self, seal_due_in: Option<Duration>, stop: &mut args::StopSignal) -> bool {
+        let timer = seal_due_in.map_or(self.every, |due| due.min(self.every));
+        let changed = async {
+            match &self.watcher {
+                Some(watcher) => watcher.changed().await,
+                None => std::future::pending().await,
+            }
+            if let Some(at) = self.last_busy {
+                tokio::time::sleep_until(at + self.gap).await;
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(timer) => false,
+            _ = changed => false,
+            _ = stop.received() => true,
+        }
+    }
+
+    fn polled(&mut self, shipped: bool) {
+        if shipped {
+            self.last_busy = Some(tokio::time::Instant::now());
+        }
+    }
+}
+
+/// What the daemon prints about ordinary shipping: a line at the first, then at most one
+/// every [`SUMMARY_EVERY`] adding up what was shipped since (a snapshot is always
+/// reported at once).
+#[derive(Default)]
+struct Shipped {
+    transactions: u64,
+    frames: u64,
+    printed: Option<tokio::time::Instant>,
+}
+
+/// At most one "shipped" line this often.
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+impl Shipped {
+    fn add(&mut self, report: &walvault::IngestReport) {
+        self.transactions += report.transactions;
+        self.frames += report.frames;
+        let due = self.printed.is_none_or(|at| at.elapsed() >= SUMMARY_EVERY);
+        if report.snapshot || (due && self.transactions > 0) {
+            self.print(snapshot_note(report));
+        }
+    }
+
+    fn print(&mut self, note: String) {
+        println!(
+            "shipped {} transactions, {} frames{note}",
+            self.transactions, self.frames
+        );
+        self.transactions = 0;
+        self.frames = 0;
+        self.printed = Some(tokio::time::Instant::now());
+    }
+}
+
+/// Polls whenever [`Wake`] says, until a stop signal or an error that waiting cannot fix.
+/// A transient error (the store, or the database's files, failing for now) is reported
 /// and the next interval tries again: the log keeps what was shipped meanwhile.
 async fn follow<S: Store>(
     store: &S,
     namespace: &walvault::NamespaceName,
     a: &Args,
     mut replicator: Replicator<S>,
+    mut wake: Wake,
     stop: &mut args::StopSignal,
 ) -> (Replicator<S>, Result<()>) {
     let mut maintained = tokio::time::Instant::now();
     let mut warned: Option<tokio::time::Instant> = None;
+    let mut shipped = Shipped::default();
     loop {
         match replicator.poll().await {
-            Ok(report) if report.transactions > 0 || report.snapshot => println!(
-                "shipped {} transactions, {} frames{}",
-                report.transactions,
-                report.frames,
-                snapshot_note(&report)
-            ),
-            // Nothing new to ship; but the log may have stopped in the background (a
-            // store that refuses the credentials, say): then so does the daemon.
-            Ok(_) => {
+            Ok(report) => {
+                wake.polled(report.transactions > 0);
+                shipped.add(&report);
+                // The log may have stopped in the background (a store that refuses the
+                // credentials, say): then so does the daemon.
                 if let Some(e) = replicator.log().tracker().closed() {
                     return (replicator, Err(e));
                 }
@@ -195,6 +313,7 @@ async fn follow<S: Store>(
                 return (replicator, Err(e));
             }
             Err(e) => {
+                wake.polled(true); // no faster retries than shipping
                 if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                     eprintln!(
                         "walvault: warning: {e}; trying again every {:?}",
@@ -210,24 +329,17 @@ async fn follow<S: Store>(
             maintain(store, namespace, a).await;
             maintained = tokio::time::Instant::now();
         }
-        tokio::select! {
-            _ = tokio::time::sleep(a.interval) => {}
-            _ = stop.received() => {
-                // Commits made since the last poll are shipped too, so a stop right
-                // after a commit does not leave it for the next start.
-                let last = replicator.run_once().await;
-                if let Ok(report) = &last {
-                    if report.transactions > 0 {
-                        println!(
-                            "shipped {} transactions, {} frames{}",
-                            report.transactions,
-                            report.frames,
-                            snapshot_note(report)
-                        );
-                    }
-                }
-                return (replicator, last.map(drop));
+        if wake.wait(replicator.seal_due_in(), stop).await {
+            // Commits made since the last poll are shipped too, so a stop right after
+            // a commit does not leave it for the next start.
+            let last = replicator.run_once().await;
+            if let Ok(report) = &last {
+                shipped.add(report);
             }
+            if shipped.transactions > 0 {
+                shipped.print(String::new());
+            }
+            return (replicator, last.map(drop));
         }
     }
 }
