@@ -66,13 +66,13 @@ pub use crate::durability::{
 };
 pub use crate::error::{Error, ErrorKind, FormatError, InvalidInput, Part, Result};
 pub use crate::format::{
-    page_hash, Commit, FrameRef, NamespaceName, PageIndex, PageIndexIter, PageSums, SealedSegment,
-    SegmentBuilder, SegmentKey, CHECKSUM_FLAG,
+    page_hash, Commit, CommitTable, FrameRef, NamespaceName, PageIndex, PageIndexIter, PageSums,
+    SealedSegment, SegmentBuilder, SegmentKey, CHECKSUM_FLAG,
 };
 pub use crate::log::{Appended, LogConfig, LogWriter, RetryPolicy};
 pub use crate::ops::{
-    apply_retention, compact, plan_compaction, verify_history, CompactionPolicy, CompactionReport,
-    Merge, RetentionReport, VerifyReport,
+    apply_retention, commit_log, compact, plan_compaction, verify_history, CommitEntry,
+    CompactionPolicy, CompactionReport, Merge, RetentionReport, VerifyReport,
 };
 pub use crate::replica::{durable_frames, transactions, Follower, Transaction};
 pub use crate::sqlite::{

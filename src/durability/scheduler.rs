@@ -423,6 +423,17 @@ impl<B: Storage> Storage for StoreScheduler<B> {
             .fetch_frames(namespace, key, positions, config)
     }
 
+    fn fetch_commit_table(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        config: Option<B::Config>,
+    ) -> impl Future<Output = Result<crate::format::CommitTable>> + Send {
+        self.inner
+            .backend
+            .fetch_commit_table(namespace, key, config)
+    }
+
     fn fetch_segment_indexes(
         &self,
         namespace: &NamespaceName,

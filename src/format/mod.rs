@@ -2,6 +2,7 @@
 //! encoded segment and its page index. Nothing here does I/O beyond byte slices.
 
 mod builder;
+mod commits;
 mod index;
 mod key;
 pub(crate) mod layout;
@@ -11,6 +12,8 @@ mod segment;
 
 pub(crate) use builder::timestamp_ms;
 pub use builder::SegmentBuilder;
+pub(crate) use commits::commits_range;
+pub use commits::CommitTable;
 pub use index::{PageIndex, PageIndexIter};
 pub use key::SegmentKey;
 pub(crate) use layout::{Header, FRAME_HEADER_LEN, HEADER_LEN};

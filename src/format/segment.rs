@@ -399,17 +399,37 @@ fn verify_frames(b: &[u8], h: &Header, l: &Layout, mut digest: u32) -> Result<u3
 
 fn decode_commits(b: &[u8], h: &Header, l: &Layout) -> Result<(Vec<Commit>, u32), FormatError> {
     let start = l.commits_off as usize;
+    let end = start + h.commit_count as usize * h.commit_len() + CRC_LEN;
+    decode_commit_table(&b[start..end], h, l.commits_off)
+}
+
+/// Decodes and checks a commit table and its trailing CRC (`table`, exactly
+/// `commit_count` entries and the CRC; `at` is its offset in the file, for errors), and
+/// returns the commits and the CRC. Shared by a whole-segment decode and a read of the
+/// table alone.
+pub(crate) fn decode_commit_table(
+    table: &[u8],
+    h: &Header,
+    at: u64,
+) -> Result<(Vec<Commit>, u32), FormatError> {
     let entry_len = h.commit_len();
-    let end = start + h.commit_count as usize * entry_len;
-    let crc = le_u32(b, end);
-    if crc32c::crc32c(&b[start..end]) != crc {
+    let len = h.commit_count as usize * entry_len;
+    if table.len() != len + CRC_LEN {
+        return Err(FormatError::Length {
+            expected: (len + CRC_LEN) as u64,
+            actual: table.len() as u64,
+        });
+    }
+    let start = at as usize;
+    let crc = le_u32(table, len);
+    if crc32c::crc32c(&table[..len]) != crc {
         return Err(FormatError::Checksum {
             part: Part::CommitTable,
-            offset: start as u64,
+            offset: at,
         });
     }
     let mut commits = Vec::with_capacity(h.commit_count as usize);
-    for entry in b[start..end].chunks_exact(entry_len) {
+    for entry in table[..len].chunks_exact(entry_len) {
         let commit = Commit {
             frame_no: le_u64(entry, 0),
             timestamp_ms: le_u64(entry, 8),
@@ -425,7 +445,9 @@ fn decode_commits(b: &[u8], h: &Header, l: &Layout) -> Result<(Vec<Commit>, u32)
             .map_err(|reason| invalid(Part::CommitTable, at, reason))?;
         commits.push(commit);
     }
-    let (first, last) = (commits[0], commits[commits.len() - 1]);
+    let (Some(first), Some(last)) = (commits.first(), commits.last()) else {
+        return Err(invalid(Part::CommitTable, start, "no commits"));
+    };
     if first.timestamp_ms != h.first_commit_ts || last.timestamp_ms != h.last_commit_ts {
         return Err(invalid(
             Part::CommitTable,

@@ -171,6 +171,15 @@ impl<S: Storage + Clone> Storage for FaultyStorage<S> {
         self.inner.fetch_segment_data(namespace, key, config)
     }
 
+    fn fetch_commit_table(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        config: Option<S::Config>,
+    ) -> impl Future<Output = Result<crate::format::CommitTable>> + Send {
+        self.inner.fetch_commit_table(namespace, key, config)
+    }
+
     fn fetch_frames(
         &self,
         namespace: &NamespaceName,

@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use tokio_stream::Stream;
 
 use crate::error::{Error, Result};
-use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
+use crate::format::{CommitTable, NamespaceName, PageIndex, SealedSegment, SegmentKey};
 
 pub(crate) use catalog::{Catalog, CatalogEntry};
 pub use faulty::{Faults, FaultyStorage};
@@ -168,6 +168,20 @@ pub trait Storage: Send + Sync + 'static {
         key: &SegmentKey,
         config_override: Option<Self::Config>,
     ) -> impl Future<Output = Result<SealedSegment>> + Send;
+
+    /// Fetches and verifies only the header and commit table of a stored segment: every
+    /// commit's frame number, time, database size and lineage checksum, without the
+    /// frames. Backends that can read ranges read only those bytes (`walvault log` lists
+    /// a history this way); the default fetches the whole segment.
+    fn fetch_commit_table(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        config_override: Option<Self::Config>,
+    ) -> impl Future<Output = Result<CommitTable>> + Send {
+        let fetch = self.fetch_segment_data(namespace, key, config_override);
+        async move { Ok(CommitTable::of(&fetch.await?)) }
+    }
 
     /// Fetches the frames at `positions` (0-based, as a [`PageIndex`] gives them, strictly
     /// ascending) of a stored segment, each verified by its own checksum: page number and

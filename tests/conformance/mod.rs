@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, TimeZone, Utc};
 use tokio_stream::StreamExt;
 use walvault::{
-    FindSegmentReq, NamespaceName, RestoreOptions, SealedSegment, SegmentBuilder, SegmentInfo,
-    SegmentKey, Storage,
+    CommitTable, FindSegmentReq, NamespaceName, RestoreOptions, SealedSegment, SegmentBuilder,
+    SegmentInfo, SegmentKey, Storage,
 };
 
 mod lineage;
@@ -154,6 +154,9 @@ pub async fn store_fetch_round_trip<B: Backend>(b: &B) {
             index.iter().collect::<Vec<_>>(),
             seg.index().iter().collect::<Vec<_>>()
         );
+        let table = s.fetch_commit_table(&name, &key, None).await.unwrap();
+        assert_eq!(table, CommitTable::of(&seg));
+        assert_eq!(table.commits(), seg.commits());
     }
     let missing = SegmentKey {
         start_frame_no: 21,
@@ -167,6 +170,11 @@ pub async fn store_fetch_round_trip<B: Backend>(b: &B) {
         .is_not_found());
     assert!(s
         .fetch_segment_index(&name, &missing, None)
+        .await
+        .unwrap_err()
+        .is_not_found());
+    assert!(s
+        .fetch_commit_table(&name, &missing, None)
         .await
         .unwrap_err()
         .is_not_found());

@@ -6,6 +6,7 @@
 
 mod args;
 mod demo;
+mod history;
 mod inspect;
 mod maintain;
 mod replicate;
@@ -38,6 +39,8 @@ enum Command {
     Ls(inspect::LsArgs),
     /// Summarize a namespace: durable frame number, segments, bytes, commit times.
     Info(inspect::InfoArgs),
+    /// List a namespace's commits (frame, time, size, pages changed), oldest first.
+    Log(history::LogArgs),
     /// Read and verify every segment of a namespace.
     Verify(inspect::VerifyArgs),
     /// Keep a local database file in step with a namespace.
@@ -84,6 +87,7 @@ async fn run<S: args::Store>(store: S, command: Command) -> walvault::Result<()>
         Command::Restore(a) => restore::run(store, a).await,
         Command::Ls(a) => inspect::ls(store, a).await,
         Command::Info(a) => inspect::info(store, a).await,
+        Command::Log(a) => history::log(store, a).await,
         Command::Verify(a) => inspect::verify(store, a).await,
         Command::Follow(a) => restore::follow(store, a).await,
         Command::Compact(a) => maintain::compact_cmd(store, a).await,

@@ -41,7 +41,7 @@ use super::{
     SegmentInfo, Storage,
 };
 use crate::error::{Error, InvalidInput, Result};
-use crate::format::{NamespaceName, PageIndex, SealedSegment, SegmentKey};
+use crate::format::{CommitTable, NamespaceName, PageIndex, SealedSegment, SegmentKey};
 
 const SEGMENT_EXT: &str = ".seg";
 const LOCK_FILE: &str = "LOCK";
@@ -322,6 +322,17 @@ impl Storage for LocalStorage {
         let ns = self.catalogued(config, namespace, key).await?;
         let key = *key;
         blocking(move || ns.read_index(&key)).await
+    }
+
+    async fn fetch_commit_table(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        config: Option<LocalConfig>,
+    ) -> Result<CommitTable> {
+        let ns = self.catalogued(config, namespace, key).await?;
+        let key = *key;
+        blocking(move || ns.read_commits(&key)).await
     }
 
     async fn fetch_frames(

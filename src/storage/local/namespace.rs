@@ -12,8 +12,8 @@ use bytes::Bytes;
 use super::{LOCK_FILE, SEGMENT_EXT};
 use crate::error::{Error, FormatError, InvalidInput, Part, Result};
 use crate::format::{
-    index_range, parse_index_with_crc, verify_frame, Header, NamespaceName, PageIndex,
-    SealedSegment, SegmentKey, FRAME_HEADER_LEN, HEADER_LEN,
+    commits_range, index_range, parse_index_with_crc, verify_frame, CommitTable, Header,
+    NamespaceName, PageIndex, SealedSegment, SegmentKey, FRAME_HEADER_LEN, HEADER_LEN,
 };
 use crate::storage::catalog::{Catalog, CatalogEntry};
 use crate::storage::fsutil::{create_dir_durable, fsync_dir, write_atomic};
@@ -378,6 +378,15 @@ impl Namespace {
         let mut bytes = vec![0u8; (range.end - range.start) as usize];
         opened.read_at(&mut bytes, range.start)?;
         parse_index_with_crc(&header, Bytes::from(bytes)).map_err(|e| opened.corrupt(e))
+    }
+
+    /// Reads the header and the commit table only, verifying both.
+    pub(super) fn read_commits(&self, key: &SegmentKey) -> Result<CommitTable> {
+        let (opened, header, _) = self.open_segment(key)?;
+        let range = commits_range(&header).map_err(|e| opened.corrupt(e))?;
+        let mut bytes = vec![0u8; (range.end - range.start) as usize];
+        opened.read_at(&mut bytes, range.start)?;
+        CommitTable::parse(&header, &bytes).map_err(|e| opened.corrupt(e))
     }
 
     /// Opens a segment file and reads its header, verified and checked against `key`;

@@ -58,8 +58,8 @@ use super::{
 };
 use crate::error::{Error, FormatError, Part, Result};
 use crate::format::{
-    index_range, parse_index_with_crc, NamespaceName, PageIndex, SealedSegment, SegmentKey,
-    HEADER_LEN,
+    commits_range, index_range, parse_index_with_crc, CommitTable, NamespaceName, PageIndex,
+    SealedSegment, SegmentKey, HEADER_LEN,
 };
 
 /// How many times taking an epoch is retried when other writers keep creating versions.
@@ -600,6 +600,20 @@ impl Storage for ObjectStorage {
         let bytes = self.get_range(&path, key, range).await?;
         parse_index_with_crc(&header, bytes)
             .map_err(|e| Error::corrupt(describe(namespace, key), e))
+    }
+
+    async fn fetch_commit_table(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        _config: Option<()>,
+    ) -> Result<CommitTable> {
+        let (header, _) = self.segment_header(namespace, key).await?;
+        let corrupt = |e| Error::corrupt(describe(namespace, key), e);
+        let range = commits_range(&header).map_err(corrupt)?;
+        let path = self.located(namespace, key).await?;
+        let bytes = self.get_range(&path, key, range).await?;
+        CommitTable::parse(&header, &bytes).map_err(corrupt)
     }
 
     async fn fetch_segment_data(
