@@ -324,14 +324,17 @@ impl Reader {
             }
             let mut commits = BTreeMap::new();
             for key in keys {
-                if !cache.contains_key(&key.to_string()) {
-                    let seg = s
-                        .fetch_segment_data(ns, &key, None)
-                        .await
-                        .map_err(|e| format!("fetching {key}: {e}"))?;
-                    cache.insert(key.to_string(), seg.commits().to_vec());
-                }
-                for c in &cache[&key.to_string()] {
+                let segment_commits = match cache.entry(key.to_string()) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let seg = s
+                            .fetch_segment_data(ns, &key, None)
+                            .await
+                            .map_err(|e| format!("fetching {key}: {e}"))?;
+                        e.insert(seg.commits().to_vec())
+                    }
+                };
+                for c in segment_commits.iter() {
                     commits.insert(c.frame_no, *c);
                 }
             }
@@ -1142,18 +1145,19 @@ fn litestream_run(
     // restore at that TXID.
     let mut covered: Vec<(u64, u64)> = Vec::new(); // (appeared ns, rows)
     for (name, appeared) in &seen {
+        // `-txid` takes the TXID in hex, as the file name spells it.
         let Some(txid) = name
             .trim_end_matches(".ltx")
             .split('-')
             .nth(1)
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .filter(|h| u64::from_str_radix(h, 16).is_ok())
         else {
             continue;
         };
         let out = dir.join(format!("ls-{txid}.db"));
         let o = Command::new(bin)
             .current_dir(dir)
-            .args(["restore", "-txid", &txid.to_string(), "-o"])
+            .args(["restore", "-txid", txid, "-o"])
             .arg(&out)
             .arg(format!("file://{}", replica.display()))
             .output()
