@@ -55,7 +55,7 @@ impl Default for CompactionPolicy {
 }
 
 impl CompactionPolicy {
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let bad =
             |what: &str| Err(InvalidInput::Config(format!("compaction policy: {what}")).into());
         if self.fan_in < 2 {
