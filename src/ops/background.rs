@@ -5,14 +5,15 @@
 //! day; every restore, `ls` and `info` pays for each one. Compacting everything every
 //! few seconds would rewrite large segments again and again, and compacting rarely lets
 //! thousands of small ones pile up. So each [`Tier`] runs [`compact`] with its own
-//! [`CompactionPolicy`] at its own pace: the fast tier (every few seconds) merges only
-//! the newest small segments, since anything of half its small `target_size` or more is
-//! *full* to it and left alone; the minute tier builds segments of megabytes from
-//! those, the hour tier segments of hundreds of megabytes. Each tier's size-tiered
-//! cascade rewrites a byte about log_fan_in(target / input size) times, and its
-//! `max_small` bounds how many segments below its full size remain, so the count in a
-//! namespace stays bounded by the tiers' `max_small` plus the full segments of the
-//! slowest tier (one per `target_size / 2` or more of history).
+//! [`CompactionPolicy`] at its own pace, over its own band of sizes (`min_size` up to
+//! half its `target_size`): the fast tier (every second) merges only the newest small
+//! segments; the minute tier builds segments of megabytes from those, the hour tier
+//! segments of a hundred megabytes and more. Each tier's size-tiered cascade rewrites a
+//! byte about log_fan_in(target / input size) times, and its `max_small` bounds how many
+//! segments remain in its band after it runs. So the count in a namespace stays below
+//! the sum of the tiers' `max_small`, plus what arrives in a band between two runs of
+//! its tier, plus the final segments (one per 128 MiB or more of history with the
+//! default tiers), which grow with history alone.
 //!
 //! **What stays restorable.** The tiers' policies have precision zero, so merged
 //! segments keep every commit with its frame number and time: a restore by frame or by
@@ -79,30 +80,34 @@ impl Default for MaintenanceConfig {
 }
 
 impl MaintenanceConfig {
-    /// Three tiers, every commit kept (precision zero):
+    /// Three tiers, every commit kept (precision zero), each owning a band of sizes:
     ///
-    /// | every | full at (target / 2) | fan-in | small kept |
+    /// | every | merges segments of | fan-in | at most left in its band |
     /// |---|---|---|---|
-    /// | 5 s | 512 KiB | 8 | 8 |
-    /// | 1 min | 32 MiB | 8 | 8 |
-    /// | 1 h | 128 MiB | 8 | 4 |
+    /// | 1 s | below 512 KiB | 8 | 8 |
+    /// | 1 min | 512 KiB to 32 MiB | 8 | 8 |
+    /// | 1 h | 32 MiB to 128 MiB | 8 | 4 |
     ///
-    /// A merge holds one input and its output in memory, which caps the hour tier's
-    /// target at 256 MiB.
+    /// Segments of 128 MiB or more are final. The fast tier runs every second so that
+    /// at most a second of seals (10 at the daemon's cadence) waits for it; a slower
+    /// tier leaves the faster tiers' bands alone, so it never rewrites its own newest
+    /// segment just to absorb theirs. A merge holds one input and its output in memory,
+    /// which caps the hour tier's target at 256 MiB.
     pub fn default_tiers() -> Vec<Tier> {
-        let tier = |secs, target_size, max_small| Tier {
+        let tier = |secs, min_size, target_size, max_small| Tier {
             every: Duration::from_secs(secs),
             policy: CompactionPolicy {
                 target_size,
                 fan_in: 8,
                 max_small,
                 precision: Duration::ZERO,
+                min_size,
             },
         };
         vec![
-            tier(5, 1 << 20, 8),
-            tier(60, 64 << 20, 8),
-            tier(3600, 256 << 20, 4),
+            tier(1, 0, 1 << 20, 8),
+            tier(60, 512 << 10, 64 << 20, 8),
+            tier(3600, 32 << 20, 256 << 20, 4),
         ]
     }
 
