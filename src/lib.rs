@@ -72,7 +72,8 @@ pub use crate::format::{
 pub use crate::log::{Appended, LogConfig, LogWriter, RetryPolicy};
 pub use crate::ops::{
     apply_retention, commit_log, compact, plan_compaction, verify_history, CommitEntry,
-    CompactionPolicy, CompactionReport, Merge, RetentionReport, VerifyReport,
+    CompactionPolicy, CompactionReport, Maintainer, MaintainerHandle, MaintenanceConfig, Merge,
+    RetentionReport, Schedule, Task, TaskReport, Tier, VerifyReport,
 };
 pub use crate::replica::{durable_frames, transactions, Follower, Transaction};
 pub use crate::sqlite::{

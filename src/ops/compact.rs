@@ -4,11 +4,11 @@
 //! a stack of groups; whenever the newest `fan_in` groups are in the same size tier
 //! (tier `t` holds sizes in `4 KiB · fan_in^t ..< 4 KiB · fan_in^(t+1)`) and together
 //! fit `target_size`, they become one group. A segment of at least half `target_size`
-//! is full and never merged again. This bounds how often a byte is rewritten by the
-//! number of tiers (log of the target over the segment size). Then, while more than
-//! `max_small` groups are not full, the newest adjacent pairs that fit are merged, so a
-//! restore of the latest state reads at most `max_small` small segments besides the
-//! full ones. Each group of two or more segments becomes one merge, swapped in with one
+//! is full and never merged again (nor is one below `min_size`, left to a faster tier).
+//! This bounds how often a byte is rewritten by the number of tiers (log of the target
+//! over the segment size). Then, while more than `max_small` groups are not full, the
+//! smallest adjacent pair that fits is merged, so a restore of the latest state reads
+//! at most `max_small` small segments besides the full ones. Each group of two or more segments becomes one merge, swapped in with one
 //! catalog edit ([`Storage::replace_segments`]).
 //!
 //! Merged segments keep every commit, or with a `precision` the last commit of each
@@ -41,6 +41,11 @@ pub struct CompactionPolicy {
     /// window of this length (aligned to the Unix epoch) stays restorable, as does the
     /// first. Zero (the default) keeps every commit.
     pub precision: Duration,
+    /// Segments smaller than this are left alone, like full ones, and do not count
+    /// against `max_small`: a slower tier of the background maintainer leaves them to
+    /// the faster tier that owns them, so it never rewrites its band's newest segment
+    /// just to absorb them. Default 0.
+    pub min_size: u64,
 }
 
 impl Default for CompactionPolicy {
@@ -50,12 +55,13 @@ impl Default for CompactionPolicy {
             fan_in: 8,
             max_small: 8,
             precision: Duration::ZERO,
+            min_size: 0,
         }
     }
 }
 
 impl CompactionPolicy {
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let bad =
             |what: &str| Err(InvalidInput::Config(format!("compaction policy: {what}")).into());
         if self.fan_in < 2 {
@@ -72,6 +78,11 @@ impl CompactionPolicy {
 
     fn full(&self, size: u64) -> bool {
         size >= self.target_size / 2
+    }
+
+    /// Whether this policy may merge a segment (or group) of `size` bytes.
+    fn mergeable(&self, size: u64) -> bool {
+        size >= self.min_size && !self.full(size)
     }
 
     fn tier(&self, size: u64) -> u32 {
@@ -205,22 +216,33 @@ fn tier_run(groups: &[Group], policy: &CompactionPolicy) -> Option<usize> {
     let size: u64 = run.iter().map(|g| g.size).sum();
     let same = run
         .iter()
-        .all(|g| !policy.full(g.size) && policy.tier(g.size) == tier);
+        .all(|g| policy.mergeable(g.size) && policy.tier(g.size) == tier);
     (same && size <= policy.target_size).then_some(at)
 }
 
-/// Merges the newest adjacent small groups while more than `max_small` are small.
+/// While more than `max_small` groups are small, merges the adjacent pair of small
+/// groups that together are smallest (the newest such pair on a tie) and fit the
+/// target. Merging the smallest pair, not always the newest, makes this a binary
+/// counter: a byte is rewritten about log2(band) times, where absorbing the newest
+/// segments into one growing segment would rewrite it at every run.
 fn bound_small(groups: &mut Vec<Group>, policy: &CompactionPolicy) {
-    let small = |groups: &[Group]| groups.iter().filter(|g| !policy.full(g.size)).count();
-    let mut i = groups.len();
-    while i >= 2 && small(groups) > policy.max_small {
-        i -= 1;
-        let (a, b) = (&groups[i - 1], &groups[i]);
-        if !policy.full(a.size) && !policy.full(b.size) && a.size + b.size <= policy.target_size {
-            let b = groups.remove(i);
-            let a = groups.remove(i - 1);
-            groups.insert(i - 1, join(vec![a, b]));
-        }
+    let small = |groups: &[Group]| groups.iter().filter(|g| policy.mergeable(g.size)).count();
+    while small(groups) > policy.max_small {
+        let pair = (1..groups.len())
+            .rev()
+            .filter(|&i| {
+                let (a, b) = (&groups[i - 1], &groups[i]);
+                policy.mergeable(a.size)
+                    && policy.mergeable(b.size)
+                    && a.size + b.size <= policy.target_size
+            })
+            .min_by_key(|&i| groups[i - 1].size + groups[i].size);
+        let Some(i) = pair else {
+            return; // no pair fits the target
+        };
+        let b = groups.remove(i);
+        let a = groups.remove(i - 1);
+        groups.insert(i - 1, join(vec![a, b]));
     }
 }
 
@@ -277,6 +299,19 @@ mod tests {
         };
         let groups = plan(&segs(&[600_000, 10, 10, 600_000, 10]), &policy);
         assert_eq!(sizes(&groups), vec![1, 2, 1, 1]);
+    }
+
+    #[test]
+    fn segments_below_min_size_are_left_to_a_faster_tier() {
+        let policy = CompactionPolicy {
+            target_size: 1 << 20,
+            fan_in: 2,
+            max_small: 1,
+            min_size: 1_000,
+            ..CompactionPolicy::default()
+        };
+        let groups = plan(&segs(&[5_000, 5_000, 5_000, 10, 10, 10]), &policy);
+        assert_eq!(sizes(&groups), vec![3, 1, 1, 1]);
     }
 
     #[test]

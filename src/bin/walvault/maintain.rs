@@ -104,6 +104,7 @@ pub async fn compact_cmd<S: Store>(store: S, a: CompactArgs) -> Result<()> {
         precision: a.precision.unwrap_or_default(),
         fan_in: a.fan_in,
         max_small: a.max_small,
+        min_size: 0,
     };
     let report = compact(&store, &namespace, &policy, a.dry_run).await?;
     let verb = if a.dry_run { "would merge" } else { "merged" };

@@ -33,49 +33,64 @@ pub struct Args {
     /// (default: --max-lag).
     #[arg(long, value_parser = args::duration)]
     seal_age: Option<Duration>,
-    /// Also compact the namespace (default policy) and collect its garbage this often.
-    /// On the local backend this is the way to maintain a namespace that is being
-    /// written, since only the writer's process may edit its manifest.
+    /// Do not compact in the background. By default the daemon merges small segments
+    /// in tiers (every second, every minute, every hour), keeping every commit restorable.
+    #[arg(long)]
+    no_compact: bool,
+    /// Run the fast compaction tier, retention (--retain) and garbage collection of
+    /// merged-away segments this often (default: 1s for the fast tier, 10m for collection).
     #[arg(long, value_parser = args::duration)]
     maintain_every: Option<Duration>,
-    /// With --maintain-every: keep this point-in-time window and drop older history.
-    #[arg(long, value_parser = args::duration, requires = "maintain_every")]
+    /// Keep this point-in-time window and drop older history.
+    #[arg(long, value_parser = args::duration)]
     retain: Option<Duration>,
-    /// With --maintain-every: delete unreferenced segments only after this long.
+    /// Delete merged-away segments only after this long.
     #[arg(long, value_parser = args::duration, default_value = "1h")]
     grace: Duration,
 }
 
-/// One round of maintenance beside the writer: compaction, retention, garbage
-/// collection. Reports what it did; a failure is reported and replication goes on.
-async fn maintain<S: Store>(store: &S, namespace: &walvault::NamespaceName, a: &Args) {
-    let round = async {
-        let policy = walvault::CompactionPolicy::default();
-        let compacted = walvault::compact(store, namespace, &policy, false).await?;
-        let mut dropped = false;
-        if let Some(window) = a.retain {
-            let now = walvault::Clock::now(&walvault::SystemClock);
-            dropped = walvault::apply_retention(store, namespace, window, now, false)
-                .await?
-                .merge
-                .is_some();
-        }
-        let options = walvault::GcOptions {
-            grace: a.grace,
-            dry_run: false,
-        };
-        let gc = store.collect_garbage(namespace, options, None).await?;
-        Ok::<_, Error>((compacted.merges.len(), dropped, gc))
+/// Starts background maintenance (tiered compaction, retention, garbage collection)
+/// on the writer's own store handle; None with `--no-compact` and nothing else to do.
+fn maintain<S: Store>(
+    store: &S,
+    namespace: &walvault::NamespaceName,
+    a: &Args,
+) -> Result<Option<walvault::MaintainerHandle>> {
+    let mut config = walvault::MaintenanceConfig {
+        retain: a.retain,
+        grace: a.grace,
+        ..Default::default()
     };
-    match round.await {
-        Ok((0, false, gc)) if gc.deleted.is_empty() && gc.orphans.is_empty() => {}
-        Ok((merges, dropped, gc)) => println!(
-            "maintenance: {merges} merges{}; deleted {} segments",
-            if dropped { ", old history dropped" } else { "" },
-            gc.deleted.len() + gc.orphans.len()
-        ),
-        Err(e) => eprintln!("walvault: warning: maintenance failed (replication goes on): {e}"),
+    if let Some(every) = a.maintain_every {
+        config.collect_every = every;
+        if let Some(fast) = config.tiers.first_mut() {
+            fast.every = every;
+        }
     }
+    if a.no_compact {
+        if a.maintain_every.is_none() && a.retain.is_none() {
+            return Ok(None);
+        }
+        config.tiers.clear();
+    }
+    let clock = std::sync::Arc::new(walvault::SystemClock);
+    let maintainer = walvault::Maintainer::new(store.clone(), namespace.clone(), config, clock)?;
+    // The fast tier merges every few seconds: only the slower tiers and collection say so.
+    Ok(Some(maintainer.spawn(|r| {
+        if r.changed() && r.task != walvault::Task::Compact(0) {
+            println!(
+                "maintenance: {} merges of {} segments{}; deleted {} segments",
+                r.merges,
+                r.segments_merged,
+                if r.history_dropped {
+                    ", old history dropped"
+                } else {
+                    ""
+                },
+                r.deleted
+            );
+        }
+    })))
 }
 
 /// How long `--once` keeps retrying a store that does not answer.
@@ -117,7 +132,11 @@ pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
         wake.describe(),
         a.max_lag,
     );
-    let outcome = follow(&store, &namespace, &a, replicator, wake, &mut stop).await;
+    let maintainer = maintain(&store, &namespace, &a)?;
+    let outcome = follow(&a, replicator, wake, &mut stop).await;
+    if let Some(maintainer) = maintainer {
+        maintainer.stop().await;
+    }
     stop_replicator(outcome, &dir).await
 }
 
@@ -282,14 +301,11 @@ impl Shipped {
 /// A transient error (the store, or the database's files, failing for now) is reported
 /// and the next interval tries again: the log keeps what was shipped meanwhile.
 async fn follow<S: Store>(
-    store: &S,
-    namespace: &walvault::NamespaceName,
     a: &Args,
     mut replicator: Replicator<S>,
     mut wake: Wake,
     stop: &mut args::StopSignal,
 ) -> (Replicator<S>, Result<()>) {
-    let mut maintained = tokio::time::Instant::now();
     let mut warned: Option<tokio::time::Instant> = None;
     let mut shipped = Shipped::default();
     loop {
@@ -322,12 +338,6 @@ async fn follow<S: Store>(
                     warned = Some(tokio::time::Instant::now());
                 }
             }
-        }
-        if a.maintain_every
-            .is_some_and(|every| maintained.elapsed() >= every)
-        {
-            maintain(store, namespace, a).await;
-            maintained = tokio::time::Instant::now();
         }
         if wake.wait(replicator.seal_due_in(), stop).await {
             // Commits made since the last poll are shipped too, so a stop right after
