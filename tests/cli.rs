@@ -621,7 +621,15 @@ fn replicate_maintains_the_namespace_it_writes() {
             assert_eq!(&restored, expected, "moment {i}");
         } else {
             let j = moments[..=i].iter().position(|(_, m)| *m == restored);
-            let j = j.unwrap_or_else(|| panic!("moment {i}: {restored:?} was never the database"));
+            let j = j.unwrap_or_else(|| {
+                let log = walvault(d, &["log", "--namespace", "shop"]);
+                let ls = walvault(d, &["ls", "--namespace", "shop"]);
+                panic!(
+                    "moment {i} ({at}): {restored:?} was never the database by then\n{}\n{}",
+                    String::from_utf8_lossy(&log.stdout),
+                    String::from_utf8_lossy(&ls.stdout),
+                )
+            });
             assert!(j >= seen, "moment {i} went back to {j}");
             seen = j;
         }

@@ -747,23 +747,54 @@ fn append<S: Storage + Clone>(
     Ok(())
 }
 
-/// The time stamped on a transaction just read from the WAL: the WAL's modification
-/// time, read after the transaction's commit frame was.
+/// The time stamped on a transaction just read from the WAL: never earlier than the
+/// write of its commit frame, and as close to it as the OS tells.
 ///
-/// SQLite writes the commit frame before COMMIT returns, and the kernel sets the file's
-/// modification time at each write, so this time is at or after the write of every frame
-/// read so far (the latest write of the file), yet no later than the moment the
-/// application saw COMMIT return for the newest of them, give or take the kernel's
-/// timestamp granularity (on Linux the coarse clock, up to one tick behind). A restore to
-/// a time T therefore never returns a commit that had not been written by T, and a T
-/// taken right after COMMIT returned finds that commit. Older commits of a group read at
-/// once share the newest one's time. The log clamps it to its clock and keeps commit
-/// times from going backwards ([`LogWriter::append_at`]). When the time cannot be read,
-/// the log's clock (the time of reading) is used, which is later still.
+/// SQLite writes the commit frame before COMMIT returns, and the kernel sets the WAL's
+/// modification time at each write; read after the transaction was, it is at or after
+/// the kernel's time of the commit frame's write. But the kernel takes that time from its
+/// coarse clock, which runs behind the real time: by up to one tick in principle (4 ms at
+/// HZ=250), and by up to one and a half measured on a virtual machine. So the stamp is
+/// the modification time plus [`COARSE_TICKS`] ticks of the coarse clock
+/// (`clock_getres(CLOCK_REALTIME_COARSE)`), or the time of reading when that is earlier
+/// (the log clamps it to its clock, see [`LogWriter::append_at`]). A restore to a time T
+/// then returns a commit written after T only if the kernel's clock was more than that
+/// behind at the write; a commit is restorable by time from a few milliseconds after its
+/// write, or from when the replicator read it, whichever comes first. Where the
+/// resolution is unknown (not Linux), the time of reading is used.
 fn commit_stamp(wal: &Path) -> DateTime<Utc> {
-    match std::fs::metadata(wal).and_then(|m| m.modified()) {
-        Ok(modified) => DateTime::<Utc>::from(modified),
-        Err(_) => DateTime::<Utc>::MAX_UTC,
+    let modified = std::fs::metadata(wal).and_then(|m| m.modified());
+    match (modified, coarse_clock_resolution()) {
+        (Ok(modified), Some(tick)) => DateTime::<Utc>::from(modified + tick * COARSE_TICKS),
+        _ => DateTime::<Utc>::MAX_UTC,
+    }
+}
+
+/// How many ticks of the kernel's coarse clock a file's modification time is taken to
+/// be behind the write that set it, at most (see [`commit_stamp`]).
+const COARSE_TICKS: u32 = 2;
+
+/// How far behind the real time the kernel's file timestamps can be: the resolution of
+/// the coarse clock they come from (Linux). None where that is not known.
+fn coarse_clock_resolution() -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        static TICK: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+        *TICK.get_or_init(|| {
+            let mut res = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_getres writes one timespec through a valid pointer.
+            let rc = unsafe { libc::clock_getres(libc::CLOCK_REALTIME_COARSE, &mut res) };
+            let secs = u64::try_from(res.tv_sec).ok()?;
+            let nanos = u32::try_from(res.tv_nsec).ok()?;
+            (rc == 0).then(|| Duration::new(secs, nanos))
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
     }
 }
 
