@@ -116,7 +116,11 @@ fn no_commit_is_stamped_before_it_was_made() {
         .args(["-c", WRITER, &N.to_string(), "30"])
         .output()
         .unwrap();
-    assert!(writer.status.success(), "{}", String::from_utf8_lossy(&writer.stderr));
+    assert!(
+        writer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&writer.stderr)
+    );
     let made: Vec<(i64, i64, i64)> = String::from_utf8(writer.stdout)
         .unwrap()
         .lines()
@@ -145,7 +149,18 @@ fn no_commit_is_stamped_before_it_was_made() {
         let early = d.join(format!("before{k}.db"));
         let at = rfc3339_ns(before - 1_000_000);
         let out = early.to_str().unwrap();
-        walvault(d, &["restore", "--namespace", "app", "--at", &at, "--output", out]);
+        walvault(
+            d,
+            &[
+                "restore",
+                "--namespace",
+                "app",
+                "--at",
+                &at,
+                "--output",
+                out,
+            ],
+        );
         let restored = rows(&early);
         assert!(
             restored < *rows_after,
@@ -155,9 +170,23 @@ fn no_commit_is_stamped_before_it_was_made() {
         let late = d.join(format!("after{k}.db"));
         let at = rfc3339_ns(*after);
         let out = late.to_str().unwrap();
-        walvault(d, &["restore", "--namespace", "app", "--at", &at, "--output", out]);
+        walvault(
+            d,
+            &[
+                "restore",
+                "--namespace",
+                "app",
+                "--at",
+                &at,
+                "--output",
+                out,
+            ],
+        );
         let restored = rows(&late);
-        assert!(restored <= *rows_after, "a restore to {at} holds a later commit");
+        assert!(
+            restored <= *rows_after,
+            "a restore to {at} holds a later commit"
+        );
         exact += usize::from(restored == *rows_after);
     }
     eprintln!("restore --at right after COMMIT returned gave that commit {exact} of {N} times");

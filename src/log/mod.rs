@@ -243,7 +243,8 @@ impl<S: Storage + Clone> LogWriter<S> {
     /// when the transaction committed better than the log does (the replicator takes it
     /// from the WAL's modification time). A time later than the clock's, or earlier than
     /// the previous commit's, is clamped into that range: commit times never go
-    /// backwards, and never run ahead of the log's clock.
+    /// backwards, and never run ahead of the log's clock. Like every commit time, it is
+    /// kept in whole milliseconds, rounded up.
     pub fn append_at(
         &mut self,
         pages: &[(u32, &[u8])],
@@ -314,10 +315,9 @@ impl<S: Storage + Clone> LogWriter<S> {
         }
         let now = self.config.clock.now();
         let now_ms = timestamp_ms(now)?;
-        let at_ms = match at {
-            Some(at) => timestamp_ms(at.min(now))?,
-            None => now_ms,
-        };
+        // Stamps are whole milliseconds, rounded up: a stamp is never earlier than the
+        // moment it stands for, so a restore to a time before a commit never holds it.
+        let at_ms = ceil_ms(at.map_or(now, |at| at.min(now)))?;
         // Commit times never go backwards, whatever the clock does.
         let commit_ms = at_ms.max(self.last_commit_ms);
         let frames = self.allocator.allocate(pages.len() as u64)?;
@@ -624,6 +624,13 @@ impl<S: Storage + Clone> Drop for LogWriter<S> {
             tracker.close();
         }
     }
+}
+
+/// `at` in milliseconds since the epoch, rounded up.
+fn ceil_ms(at: DateTime<Utc>) -> Result<u64> {
+    let ms = timestamp_ms(at)?;
+    let sub_ms = !at.timestamp_subsec_nanos().is_multiple_of(1_000_000);
+    Ok(ms + u64::from(sub_ms))
 }
 
 /// Frames to reserve room for when a segment starts: what the sealing policy allows, but

@@ -23,6 +23,10 @@ pub enum SnapshotReason {
     /// The log holds fewer frames than the saved position says were shipped (an
     /// emptied or another store).
     LogLacksPosition,
+    /// The log holds transactions past the saved position: the replicator stopped
+    /// (crashed, or was killed) after shipping them and before saving where they end
+    /// in the WAL, so reading on from the saved position would ship them twice.
+    LogPastPosition,
     /// The WAL file is gone (SQLite deletes it when its last connection closes, after
     /// checkpointing it into the database).
     WalDeleted,
@@ -56,6 +60,7 @@ impl std::fmt::Display for SnapshotReason {
             Self::FirstRun => "first run",
             Self::PositionForOtherHistory => "saved position is for another namespace or page size",
             Self::LogLacksPosition => "log lacks the position",
+            Self::LogPastPosition => "log holds transactions past the saved position",
             Self::WalDeleted => "WAL deleted",
             Self::WalReplaced => "WAL deleted and created anew",
             Self::WalTruncated => "WAL truncated",

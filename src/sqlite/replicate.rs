@@ -167,6 +167,14 @@ pub struct Replicator<S: Storage + Clone> {
     checkpoint_timeout: Duration,
     /// See [`ReplicatorConfig::seal_every`].
     seal_every: Duration,
+    /// True while [`poll`](Self::poll) ships: the position is saved when it seals (see
+    /// [`save_position`](Self::save_position)) rather than at every read, which would
+    /// cost two fsyncs per read.
+    defer_position: bool,
+    /// True when transactions were appended since the position was last saved.
+    position_unsaved: bool,
+    /// The state as last saved.
+    saved: Option<IngestState>,
     /// When `poll` last sealed (None before the first seal).
     last_seal: Option<DateTime<Utc>>,
     clock: Arc<dyn Clock>,
@@ -243,6 +251,8 @@ impl<S: Storage + Clone> Replicator<S> {
             Some(SnapshotReason::PositionForOtherHistory)
         } else if state.log_frame > log_high {
             Some(SnapshotReason::LogLacksPosition)
+        } else if state.log_frame < log_high {
+            Some(SnapshotReason::LogPastPosition)
         } else {
             None
         };
@@ -269,6 +279,9 @@ impl<S: Storage + Clone> Replicator<S> {
             checkpoint_wal_bytes: config.checkpoint_wal_bytes,
             checkpoint_timeout: config.checkpoint_timeout,
             seal_every,
+            defer_position: false,
+            position_unsaved: false,
+            saved: None,
             last_seal: None,
             clock,
             state,
@@ -304,12 +317,19 @@ impl<S: Storage + Clone> Replicator<S> {
     /// [`ReplicatorConfig::checkpoint_wal_bytes`] of WAL were shipped since the last
     /// checkpoint, checkpoint (see [`checkpoint`](Self::checkpoint)).
     pub async fn poll(&mut self) -> Result<IngestReport> {
-        let mut report = self.ship().await?;
-        if self.seal_due_in() == Some(Duration::ZERO) {
+        self.defer_position = true;
+        let shipped = self.ship().await;
+        self.defer_position = false;
+        let mut report = shipped?;
+        let sealed = if self.seal_due_in() == Some(Duration::ZERO) {
             self.log.seal()?;
             self.last_seal = Some(self.clock.now());
+            true
         } else {
-            self.log.maybe_seal()?;
+            self.log.maybe_seal()?
+        };
+        if sealed || self.log.unsealed_frames() == 0 {
+            self.save_position().await?;
         }
         self.hand_over_reader()?;
         let backing_off = self
@@ -381,15 +401,34 @@ impl<S: Storage + Clone> Replicator<S> {
             report.snapshot_reason = Some(reason);
             self.ship_snapshot(&mut report)?;
         }
-        if let Some(last) = &report.last {
-            last.wait(Durability::Written).await?;
-            self.state.log_frame = last.frames.end - 1;
+        if report.last.is_some() {
+            self.position_unsaved = true;
         }
-        self.state_file.save(&self.state)?;
+        if !self.defer_position {
+            self.save_position().await?;
+        }
         self.verified = true;
         self.start_reason = None;
         self.wal_seen = Some(identity);
         Ok(report)
+    }
+
+    /// Saves the WAL position reached, once every frame appended to the log is
+    /// `Written`, so that the saved position never runs ahead of the log. (It may run
+    /// behind: [`open`](Self::open) then ships a snapshot, rather than the transactions
+    /// after it a second time.) Saves nothing when nothing changed since the last save.
+    async fn save_position(&mut self) -> Result<()> {
+        let applied = self.log.tracker().watermark(Durability::Applied);
+        if self.position_unsaved {
+            self.log.wait(applied, Durability::Written).await?;
+            self.state.log_frame = applied;
+        }
+        if self.position_unsaved || self.saved.as_ref() != Some(&self.state) {
+            self.state_file.save(&self.state)?;
+            self.saved = Some(self.state);
+            self.position_unsaved = false;
+        }
+        Ok(())
     }
 
     /// Whether the WAL this process saw at its last run is gone (deleted, or deleted
@@ -520,6 +559,7 @@ impl<S: Storage + Clone> Replicator<S> {
                 Err(e) => return Err(e),
             }
         }
+        self.save_position().await?;
         let Self { log, .. } = self;
         log.close().await
     }

@@ -189,9 +189,10 @@ async fn open<S: Store>(
 }
 
 /// When the daemon looks at the WAL next: at once when the OS reports a write (but no
-/// sooner than a tenth of --max-lag after a poll that shipped something, so a busy
-/// database is read in batches), when a shipped commit's seal is due, and every
-/// --interval regardless.
+/// sooner than a fiftieth of --max-lag, 20 ms by default, after a poll that shipped
+/// something, so a busy database is read in batches), when a shipped commit's seal is
+/// due, and every --interval regardless. Reading soon matters beyond the lag: the time
+/// of reading bounds a commit's time stamp.
 struct Wake {
     watcher: Option<walvault::WalWatcher>,
     /// The fallback poll period.
@@ -203,7 +204,7 @@ struct Wake {
 
 impl Wake {
     fn new(a: &Args) -> Self {
-        let gap = a.max_lag / 10;
+        let gap = a.max_lag / 50;
         match walvault::WalWatcher::new(&a.db) {
             Ok(watcher) => Self {
                 watcher: Some(watcher),
@@ -212,14 +213,15 @@ impl Wake {
                 last_busy: None,
             },
             Err(e) => {
+                let every = a.interval.min(a.max_lag / 10);
                 eprintln!(
                     "walvault: warning: no file-change notification for {} ({e}); \
-                     looking at the WAL every {gap:?}",
+                     looking at the WAL every {every:?}",
                     a.db.display()
                 );
                 Self {
                     watcher: None,
-                    every: a.interval.min(gap),
+                    every,
                     gap,
                     last_busy: None,
                 }
