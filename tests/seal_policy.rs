@@ -95,3 +95,117 @@ async fn a_max_lag_below_the_minimum_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("max_lag"), "{err}");
 }
+
+/// A database in WAL mode with a table, a replicator on a manual clock, and the clock.
+async fn setup(
+    dir: &std::path::Path,
+    store: &MemoryStorage,
+) -> (Connection, Replicator<MemoryStorage>, ManualClock) {
+    let db = dir.join("app.db");
+    let conn = Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v)",
+    )
+    .unwrap();
+    let clock = ManualClock::new(chrono::Utc.with_ymd_and_hms(2026, 12, 3, 12, 0, 0).unwrap());
+    let replicator = reopen(dir, store, &clock).await;
+    (conn, replicator, clock)
+}
+
+async fn reopen(
+    dir: &std::path::Path,
+    store: &MemoryStorage,
+    clock: &ManualClock,
+) -> Replicator<MemoryStorage> {
+    let mut config = ReplicatorConfig::new(dir.join("app.db"));
+    config.log.clock = Arc::new(clock.clone());
+    let ns = NamespaceName::new("app").unwrap();
+    Replicator::open(store.clone(), ns, config).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_clean_close_resumes_without_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MemoryStorage::new();
+    let (conn, mut replicator, clock) = setup(dir.path(), &store).await;
+    assert!(
+        replicator.poll().await.unwrap().snapshot,
+        "a first run ships a snapshot"
+    );
+    clock.advance(Duration::from_millis(20));
+    insert(&conn, 1);
+    replicator.poll().await.unwrap(); // read, not yet sealed
+    replicator.close().await.unwrap();
+
+    let mut replicator = reopen(dir.path(), &store, &clock).await;
+    insert(&conn, 2);
+    let report = replicator.poll().await.unwrap();
+    assert!(!report.snapshot, "{:?}", report.snapshot_reason);
+    assert_eq!(report.transactions, 1);
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replicator_dropped_before_saving_its_position_resumes_with_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MemoryStorage::new();
+    let (conn, mut replicator, clock) = setup(dir.path(), &store).await;
+    replicator.poll().await.unwrap();
+    clock.advance(Duration::from_millis(20));
+    insert(&conn, 1);
+    replicator.poll().await.unwrap();
+    assert!(
+        replicator.seal_due_in().is_some(),
+        "the commit waits for its seal"
+    );
+    // Killed, in effect: no close, so the position covering the commit is never saved,
+    // while the log keeps the commit.
+    let applied = replicator.log().tracker().watermark(Durability::Applied);
+    replicator
+        .log()
+        .wait(applied, Durability::Written)
+        .await
+        .unwrap();
+    drop(replicator);
+
+    let mut replicator = reopen(dir.path(), &store, &clock).await;
+    let report = replicator.poll().await.unwrap();
+    assert_eq!(
+        report.snapshot_reason,
+        Some(walvault::SnapshotReason::LogPastPosition),
+        "reading on from the old position would ship the commit twice"
+    );
+    replicator.close().await.unwrap();
+    let restored = dir.path().join("restored.db");
+    let ns = NamespaceName::new("app").unwrap();
+    store
+        .restore_to_path(&ns, walvault::RestoreOptions::Latest, &restored, None)
+        .await
+        .unwrap();
+    let rows: i64 = Connection::open(&restored)
+        .unwrap()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn a_clock_stepping_back_does_not_hold_a_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MemoryStorage::new();
+    let (conn, mut replicator, clock) = setup(dir.path(), &store).await;
+    replicator.poll().await.unwrap();
+    clock.advance(Duration::from_millis(50));
+    insert(&conn, 1);
+    replicator.poll().await.unwrap();
+    assert_eq!(replicator.seal_due_in(), Some(Duration::from_millis(50)));
+    clock.set(chrono::Utc.with_ymd_and_hms(2026, 12, 3, 11, 0, 0).unwrap());
+    assert_eq!(replicator.seal_due_in(), Some(Duration::ZERO));
+    replicator.poll().await.unwrap();
+    assert_eq!(
+        replicator.seal_due_in(),
+        None,
+        "sealed despite the step back"
+    );
+    replicator.close().await.unwrap();
+}

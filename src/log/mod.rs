@@ -374,10 +374,12 @@ impl<S: Storage + Clone> LogWriter<S> {
     /// if the writer can sit idle with an open segment.
     pub fn maybe_seal(&mut self) -> Result<bool> {
         let c = &self.config;
+        // A clock that stepped back behind the segment's opening makes it old, so a
+        // step back never holds a segment open.
         let old = self.opened_at.is_some_and(|t| {
             (c.clock.now() - t)
                 .to_std()
-                .is_ok_and(|age| age >= c.seal_age)
+                .map_or(true, |age| age >= c.seal_age)
         });
         let due = self.builder.frame_count() >= c.seal_frames
             || self.builder.buffered_bytes() >= c.seal_bytes

@@ -167,14 +167,17 @@ pub struct Replicator<S: Storage + Clone> {
     checkpoint_timeout: Duration,
     /// See [`ReplicatorConfig::seal_every`].
     seal_every: Duration,
-    /// True while [`poll`](Self::poll) ships: the position is saved when it seals (see
-    /// [`save_position`](Self::save_position)) rather than at every read, which would
-    /// cost two fsyncs per read.
-    defer_position: bool,
-    /// True when transactions were appended since the position was last saved.
+    /// True when transactions were appended since the position was last saved. (In
+    /// continuous mode the position is saved when [`poll`](Self::poll) seals, not at
+    /// every read, which would cost two fsyncs per read.)
     position_unsaved: bool,
     /// The state as last saved.
     saved: Option<IngestState>,
+    /// When the last read of the WAL started.
+    read_started: Option<DateTime<Utc>>,
+    /// When the read before the current one started: no commit the current one reads
+    /// was complete then.
+    stamp_floor: Option<DateTime<Utc>>,
     /// When `poll` last sealed (None before the first seal).
     last_seal: Option<DateTime<Utc>>,
     clock: Arc<dyn Clock>,
@@ -279,7 +282,8 @@ impl<S: Storage + Clone> Replicator<S> {
             checkpoint_wal_bytes: config.checkpoint_wal_bytes,
             checkpoint_timeout: config.checkpoint_timeout,
             seal_every,
-            defer_position: false,
+            read_started: None,
+            stamp_floor: None,
             position_unsaved: false,
             saved: None,
             last_seal: None,
@@ -304,7 +308,7 @@ impl<S: Storage + Clone> Replicator<S> {
     /// is `Written` in the log, and saves the position. The read transaction the run
     /// holds ends with it (see [`poll`](Self::poll) to keep one).
     pub async fn run_once(&mut self) -> Result<IngestReport> {
-        let report = self.ship().await;
+        let report = self.ship(false).await;
         let released = self.release_reader();
         let report = report?;
         released?;
@@ -317,10 +321,18 @@ impl<S: Storage + Clone> Replicator<S> {
     /// [`ReplicatorConfig::checkpoint_wal_bytes`] of WAL were shipped since the last
     /// checkpoint, checkpoint (see [`checkpoint`](Self::checkpoint)).
     pub async fn poll(&mut self) -> Result<IngestReport> {
-        self.defer_position = true;
-        let shipped = self.ship().await;
-        self.defer_position = false;
-        let mut report = shipped?;
+        let shipped = self.ship(true).await;
+        let mut report = match shipped {
+            Ok(report) => report,
+            Err(e) => {
+                // What was read before the failure is in the log: it still goes out on
+                // time.
+                if self.seal_due_in() == Some(Duration::ZERO) && self.log.seal().is_ok() {
+                    self.last_seal = Some(self.clock.now());
+                }
+                return Err(e);
+            }
+        };
         let sealed = if self.seal_due_in() == Some(Duration::ZERO) {
             self.log.seal()?;
             self.last_seal = Some(self.clock.now());
@@ -358,7 +370,10 @@ impl<S: Storage + Clone> Replicator<S> {
         let Some(last) = self.last_seal else {
             return Some(Duration::ZERO);
         };
-        let since = (self.clock.now() - last).to_std().unwrap_or(Duration::ZERO);
+        // A clock that stepped back behind the last seal makes the seal due, not late.
+        let since = (self.clock.now() - last)
+            .to_std()
+            .unwrap_or(self.seal_every);
         Some(self.seal_every.saturating_sub(since))
     }
 
@@ -375,17 +390,31 @@ impl<S: Storage + Clone> Replicator<S> {
     }
 
     /// Ships, holding a read transaction; on error the readers are reset, so the next
-    /// run starts from a clean read transaction and checks the WAL again.
-    async fn ship(&mut self) -> Result<IngestReport> {
-        let result = self.ship_held().await;
+    /// run starts from a clean read transaction and checks the WAL again. With `defer`,
+    /// the position is left for [`save_position`](Self::save_position) to save later.
+    ///
+    /// A run that fails after appending some transactions (the WAL became unreadable
+    /// halfway) leaves the log past the position it had recorded: the next run ships a
+    /// snapshot rather than those transactions a second time.
+    async fn ship(&mut self, defer: bool) -> Result<IngestReport> {
+        let applied = self.log.tracker().watermark(Durability::Applied);
+        let result = self.ship_held(defer).await;
         if result.is_err() {
             self.reset_readers();
+            if self.log.tracker().watermark(Durability::Applied) != applied {
+                self.state.position = None;
+                self.state.fingerprint = None;
+                self.start_reason = Some(SnapshotReason::LogPastPosition);
+            }
         }
         result
     }
 
-    async fn ship_held(&mut self) -> Result<IngestReport> {
+    async fn ship_held(&mut self, defer: bool) -> Result<IngestReport> {
         self.hold_reader()?;
+        // Commits this run reads were not complete when the previous run read the WAL:
+        // that run's start is a lower bound on their time (see `commit_stamp`).
+        self.stamp_floor = self.read_started.replace(self.clock.now());
         let mut report = IngestReport::default();
         let identity = wal_identity(&self.wal)?;
         let vanished = self.wal_vanished(identity);
@@ -404,7 +433,7 @@ impl<S: Storage + Clone> Replicator<S> {
         if report.last.is_some() {
             self.position_unsaved = true;
         }
-        if !self.defer_position {
+        if !defer {
             self.save_position().await?;
         }
         self.verified = true;
@@ -489,7 +518,7 @@ impl<S: Storage + Clone> Replicator<S> {
     }
 
     async fn checkpoint_locked(&mut self, held: usize) -> Result<IngestReport> {
-        let mut report = self.ship_held().await?;
+        let mut report = self.ship_held(false).await?;
         self.log.seal()?;
         if !self.wait_durable().await? {
             return Ok(report);
@@ -567,14 +596,14 @@ impl<S: Storage + Clone> Replicator<S> {
     /// Appends the transactions after `start`, or says why the WAL no longer proves it
     /// continues from there (then a snapshot is needed).
     fn ship_after(&mut self, start: WalPosition, report: &mut IngestReport) -> Result<Continuity> {
-        let (log, wal) = (&mut self.log, &self.wal);
+        let (log, wal, floor) = (&mut self.log, &self.wal, self.stamp_floor);
         let check = if self.verified {
             Check::LastFrame
         } else {
             Check::WholePrefix
         };
         let scanned = wal::scan(wal, Some(start), check, |txn| {
-            append(log, wal, &txn, report)
+            append(log, wal, floor, &txn, report)
         })?;
         match scanned {
             WalScan::Continued { end, .. } => {
@@ -596,9 +625,9 @@ impl<S: Storage + Clone> Replicator<S> {
     /// frames cannot be checkpointed past it), so the new generation begins exactly
     /// where we stopped.
     fn ship_new_generation(&mut self, report: &mut IngestReport) -> Result<Continuity> {
-        let (log, wal) = (&mut self.log, &self.wal);
+        let (log, wal, floor) = (&mut self.log, &self.wal, self.stamp_floor);
         match wal::scan(wal, None, Check::LastFrame, |txn| {
-            append(log, wal, &txn, report)
+            append(log, wal, floor, &txn, report)
         })? {
             WalScan::Continued { end, .. } => {
                 self.record(Some(end));
@@ -626,9 +655,9 @@ impl<S: Storage + Clone> Replicator<S> {
             let vanished = self.wal_vanished(identity);
             return Ok(Err(vanished.unwrap_or(SnapshotReason::DatabaseChanged)));
         }
-        let (log, wal) = (&mut self.log, &self.wal);
+        let (log, wal, floor) = (&mut self.log, &self.wal, self.stamp_floor);
         match wal::scan(wal, None, Check::LastFrame, |txn| {
-            append(log, wal, &txn, report)
+            append(log, wal, floor, &txn, report)
         })? {
             WalScan::Continued { end, .. } => self.record(Some(end)),
             WalScan::Empty => {} // still empty: nothing happened
@@ -777,13 +806,14 @@ fn begin_read(conn: &Connection) -> Result<()> {
 fn append<S: Storage + Clone>(
     log: &mut LogWriter<S>,
     wal: &Path,
+    floor: Option<DateTime<Utc>>,
     txn: &WalTransaction,
     report: &mut IngestReport,
 ) -> Result<()> {
     // SQLite may write a page twice in one transaction; the later image wins, and the
     // log keeps both (its index points at the newest).
     let refs: Vec<(u32, &[u8])> = txn.pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
-    report.add(log.append_at(&refs, txn.db_size, commit_stamp(wal))?);
+    report.add(log.append_at(&refs, txn.db_size, commit_stamp(wal, floor))?);
     Ok(())
 }
 
@@ -797,16 +827,38 @@ fn append<S: Storage + Clone>(
 /// HZ=250), and by up to one and a half measured on a virtual machine. So the stamp is
 /// the modification time plus [`COARSE_TICKS`] ticks of the coarse clock
 /// (`clock_getres(CLOCK_REALTIME_COARSE)`), or the time of reading when that is earlier
-/// (the log clamps it to its clock, see [`LogWriter::append_at`]). A restore to a time T
-/// then returns a commit written after T only if the kernel's clock was more than that
-/// behind at the write; a commit is restorable by time from a few milliseconds after its
-/// write, or from when the replicator read it, whichever comes first. Where the
-/// resolution is unknown (not Linux), the time of reading is used.
-fn commit_stamp(wal: &Path) -> DateTime<Utc> {
-    let modified = std::fs::metadata(wal).and_then(|m| m.modified());
-    match (modified, coarse_clock_resolution()) {
-        (Ok(modified), Some(tick)) => DateTime::<Utc>::from(modified + tick * COARSE_TICKS),
-        _ => DateTime::<Utc>::MAX_UTC,
+/// (the log clamps it to its clock and rounds it up to the millisecond, see
+/// [`LogWriter::append_at`]). A restore to a time T then returns a commit written after
+/// T only if the kernel's clock was more than that behind at the write.
+///
+/// The modification time is not trusted, and the time of reading is used, where it
+/// cannot be such a bound: not on Linux (the resolution is unknown); on filesystems that
+/// keep whole seconds or milliseconds (its sub-millisecond part is zero); when it is
+/// earlier than `floor`, the start of the previous read of the WAL, which did not find
+/// this commit complete (a filesystem stamped by another machine's clock, say).
+fn commit_stamp(wal: &Path, floor: Option<DateTime<Utc>>) -> DateTime<Utc> {
+    let read_time = DateTime::<Utc>::MAX_UTC; // the log replaces it with its clock
+    let Some(tick) = coarse_clock_resolution() else {
+        return read_time;
+    };
+    let Ok(since_epoch) = std::fs::metadata(wal)
+        .and_then(|m| m.modified())
+        .map(|t| t.duration_since(std::time::UNIX_EPOCH))
+    else {
+        return read_time;
+    };
+    let Ok(since_epoch) = since_epoch else {
+        return read_time; // before 1970
+    };
+    if since_epoch.subsec_nanos() % 1_000_000 == 0 {
+        return read_time; // a coarse filesystem
+    }
+    let bound = since_epoch
+        .checked_add(tick * COARSE_TICKS)
+        .and_then(|d| DateTime::from_timestamp(i64::try_from(d.as_secs()).ok()?, d.subsec_nanos()));
+    match bound {
+        Some(bound) if floor.is_none_or(|floor| bound >= floor) => bound,
+        _ => read_time,
     }
 }
 

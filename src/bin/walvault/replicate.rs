@@ -22,12 +22,12 @@ pub struct Args {
     /// The longest a commit waits before it is sent to the store (the store's own
     /// latency comes on top). Under steady writes a segment is sent every tenth of it;
     /// after a quiet spell a commit is sent at once.
-    #[arg(long, default_value = "1s", value_parser = args::duration)]
+    #[arg(long, default_value = "1s", value_parser = at_least_10ms)]
     max_lag: Duration,
     /// How often to look at the WAL when the OS reports no change: the safety net under
     /// file-change notification (which wakes the daemon at each write). Without
     /// notification the WAL is looked at every tenth of --max-lag instead.
-    #[arg(long, default_value = "1s", value_parser = args::duration)]
+    #[arg(long, default_value = "1s", value_parser = at_least_10ms)]
     interval: Duration,
     /// Advanced: also seal the open segment once its first transaction is this old
     /// (default: --max-lag).
@@ -91,6 +91,15 @@ fn maintain<S: Store>(
             );
         }
     })))
+}
+
+/// A duration of at least 10 ms: shorter lags or intervals would have the daemon spin.
+fn at_least_10ms(text: &str) -> std::result::Result<Duration, String> {
+    let least = walvault::MIN_MAX_LAG;
+    match args::duration(text)? {
+        d if d < least => Err(format!("{text} is shorter than the shortest allowed, 10ms")),
+        d => Ok(d),
+    }
 }
 
 /// How long `--once` keeps retrying a store that does not answer.
@@ -311,7 +320,9 @@ async fn follow<S: Store>(
     let mut warned: Option<tokio::time::Instant> = None;
     let mut shipped = Shipped::default();
     loop {
-        match replicator.poll().await {
+        let polled = replicator.poll().await;
+        let failed = polled.is_err();
+        match polled {
             Ok(report) => {
                 wake.polled(report.transactions > 0);
                 shipped.add(&report);
@@ -341,7 +352,14 @@ async fn follow<S: Store>(
                 }
             }
         }
-        if wake.wait(replicator.seal_due_in(), stop).await {
+        // After a failure, the next try waits for a change or --interval, not for a
+        // seal that is due at once (the poll could not seal).
+        let seal_due_in = if failed {
+            None
+        } else {
+            replicator.seal_due_in()
+        };
+        if wake.wait(seal_due_in, stop).await {
             // Commits made since the last poll are shipped too, so a stop right after
             // a commit does not leave it for the next start.
             let last = replicator.run_once().await;

@@ -2,6 +2,7 @@
 //! interrupted writes, segment files the manifest never acknowledged, anything foreign.
 //! They are never read or listed; this only tells the operator they are there.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
@@ -34,10 +35,16 @@ pub(super) fn scan(ns: &Namespace, grace: Duration) -> Result<Vec<PathBuf>> {
         Err(e) => return Err(Error::io(format!("listing {}", ns.dir.display()), e)),
     };
     let now = crate::clock::Clock::system_now(&crate::clock::SystemClock);
+    // Segments a compaction or retention replaced stay until garbage collection deletes
+    // them after the grace period: the store's own, named in its retired records.
+    let retired: HashSet<SegmentKey> = super::gc::retired_keys(&ns.dir)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let mut foreign = Vec::new();
     for entry in entries.flatten() {
         let file_name = entry.file_name();
-        let Some(what) = classify(ns, &file_name.to_string_lossy()) else {
+        let Some(what) = classify(ns, &retired, &file_name.to_string_lossy()) else {
             continue;
         };
         let age = entry
@@ -56,7 +63,7 @@ pub(super) fn scan(ns: &Namespace, grace: Duration) -> Result<Vec<PathBuf>> {
 }
 
 /// What an unowned file is, or `None` for the store's own files.
-fn classify(ns: &Namespace, name: &str) -> Option<&'static str> {
+fn classify(ns: &Namespace, retired: &HashSet<SegmentKey>, name: &str) -> Option<&'static str> {
     if name == MANIFEST_FILE
         || name == LOCK_FILE
         || name == crate::storage::retired::RETIRED_DIR
@@ -71,6 +78,7 @@ fn classify(ns: &Namespace, name: &str) -> Option<&'static str> {
         .strip_suffix(SEGMENT_EXT)
         .and_then(|k| k.parse::<SegmentKey>().ok());
     match key {
+        Some(key) if retired.contains(&key) => None,
         Some(key) if listing::read(&ns.catalog).get(&key).is_some() => None,
         Some(_) => Some("a segment file the manifest does not list (never acknowledged)"),
         None => Some("a file that is not part of the store"),
