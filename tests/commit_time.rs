@@ -87,6 +87,23 @@ fn rows(db: &Path) -> i64 {
         .unwrap()
 }
 
+/// Restores the namespace as of `at` into `output` (relative to `dir`); its row count.
+fn restore_at(dir: &Path, at: &str, output: &str) -> i64 {
+    walvault(
+        dir,
+        &[
+            "restore",
+            "--namespace",
+            "app",
+            "--at",
+            at,
+            "--output",
+            output,
+        ],
+    );
+    rows(&dir.join(output))
+}
+
 fn rfc3339_ns(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
@@ -146,43 +163,15 @@ fn no_commit_is_stamped_before_it_was_made() {
             "commit {k} is stamped {stamp_ms} ms, before it began ({before} ns)"
         );
         // A restore to just before the commit began never holds it.
-        let early = d.join(format!("before{k}.db"));
         let at = rfc3339_ns(before - 1_000_000);
-        let out = early.to_str().unwrap();
-        walvault(
-            d,
-            &[
-                "restore",
-                "--namespace",
-                "app",
-                "--at",
-                &at,
-                "--output",
-                out,
-            ],
-        );
-        let restored = rows(&early);
+        let restored = restore_at(d, &at, &format!("before{k}.db"));
         assert!(
             restored < *rows_after,
             "a restore to {at}, before commit {k} began, holds it ({restored} rows)"
         );
         // Right after COMMIT returned: the commit itself, as often as the OS allows.
-        let late = d.join(format!("after{k}.db"));
         let at = rfc3339_ns(*after);
-        let out = late.to_str().unwrap();
-        walvault(
-            d,
-            &[
-                "restore",
-                "--namespace",
-                "app",
-                "--at",
-                &at,
-                "--output",
-                out,
-            ],
-        );
-        let restored = rows(&late);
+        let restored = restore_at(d, &at, &format!("after{k}.db"));
         assert!(
             restored <= *rows_after,
             "a restore to {at} holds a later commit"

@@ -510,13 +510,26 @@ fn app_connection(dir: &Path) -> rusqlite::Connection {
     app
 }
 
-/// Removes everything inside `store` (`rm -rf store/*`).
+/// Removes everything inside `store` (`rm -rf store/*`). The running daemon may add a
+/// segment to a directory being removed (it stores ten a second): that directory is
+/// removed again, as a person would run `rm -rf` again.
 fn empty_dir(store: &Path) -> usize {
     let mut n = 0;
     for entry in std::fs::read_dir(store).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {
-            std::fs::remove_dir_all(&path).unwrap();
+            let mut tries = 0;
+            while let Err(e) = std::fs::remove_dir_all(&path) {
+                if e.kind() == std::io::ErrorKind::NotFound && !path.exists() {
+                    break;
+                }
+                tries += 1;
+                let racing = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::NotFound
+                );
+                assert!(racing && tries < 50, "removing {}: {e}", path.display());
+            }
         } else {
             std::fs::remove_file(&path).unwrap();
         }

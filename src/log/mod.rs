@@ -228,15 +228,7 @@ impl<S: Storage + Clone> LogWriter<S> {
     /// says it does not, this fails with [`Error::Diverged`] and the next transaction
     /// must be an [`append_snapshot`](Self::append_snapshot).
     pub fn append(&mut self, pages: &[(u32, &[u8])], db_size: u32) -> Result<Appended> {
-        self.check_usable()?;
-        self.check_transaction(pages, db_size)?;
-        if let Some(detail) = self.needs_snapshot() {
-            return Err(Error::Diverged {
-                namespace: self.namespace.to_string(),
-                detail,
-            });
-        }
-        self.append_txn(pages, db_size, false, None)
+        self.append_continuing(pages, db_size, None)
     }
 
     /// [`append`](Self::append) with the commit's time given by the caller, which knows
@@ -251,6 +243,17 @@ impl<S: Storage + Clone> LogWriter<S> {
         db_size: u32,
         at: DateTime<Utc>,
     ) -> Result<Appended> {
+        self.append_continuing(pages, db_size, Some(at))
+    }
+
+    /// Appends a transaction that continues the log's lineage, at `at` or the clock's
+    /// time.
+    fn append_continuing(
+        &mut self,
+        pages: &[(u32, &[u8])],
+        db_size: u32,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<Appended> {
         self.check_usable()?;
         self.check_transaction(pages, db_size)?;
         if let Some(detail) = self.needs_snapshot() {
@@ -259,7 +262,7 @@ impl<S: Storage + Clone> LogWriter<S> {
                 detail,
             });
         }
-        self.append_txn(pages, db_size, false, Some(at))
+        self.append_txn(pages, db_size, false, at)
     }
 
     /// Appends a transaction that writes the whole database: `pages` are pages
