@@ -307,11 +307,21 @@ impl<S: Storage + Clone> Replicator<S> {
     /// Ships what is new since the last run (or a snapshot, when it must), waits until it
     /// is `Written` in the log, and saves the position. The read transaction the run
     /// holds ends with it (see [`poll`](Self::poll) to keep one).
+    ///
+    /// It returns no sooner than the time stamped on the last transaction it shipped
+    /// (stamps are rounded up to the millisecond, so that can be a moment ahead of the
+    /// clock): a restore to the time it returned finds everything it shipped.
     pub async fn run_once(&mut self) -> Result<IngestReport> {
         let report = self.ship(false).await;
         let released = self.release_reader();
         let report = report?;
         released?;
+        if let Some(last) = &report.last {
+            let ahead = (last.timestamp - self.clock.now()).to_std();
+            if let Ok(ahead) = ahead.map(|d| d.min(Duration::from_millis(2))) {
+                tokio::time::sleep(ahead).await;
+            }
+        }
         Ok(report)
     }
 
