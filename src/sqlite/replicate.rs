@@ -337,19 +337,11 @@ impl<S: Storage + Clone> Replicator<S> {
             Err(e) => {
                 // What was read before the failure is in the log: it still goes out on
                 // time.
-                if self.seal_due_in() == Some(Duration::ZERO) && self.log.seal().is_ok() {
-                    self.last_seal = Some(self.clock.now());
-                }
+                let _ = self.seal_if_due();
                 return Err(e);
             }
         };
-        let sealed = if self.seal_due_in() == Some(Duration::ZERO) {
-            self.log.seal()?;
-            self.last_seal = Some(self.clock.now());
-            true
-        } else {
-            self.log.maybe_seal()?
-        };
+        let sealed = self.seal_if_due()? || self.log.maybe_seal()?;
         if sealed || self.log.unsealed_frames() == 0 {
             self.save_position().await?;
         }
@@ -367,6 +359,16 @@ impl<S: Storage + Clone> Replicator<S> {
             report.snapshot_reason = report.snapshot_reason.or(shipped.snapshot_reason);
         }
         Ok(report)
+    }
+
+    /// Seals what was shipped if [`seal_due_in`](Self::seal_due_in) says it is due now.
+    fn seal_if_due(&mut self) -> Result<bool> {
+        if self.seal_due_in() != Some(Duration::ZERO) {
+            return Ok(false);
+        }
+        self.log.seal()?;
+        self.last_seal = Some(self.clock.now());
+        Ok(true)
     }
 
     /// How long until [`poll`](Self::poll) should seal what it shipped: None when
