@@ -66,8 +66,8 @@ pub use crate::durability::{
 };
 pub use crate::error::{Error, ErrorKind, FormatError, InvalidInput, Part, Result};
 pub use crate::format::{
-    page_hash, Commit, CommitTable, FrameRef, NamespaceName, PageIndex, PageIndexIter, PageSums,
-    SealedSegment, SegmentBuilder, SegmentKey, CHECKSUM_FLAG,
+    page_hash, Commit, CommitTable, Frame, FrameRef, NamespaceName, PageIndex, PageIndexIter,
+    PageSums, SealedSegment, SegmentBuilder, SegmentKey, CHECKSUM_FLAG,
 };
 pub use crate::log::{Appended, LogConfig, LogWriter, RetryPolicy};
 pub use crate::ops::{

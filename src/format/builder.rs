@@ -1,5 +1,14 @@
 //! The segment builder: appends frames straight into the encoded layout, so sealing only
 //! adds the commit table, the page index and the trailer, then fills in the header.
+//!
+//! Frames live in memory unless the builder was given a spill directory and passes its
+//! threshold: then they move to a [`SpillFile`] and later frames are written through a
+//! buffer of [`SPILL_WRITE_CHUNK`] bytes, so a transaction of any size (a snapshot of a
+//! large database) is built in bounded memory. What stays in memory per frame is a
+//! few bytes of bookkeeping: the page's newest position, folded checksums.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -13,6 +22,7 @@ use super::layout::{
 };
 use super::lineage::CHECKSUM_FLAG;
 use super::segment::{Commit, SealedSegment};
+use super::spill::{SpillFile, SPILL_WRITE_CHUNK};
 use crate::error::{Error, InvalidInput, Result};
 
 /// Builds a [`SealedSegment`] from frames.
@@ -23,7 +33,15 @@ use crate::error::{Error, InvalidInput, Result};
 /// to be a commit. Commit timestamps must not decrease.
 #[derive(Debug)]
 pub struct SegmentBuilder {
+    /// In memory: the header's room and every frame. Spilled: frames not yet written to
+    /// the file.
     buf: Vec<u8>,
+    /// Where frames go past the threshold, and the file once they went.
+    spill: Spill,
+    /// CRC-32C over the frames' checksums in order (each as LE bytes): the frames' share
+    /// of the file digest, kept as frames arrive so sealing never re-reads them.
+    frames_crc: u32,
+    last_crc: Option<u32>,
     page_size: u32,
     start_frame_no: u64,
     frame_count: u32,
@@ -54,6 +72,9 @@ impl SegmentBuilder {
         }
         Ok(Self {
             buf: vec![0; HEADER_LEN],
+            spill: Spill::default(),
+            frames_crc: 0,
+            last_crc: None,
             page_size,
             start_frame_no,
             frame_count: 0,
@@ -63,6 +84,20 @@ impl SegmentBuilder {
             log_id: Uuid::nil(),
             lineage: None,
         })
+    }
+
+    /// Lets the builder move its frames to a file in `dir` once they pass `threshold`
+    /// bytes, so memory stays bounded whatever the segment's size (see the module docs).
+    /// Kept across seals.
+    pub fn with_spill(mut self, dir: impl Into<PathBuf>, threshold: usize) -> Self {
+        self.spill.dir = Some(dir.into());
+        self.spill.threshold = threshold;
+        self
+    }
+
+    /// True when the frames appended since the last seal are in a spill file.
+    pub fn is_spilled(&self) -> bool {
+        self.spill.file.is_some()
     }
 
     /// Records which log (writer) produced the segment. Defaults to the nil UUID.
@@ -80,7 +115,7 @@ impl SegmentBuilder {
     /// Appends a frame that does not end a transaction. Returns its frame number.
     pub fn append_frame(&mut self, page_no: u32, page: &[u8]) -> Result<u64> {
         let frame_no = self.check_frame(page_no, page)?;
-        self.push(frame_no, page_no, 0, page);
+        self.push(frame_no, page_no, 0, page)?;
         Ok(frame_no)
     }
 
@@ -150,7 +185,7 @@ impl SegmentBuilder {
     ) -> Result<u64> {
         let frame_no = self.check_frame(page_no, page)?;
         let timestamp_ms = self.check_commit(frame_no, size_after, timestamp)?;
-        self.push(frame_no, page_no, size_after, page);
+        self.push(frame_no, page_no, size_after, page)?;
         self.commits.push(Commit {
             frame_no,
             timestamp_ms,
@@ -196,35 +231,62 @@ impl SegmentBuilder {
     }
 
     /// The newest frame of `page_no` at or before frame `as_of`, among the frames
-    /// appended since the last seal: its frame number and page.
-    pub fn find_page(&self, page_no: u32, as_of: u64) -> Option<(u64, &[u8])> {
+    /// appended since the last seal: its frame number and page. Reads the spill file if
+    /// the frame is there.
+    pub fn find_page(&self, page_no: u32, as_of: u64) -> Result<Option<(u64, Cow<'_, [u8]>)>> {
+        let Some(&newest) = self.newest.get(&page_no) else {
+            return Ok(None);
+        };
+        let mut position = newest;
+        loop {
+            let frame = self.frame_bytes(position)?;
+            let frame_no = crate::format::layout::le_u64(&frame, frm::FRAME_NO);
+            if frame_no <= as_of && le_u32(&frame, frm::PAGE_NO) == page_no {
+                let page = match frame {
+                    Cow::Borrowed(b) => Cow::Borrowed(&b[FRAME_HEADER_LEN..]),
+                    Cow::Owned(mut v) => {
+                        v.drain(..FRAME_HEADER_LEN);
+                        Cow::Owned(v)
+                    }
+                };
+                return Ok(Some((frame_no, page)));
+            }
+            if position == 0 {
+                return Ok(None);
+            }
+            position -= 1;
+        }
+    }
+
+    /// The encoded frame at `position`, from memory or the spill file.
+    fn frame_bytes(&self, position: u32) -> Result<Cow<'_, [u8]>> {
         let frame_len = FRAME_HEADER_LEN + self.page_size as usize;
-        let frame_no_at =
-            |off: usize| crate::format::layout::le_u64(&self.buf, off + frm::FRAME_NO);
-        (0..self.frame_count as usize)
-            .rev()
-            .map(|position| HEADER_LEN + position * frame_len)
-            .skip_while(|&off| frame_no_at(off) > as_of)
-            .find(|&off| le_u32(&self.buf, off + frm::PAGE_NO) == page_no)
-            .map(|off| {
-                (
-                    frame_no_at(off),
-                    &self.buf[off + FRAME_HEADER_LEN..off + frame_len],
-                )
-            })
+        let off = HEADER_LEN as u64 + u64::from(position) * frame_len as u64;
+        match &self.spill.file {
+            Some(file) if off < self.spill.written => {
+                let mut frame = vec![0; frame_len];
+                file.read_at(&mut frame, off)
+                    .map_err(|e| spill_err(file, e))?;
+                Ok(Cow::Owned(frame))
+            }
+            // In memory: the buffer starts at the file's offset 0, or at what the spill
+            // file holds.
+            _ => {
+                let off = (off - self.spill.written) as usize;
+                Ok(Cow::Borrowed(&self.buf[off..off + frame_len]))
+            }
+        }
     }
 
     /// The checksum of the last frame appended, so a caller that also logs the frame
     /// elsewhere can reuse it instead of reading the page again.
     pub(crate) fn last_frame_crc(&self) -> Option<u32> {
-        let frame_len = FRAME_HEADER_LEN + self.page_size as usize;
-        let last = self.buf.len().checked_sub(frame_len)?;
-        (!self.is_empty()).then(|| le_u32(&self.buf, last + frm::CRC))
+        self.last_crc
     }
 
-    /// Bytes of frames buffered so far.
+    /// Bytes of frames appended since the last seal (in memory or spilled).
     pub fn buffered_bytes(&self) -> usize {
-        self.buf.len() - HEADER_LEN
+        self.frame_count as usize * (FRAME_HEADER_LEN + self.page_size as usize)
     }
 
     /// True when the last frame appended is a commit (so the builder can be sealed).
@@ -247,6 +309,13 @@ impl SegmentBuilder {
         let sealed_at = timestamp_ms(sealed_at)?;
         let next = Self {
             buf: vec![0; HEADER_LEN],
+            spill: Spill {
+                dir: self.spill.dir.clone(),
+                threshold: self.spill.threshold,
+                ..Spill::default()
+            },
+            frames_crc: 0,
+            last_crc: None,
             page_size: self.page_size,
             start_frame_no: self.next_frame_no(),
             frame_count: 0,
@@ -256,38 +325,35 @@ impl SegmentBuilder {
             log_id: self.log_id,
             lineage: None,
         };
-        Ok(std::mem::replace(self, next).finish(sealed_at))
+        // A spilled builder's tail goes to its file first: on error nothing changed.
+        if self.spill.file.is_some() {
+            self.write_out()?;
+        }
+        std::mem::replace(self, next).finish(sealed_at)
     }
 
-    fn finish(mut self, sealed_at: u64) -> SealedSegment {
+    fn finish(mut self, sealed_at: u64) -> Result<SealedSegment> {
         let sparse = self.is_sparse();
-        let mut digest = 0;
-        let frame_len = FRAME_HEADER_LEN + self.page_size as usize;
-        let mut frame_crcs = Vec::with_capacity(self.frame_count as usize);
-        for position in 0..self.frame_count as usize {
-            frame_crcs.push(le_u32(
-                &self.buf,
-                HEADER_LEN + position * frame_len + frm::CRC,
-            ));
-        }
-        let commits_off = self.buf.len();
+        let frames_end = HEADER_LEN as u64 + self.buffered_bytes() as u64;
+        // Everything after the frames: commit table, index, their checksums.
+        let mut tail = Vec::new();
         for c in &self.commits {
             let mut entry = [0u8; COMMIT_LEN];
             put_u64(&mut entry, 0, c.frame_no);
             put_u64(&mut entry, 8, c.timestamp_ms);
             put_u32(&mut entry, 16, c.size_after);
             put_u64(&mut entry, 24, c.checksum);
-            self.buf.extend_from_slice(&entry);
+            tail.extend_from_slice(&entry);
         }
-        let commit_crc = crc32c::crc32c(&self.buf[commits_off..]);
-        self.buf.extend_from_slice(&commit_crc.to_le_bytes());
+        let commit_crc = crc32c::crc32c(&tail);
+        tail.extend_from_slice(&commit_crc.to_le_bytes());
 
         let mut pages: Vec<(u32, u32)> = self.newest.drain().collect();
         pages.sort_unstable();
         let index_bytes = PageIndex::encode(pages.iter().copied());
         let index_crc = crc32c::crc32c(&index_bytes);
-        self.buf.extend_from_slice(&index_bytes);
-        self.buf.extend_from_slice(&index_crc.to_le_bytes());
+        tail.extend_from_slice(&index_bytes);
+        tail.extend_from_slice(&index_crc.to_le_bytes());
 
         let (first, last) = (self.commits[0], self.commits[self.commits.len() - 1]);
         let header = Header {
@@ -307,30 +373,58 @@ impl SegmentBuilder {
             version: FORMAT_VERSION,
             lineage: self.lineage,
         };
+        drop(pages);
         let encoded_header = header.encode();
-        self.buf[..HEADER_LEN].copy_from_slice(&encoded_header);
-        digest = digest_add(digest, le_u32(&encoded_header, super::layout::hdr::CRC));
-        for crc in frame_crcs {
-            digest = digest_add(digest, crc);
-        }
+        let header_crc = le_u32(&encoded_header, super::layout::hdr::CRC);
+        let frame_crcs_len = 4 * self.frame_count as usize;
+        let mut digest = crc32c::crc32c_combine(
+            crc32c::crc32c(&header_crc.to_le_bytes()),
+            self.frames_crc,
+            frame_crcs_len,
+        );
         digest = digest_add(digest, commit_crc);
         digest = digest_add(digest, index_crc);
-        let file_len = (self.buf.len() + TRAILER_LEN) as u64;
-        self.buf
-            .extend_from_slice(&encode_trailer(file_len, digest));
+        let file_len = frames_end + (tail.len() + TRAILER_LEN) as u64;
+        tail.extend_from_slice(&encode_trailer(file_len, digest));
 
-        let bytes = Bytes::from(self.buf);
         // The layout was computed by the same code that decodes it, from a header we
-        // just built, and the index is parsed where it now lies in the shared buffer.
+        // just built; the index bytes are the ones we encoded.
         let layout = header.layout().expect("layout of a header we built");
-        let index_at = layout.index_off as usize;
-        let index = PageIndex::parse(
-            bytes.slice(index_at..index_at + header.index_len as usize),
-            header.frame_count,
-            layout.index_off,
-        )
-        .expect("index we built parses");
-        SealedSegment::from_parts(bytes, header, layout, self.commits, index)
+        let index_in_tail = (layout.index_off - frames_end) as usize;
+        let index_range = index_in_tail..index_in_tail + header.index_len as usize;
+        match self.spill.file.take() {
+            None => {
+                self.buf[..HEADER_LEN].copy_from_slice(&encoded_header);
+                let tail_at = self.buf.len();
+                self.buf.extend_from_slice(&tail);
+                let bytes = Bytes::from(self.buf);
+                let index = bytes.slice(tail_at + index_range.start..tail_at + index_range.end);
+                let index = PageIndex::parse(index, header.frame_count, layout.index_off)
+                    .expect("index we built parses");
+                Ok(SealedSegment::from_parts(
+                    bytes,
+                    header,
+                    layout,
+                    self.commits,
+                    index,
+                ))
+            }
+            Some(file) => {
+                file.write_at(&tail, frames_end)
+                    .and_then(|()| file.write_at(&encoded_header, 0))
+                    .map_err(|e| spill_err(&file, e))?;
+                let index = Bytes::copy_from_slice(&tail[index_range]);
+                let index = PageIndex::parse(index, header.frame_count, layout.index_off)
+                    .expect("index we built parses");
+                Ok(SealedSegment::from_file(
+                    file,
+                    header,
+                    layout,
+                    self.commits,
+                    index,
+                ))
+            }
+        }
     }
 
     fn check_frame(&self, page_no: u32, page: &[u8]) -> Result<u64> {
@@ -374,16 +468,63 @@ impl SegmentBuilder {
         Ok(ms)
     }
 
-    fn push(&mut self, frame_no: u64, page_no: u32, size_after: u32, page: &[u8]) {
+    /// Appends one frame. Frames buffered earlier are written out (or moved to a new
+    /// spill file) first, so an error leaves the builder as it was.
+    fn push(&mut self, frame_no: u64, page_no: u32, size_after: u32, page: &[u8]) -> Result<()> {
+        let pending = self.buf.len();
+        match (&self.spill.file, &self.spill.dir) {
+            (Some(_), _) if pending >= SPILL_WRITE_CHUNK => self.write_out()?,
+            (None, Some(dir)) if pending - HEADER_LEN > self.spill.threshold => {
+                let file = SpillFile::create(dir).map_err(|e| {
+                    Error::io(format!("creating a spill file in {}", dir.display()), e)
+                })?;
+                self.spill.file = Some(file);
+                self.spill.written = 0;
+                self.write_out()?;
+            }
+            _ => {}
+        }
         let mut header = frame_header(frame_no, page_no, size_after);
         let crc = frame_crc(&header, page);
         put_u32(&mut header, frm::CRC, crc);
         self.buf.extend_from_slice(&header);
         self.buf.extend_from_slice(page);
+        self.frames_crc = crc32c::crc32c_append(self.frames_crc, &crc.to_le_bytes());
+        self.last_crc = Some(crc);
         self.newest.insert(page_no, self.frame_count);
         self.frame_count += 1;
         self.next_frame_no = frame_no + 1;
+        Ok(())
     }
+
+    /// Writes the buffered frames to the spill file.
+    fn write_out(&mut self) -> Result<()> {
+        let Some(file) = &self.spill.file else {
+            return Ok(());
+        };
+        file.write_at(&self.buf, self.spill.written)
+            .map_err(|e| spill_err(file, e))?;
+        self.spill.written += self.buf.len() as u64;
+        self.buf.clear();
+        // A buffer that once held a whole in-memory segment is given back.
+        self.buf
+            .shrink_to(SPILL_WRITE_CHUNK + FRAME_HEADER_LEN + self.page_size as usize);
+        Ok(())
+    }
+}
+
+/// Where a builder spills, and how much it has.
+#[derive(Debug, Default)]
+struct Spill {
+    dir: Option<PathBuf>,
+    threshold: usize,
+    file: Option<SpillFile>,
+    /// Bytes of the segment in the file (from offset 0: header room, then frames).
+    written: u64,
+}
+
+fn spill_err(file: &SpillFile, e: std::io::Error) -> Error {
+    Error::io(format!("writing spill file {}", file.path().display()), e)
 }
 
 /// Milliseconds since the epoch, rejecting times before it.

@@ -1,6 +1,14 @@
 //! Sealed segments: immutable, checksummed runs of frames with a commit table and a page
 //! index, held in their encoded form so that encoding is free and decoding is a
 //! verification pass over borrowed bytes.
+//!
+//! A segment built past its builder's memory threshold is held in a spill file instead
+//! (`super::spill`): its header, commit table and index are in memory, its frames are
+//! read from the file by the fallible `read_*` methods. The borrowing accessors
+//! ([`SealedSegment::frames`], [`SealedSegment::read_page`], [`SealedSegment::encoded`]
+//! and friends) see only segments in memory: call [`SealedSegment::load`] first when
+//! [`SealedSegment::is_in_memory`] is false. Everything inside walvault that may meet a
+//! spilled segment (the backends' store paths, the log's reads) uses the `read_*` side.
 
 use std::sync::Arc;
 
@@ -15,7 +23,30 @@ use super::layout::{
     FRAME_HEADER_LEN, HEADER_LEN, TRAILER_LEN, TRAILER_MAGIC,
 };
 use super::lineage::CHECKSUM_FLAG;
-use crate::error::{FormatError, Part};
+use super::spill::SpillFile;
+use crate::error::{Error, FormatError, Part, Result};
+
+/// Where a segment's encoded bytes are.
+enum Body {
+    Memory(Bytes),
+    File(SpillFile),
+}
+
+/// A frame read out of a segment, owning its page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The frame number.
+    pub frame_no: u64,
+    /// The page this frame is an image of (1-based).
+    pub page_no: u32,
+    /// Database size in pages after the commit this frame ends, or 0.
+    pub size_after: u32,
+    /// The page image.
+    pub data: Bytes,
+}
+
+/// Bytes read from a spill file at once when a segment is copied out of it.
+const COPY_CHUNK: usize = 1 << 20;
 
 /// One frame of a segment, borrowed from the segment's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +103,7 @@ pub struct SealedSegment {
 }
 
 struct Inner {
-    bytes: Bytes,
+    body: Body,
     header: Header,
     layout: Layout,
     commits: Vec<Commit>,
@@ -83,7 +114,7 @@ impl SealedSegment {
     /// Decodes `bytes` and verifies every checksum and every cross-reference: header,
     /// each frame, the commit table, the page index and the trailer. The error names the
     /// part and byte offset that failed.
-    pub fn decode(bytes: impl Into<Bytes>) -> Result<Self, FormatError> {
+    pub fn decode(bytes: impl Into<Bytes>) -> std::result::Result<Self, FormatError> {
         let bytes = bytes.into();
         let header = Header::decode(&bytes)?;
         let layout = header.layout()?;
@@ -114,12 +145,194 @@ impl SealedSegment {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                bytes,
+                body: Body::Memory(bytes),
                 header,
                 layout,
                 commits,
                 index,
             }),
+        }
+    }
+
+    /// A segment a spilling builder wrote to `file`, whose parts it built.
+    pub(crate) fn from_file(
+        file: SpillFile,
+        header: Header,
+        layout: Layout,
+        commits: Vec<Commit>,
+        index: PageIndex,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                body: Body::File(file),
+                header,
+                layout,
+                commits,
+                index,
+            }),
+        }
+    }
+
+    /// True when the encoded bytes are in memory; false for a segment held in a spill
+    /// file, whose frames only the `read_*` methods see.
+    pub fn is_in_memory(&self) -> bool {
+        matches!(self.inner.body, Body::Memory(_))
+    }
+
+    /// The same segment with its bytes in memory (a clone when they already are),
+    /// verified again as [`decode`](Self::decode) does.
+    pub fn load(&self) -> Result<SealedSegment> {
+        match &self.inner.body {
+            Body::Memory(_) => Ok(self.clone()),
+            Body::File(file) => {
+                let len = usize::try_from(self.encoded_len()).map_err(|_| {
+                    Error::io("loading a segment", std::io::ErrorKind::OutOfMemory.into())
+                })?;
+                let mut bytes = vec![0; len];
+                file.read_at(&mut bytes, 0).map_err(|e| read_err(file, e))?;
+                SealedSegment::decode(bytes).map_err(|e| Error::corrupt(file.path().display(), e))
+            }
+        }
+    }
+
+    /// The spill file holding this segment, if it is not in memory.
+    pub(crate) fn spill_path(&self) -> Option<&std::path::Path> {
+        match &self.inner.body {
+            Body::Memory(_) => None,
+            Body::File(file) => Some(file.path()),
+        }
+    }
+
+    /// The spill file's open handle, if the segment is held in one.
+    pub(crate) fn spill_file(&self) -> Option<&std::fs::File> {
+        match &self.inner.body {
+            Body::Memory(_) => None,
+            Body::File(file) => Some(file.file()),
+        }
+    }
+
+    /// Bytes `range` of the encoding, from memory or the spill file.
+    pub fn read_encoded(&self, range: std::ops::Range<u64>) -> Result<Bytes> {
+        let len = self.encoded_len();
+        if range.start > range.end || range.end > len {
+            let detail = format!("range {range:?} is outside a segment of {len} bytes");
+            return Err(Error::io(
+                "reading a segment",
+                std::io::Error::other(detail),
+            ));
+        }
+        match &self.inner.body {
+            Body::Memory(bytes) => Ok(bytes.slice(range.start as usize..range.end as usize)),
+            Body::File(file) => {
+                let mut buf = vec![0; (range.end - range.start) as usize];
+                file.read_at(&mut buf, range.start)
+                    .map_err(|e| read_err(file, e))?;
+                Ok(Bytes::from(buf))
+            }
+        }
+    }
+
+    /// Writes the whole encoding to `out`, a bounded chunk at a time for a spilled
+    /// segment.
+    pub fn write_encoded(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        match &self.inner.body {
+            Body::Memory(bytes) => out.write_all(bytes),
+            Body::File(file) => {
+                let len = self.encoded_len();
+                let mut buf = vec![0; COPY_CHUNK.min(len as usize)];
+                let mut at = 0;
+                while at < len {
+                    let n = buf.len().min((len - at) as usize);
+                    file.read_at(&mut buf[..n], at)?;
+                    out.write_all(&buf[..n])?;
+                    at += n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The frames at `positions` (each below [`frame_count`](Self::frame_count)), in the
+    /// order asked. Frames read from a spill file are verified by their checksums;
+    /// adjacent positions are read together.
+    pub fn read_frames(&self, positions: &[u32]) -> Result<Vec<Frame>> {
+        let count = self.frame_count();
+        if let Some(&bad) = positions.iter().find(|&&p| p >= count) {
+            let detail = format!("frame position {bad} is past the segment's {count} frames");
+            return Err(Error::io(
+                "reading a segment",
+                std::io::Error::other(detail),
+            ));
+        }
+        match &self.inner.body {
+            Body::Memory(bytes) => Ok(positions
+                .iter()
+                .map(|&p| {
+                    let f = self.frame_at(p);
+                    Frame {
+                        frame_no: f.frame_no,
+                        page_no: f.page_no,
+                        size_after: f.size_after,
+                        data: bytes.slice_ref(f.data),
+                    }
+                })
+                .collect()),
+            Body::File(file) => self.read_frames_from(file, positions),
+        }
+    }
+
+    fn read_frames_from(&self, file: &SpillFile, positions: &[u32]) -> Result<Vec<Frame>> {
+        let frame_len = self.inner.layout.frame_len as usize;
+        let mut out = Vec::with_capacity(positions.len());
+        let mut i = 0;
+        while i < positions.len() {
+            // A run of adjacent positions, at most COPY_CHUNK bytes.
+            let mut j = i + 1;
+            while j < positions.len()
+                && positions[j] == positions[j - 1] + 1
+                && (j - i + 1) * frame_len <= COPY_CHUNK
+            {
+                j += 1;
+            }
+            let mut run = vec![0; (j - i) * frame_len];
+            let at = self.inner.layout.frame_off(positions[i]);
+            file.read_at(&mut run, at).map_err(|e| read_err(file, e))?;
+            let run = Bytes::from(run);
+            for (k, &position) in positions[i..j].iter().enumerate() {
+                let b = run.slice(k * frame_len..(k + 1) * frame_len);
+                let (frame_no, size_after) =
+                    (le_u64(&b, frm::FRAME_NO), le_u32(&b, frm::SIZE_AFTER));
+                let (page_no, data) = verify_frame(&self.inner.header, position, b)
+                    .map_err(|e| Error::corrupt(file.path().display(), e))?;
+                out.push(Frame {
+                    frame_no,
+                    page_no,
+                    size_after,
+                    data,
+                });
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+
+    /// The newest frame of `page_no` at or before frame `as_of`, for a segment in memory
+    /// or in a spill file.
+    pub fn find_page(&self, page_no: u32, as_of: u64) -> Result<Option<Frame>> {
+        let Some(newest) = self.inner.index.get(page_no) else {
+            return Ok(None);
+        };
+        let mut position = newest;
+        loop {
+            let [frame] = <[Frame; 1]>::try_from(self.read_frames(&[position])?)
+                .map_err(|_| Error::io("reading a segment", std::io::ErrorKind::Other.into()))?;
+            if frame.frame_no <= as_of && frame.page_no == page_no {
+                return Ok(Some(frame));
+            }
+            if position == 0 || frame.frame_no < self.start_frame_no() {
+                return Ok(None);
+            }
+            position -= 1;
         }
     }
 
@@ -316,20 +529,40 @@ impl SealedSegment {
         (0..self.frame_count()).map(|p| self.frame_at(p))
     }
 
-    /// The encoded form (shared, not copied).
+    /// The encoded form (shared, not copied). Empty for a segment held in a spill file
+    /// (see the module docs): use [`write_encoded`](Self::write_encoded) or
+    /// [`read_encoded`](Self::read_encoded) there.
     pub fn encoded(&self) -> &Bytes {
-        &self.inner.bytes
+        static EMPTY: Bytes = Bytes::new();
+        match &self.inner.body {
+            Body::Memory(bytes) => bytes,
+            Body::File(_) => {
+                debug_assert!(false, "encoded() of a segment held in a spill file");
+                &EMPTY
+            }
+        }
     }
 
     /// Length of the encoded form in bytes.
     pub fn encoded_len(&self) -> u64 {
-        self.inner.bytes.len() as u64
+        self.inner.layout.file_len
     }
 
     /// Callers pass positions below `frame_count`, which `decode` proved lie in the bytes.
+    /// For a spilled segment (which the borrowing accessors do not serve) the frame reads
+    /// as empty.
     fn frame_at(&self, position: u32) -> FrameRef<'_> {
+        let Body::Memory(bytes) = &self.inner.body else {
+            debug_assert!(false, "borrowing a frame of a segment held in a spill file");
+            return FrameRef {
+                frame_no: 0,
+                page_no: 0,
+                size_after: 0,
+                data: &[],
+            };
+        };
         let off = self.inner.layout.frame_off(position) as usize;
-        let b = &self.inner.bytes[off..off + self.inner.layout.frame_len as usize];
+        let b = &bytes[off..off + self.inner.layout.frame_len as usize];
         FrameRef {
             frame_no: le_u64(b, frm::FRAME_NO),
             page_no: le_u32(b, frm::PAGE_NO),
@@ -337,6 +570,10 @@ impl SealedSegment {
             data: &b[FRAME_HEADER_LEN..],
         }
     }
+}
+
+fn read_err(file: &SpillFile, e: std::io::Error) -> Error {
+    Error::io(format!("reading spill file {}", file.path().display()), e)
 }
 
 impl std::fmt::Debug for SealedSegment {

@@ -406,11 +406,17 @@ impl<S: Storage + Clone> LogWriter<S> {
     /// The newest version of `page_no` at or before frame `as_of`, from the open segment,
     /// the sealed segments not yet durable, or storage: its frame number and bytes.
     pub async fn read_page(&self, page_no: u32, as_of: u64) -> Result<Option<(u64, Vec<u8>)>> {
-        if let Some((frame_no, data)) = self.builder.find_page(page_no, as_of) {
-            return Ok(Some((frame_no, data.to_vec())));
+        if let Some((frame_no, data)) = self.builder.find_page(page_no, as_of)? {
+            return Ok(Some((frame_no, data.into_owned())));
         }
-        for sealed in self.shared.sealed().iter().rev() {
-            if let Some(f) = sealed.segment.read_page_as_of(page_no, as_of) {
+        let sealed: Vec<SealedSegment> = self
+            .shared
+            .sealed()
+            .iter()
+            .map(|s| s.segment.clone())
+            .collect();
+        for segment in sealed.iter().rev() {
+            if let Some(f) = segment.find_page(page_no, as_of)? {
                 return Ok(Some((f.frame_no, f.data.to_vec())));
             }
         }
