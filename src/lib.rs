@@ -48,6 +48,7 @@
 
 #![warn(missing_docs)]
 
+mod budget;
 mod clock;
 mod durability;
 mod error;
@@ -59,6 +60,9 @@ mod replica;
 mod sqlite;
 mod storage;
 
+pub use crate::budget::{
+    memory_budget, set_memory_budget, DEFAULT_MEMORY_BUDGET, MIN_MEMORY_BUDGET,
+};
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::durability::{
     Durability, DurabilityTracker, DurableStream, FrameAllocator, SchedulerConfig, ShutdownReport,
