@@ -14,7 +14,7 @@
 //! restore of "a database that never existed" (a segment from one copy of a database
 //! applied on top of another copy's history) impossible rather than merely unlikely.
 
-use super::SealedSegment;
+use super::{Frame, SealedSegment};
 use crate::error::{Error, InvalidInput, Result};
 
 /// The top bit every checksum carries, so that a stored 0 always means "none".
@@ -106,19 +106,33 @@ impl PageSums {
     /// sums are the state the segment builds on.
     pub(crate) fn replay(&mut self, segment: &SealedSegment, after: u64) -> Result<u64, u64> {
         let mut last = after;
-        let mut pages: Vec<(u32, &[u8])> = Vec::new();
+        let mut pages: Vec<Frame> = Vec::new();
         let mut commits = segment.commits().iter();
-        for frame in segment.frames().filter(|f| f.frame_no > after) {
-            pages.push((frame.page_no, frame.data));
-            if !frame.is_commit() {
-                continue;
+        // Frames are read a bounded chunk at a time (a spilled segment is in a file); a
+        // transaction's pages are held until its commit.
+        let frame_len = segment.page_size() as usize + 24;
+        let per_chunk = (crate::budget::share(16, 1 << 20) / frame_len).max(1) as u32;
+        let mut position = 0;
+        while position < segment.frame_count() {
+            let end = (position + per_chunk).min(segment.frame_count());
+            let positions: Vec<u32> = (position..end).collect();
+            let chunk = segment.read_frames(&positions).map_err(|_| after)?;
+            position = end;
+            for frame in chunk.into_iter().filter(|f| f.frame_no > after) {
+                let (frame_no, size_after) = (frame.frame_no, frame.size_after);
+                pages.push(frame);
+                if size_after == 0 {
+                    continue;
+                }
+                let recorded = commits.find(|c| c.frame_no == frame_no);
+                let refs: Vec<(u32, &[u8])> =
+                    pages.iter().map(|f| (f.page_no, &f.data[..])).collect();
+                match (self.apply(&refs, size_after), recorded) {
+                    (Ok(sum), Some(c)) if sum == c.checksum => last = frame_no,
+                    _ => return Err(frame_no),
+                }
+                pages.clear();
             }
-            let recorded = commits.find(|c| c.frame_no == frame.frame_no);
-            match (self.apply(&pages, frame.size_after), recorded) {
-                (Ok(sum), Some(c)) if sum == c.checksum => last = frame.frame_no,
-                _ => return Err(frame.frame_no),
-            }
-            pages.clear();
         }
         Ok(last)
     }

@@ -310,6 +310,66 @@ impl<S: Storage + Clone> LogWriter<S> {
         snapshot: bool,
         at: Option<DateTime<Utc>>,
     ) -> Result<Appended> {
+        let mut txn = self.begin_txn(pages.len() as u64, db_size, snapshot, at)?;
+        if let Err(e) = self.write_chunk(&mut txn, pages) {
+            return Err(self.fail(e));
+        }
+        self.end_txn(txn)
+    }
+
+    /// Appends a snapshot of a database of `db_size` pages (at least 1) read a chunk at a
+    /// time: `read(first, buf)` fills `buf` with the pages from `first` on, one
+    /// `page_size` slice each. Memory stays within a share of the budget
+    /// ([`crate::memory_budget`]) whatever the database's size; the open segment
+    /// spills to a file in [`LogConfig::dir`] past its share. What was open is sealed
+    /// first, as for [`append_snapshot`](Self::append_snapshot).
+    ///
+    /// An error from `read` once pages were appended latches the log (the transaction is
+    /// torn); an error before that leaves it usable.
+    pub fn append_snapshot_with(
+        &mut self,
+        db_size: u32,
+        mut read: impl FnMut(u32, &mut [u8]) -> Result<()>,
+    ) -> Result<Appended> {
+        self.check_usable()?;
+        if db_size == 0 {
+            return Err(InvalidInput::Commit {
+                frame_no: self.allocator.peek(),
+                reason: "a snapshot writes at least one page".into(),
+            }
+            .into());
+        }
+        self.seal()?;
+        let page_size = self.config.page_size as usize;
+        let per_chunk = (crate::budget::share(8, 1 << 20) / page_size).max(1);
+        let mut buf = vec![0u8; per_chunk.min(db_size as usize) * page_size];
+        let mut txn = self.begin_txn(u64::from(db_size), db_size, true, None)?;
+        let mut first = 1u32;
+        while first <= db_size {
+            let n = (per_chunk as u64).min(u64::from(db_size - first) + 1) as usize;
+            let chunk = &mut buf[..n * page_size];
+            let written = read(first, chunk).and_then(|()| {
+                let pages: Vec<(u32, &[u8])> =
+                    (first..).zip(chunk.chunks_exact(page_size)).collect();
+                self.write_chunk(&mut txn, &pages)
+            });
+            if let Err(e) = written {
+                return Err(self.fail(e));
+            }
+            first += n as u32;
+        }
+        self.end_txn(txn)
+    }
+
+    /// Starts a transaction of `count` frames: its time stamp, its frame numbers, and
+    /// the page sums it builds on. Nothing that fails here harms the log.
+    fn begin_txn(
+        &mut self,
+        count: u64,
+        db_size: u32,
+        snapshot: bool,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<OpenTxn> {
         if self.sums.is_none() && !snapshot {
             return Err(Error::Diverged {
                 namespace: self.namespace.to_string(),
@@ -323,7 +383,7 @@ impl<S: Storage + Clone> LogWriter<S> {
         let at_ms = ceil_ms(at.map_or(now, |at| at.min(now)))?;
         // Commit times never go backwards, whatever the clock does.
         let commit_ms = at_ms.max(self.last_commit_ms);
-        let frames = self.allocator.allocate(pages.len() as u64)?;
+        let frames = self.allocator.allocate(count)?;
         if frames.start != self.builder.next_frame_no() {
             return Err(self.fail(Error::from(InvalidInput::FrameNo {
                 frame_no: frames.start,
@@ -340,29 +400,67 @@ impl<S: Storage + Clone> LogWriter<S> {
         } else {
             sums.checksum()
         };
-        let checksum = match sums.apply(pages, db_size) {
-            Ok(checksum) => checksum,
-            Err(e) => return Err(self.fail(e)),
-        };
         if self.builder.is_empty() {
             if let Err(e) = self.start_segment(base) {
                 return Err(self.fail(e));
             }
         }
-        if let Err(e) = self.write(&frames, pages, db_size, commit_ms, checksum) {
-            return Err(self.fail(e));
+        Ok(OpenTxn {
+            next: frames.start,
+            frames,
+            db_size,
+            commit_ms,
+            now_ms,
+            snapshot,
+        })
+    }
+
+    /// Appends the next pages of `txn`; the chunk that reaches its last frame commits it.
+    fn write_chunk(&mut self, txn: &mut OpenTxn, pages: &[(u32, &[u8])]) -> Result<()> {
+        self.check_pages(pages)?;
+        let end = txn.next + pages.len() as u64;
+        if pages.is_empty() || end > txn.frames.end {
+            return Err(InvalidInput::Commit {
+                frame_no: txn.next,
+                reason: "the transaction has another number of pages than it announced".into(),
+            }
+            .into());
         }
-        if snapshot {
+        let sums = self.sums.as_mut().ok_or_else(|| Error::Diverged {
+            namespace: self.namespace.to_string(),
+            detail: "no page sums".into(),
+        })?;
+        let checksum = sums.apply(pages, txn.db_size)?;
+        let commit = (end == txn.frames.end).then_some(Commit {
+            db_size: txn.db_size,
+            ms: txn.commit_ms,
+            checksum,
+        });
+        self.write(txn.next..end, pages, commit)?;
+        txn.next = end;
+        Ok(())
+    }
+
+    /// Finishes a transaction whose frames were all written.
+    fn end_txn(&mut self, txn: OpenTxn) -> Result<Appended> {
+        if txn.next != txn.frames.end {
+            let e = InvalidInput::Commit {
+                frame_no: txn.next,
+                reason: "the transaction ended before its last page".into(),
+            };
+            return Err(self.fail(e.into()));
+        }
+        if txn.snapshot {
             self.shared.clear_diverged();
         }
-        self.last_commit_ms = commit_ms;
-        self.opened_at.get_or_insert(ms_to_datetime(now_ms));
+        self.last_commit_ms = txn.commit_ms;
+        self.opened_at.get_or_insert(ms_to_datetime(txn.now_ms));
         self.shared
             .tracker
-            .advance(Durability::Applied, frames.end - 1)?;
+            .advance(Durability::Applied, txn.frames.end - 1)?;
         let appended = Appended {
-            frames,
-            timestamp: ms_to_datetime(commit_ms),
+            frames: txn.frames,
+            timestamp: ms_to_datetime(txn.commit_ms),
             shared: self.shared.clone(),
         };
         // The transaction is in the log whatever sealing does; a failed seal latches the
@@ -478,6 +576,10 @@ impl<S: Storage + Clone> LogWriter<S> {
         if db_size == 0 {
             return Err(commit("database size after a commit must be at least 1 page").into());
         }
+        self.check_pages(pages)
+    }
+
+    fn check_pages(&self, pages: &[(u32, &[u8])]) -> Result<()> {
         for (page_no, data) in pages {
             if *page_no == 0 {
                 return Err(InvalidInput::PageNo.into());
@@ -493,32 +595,29 @@ impl<S: Storage + Clone> LogWriter<S> {
         Ok(())
     }
 
-    /// Appends a transaction to the in-memory segment, then to the open-segment file,
-    /// which reuses each frame's checksum (every page is read once for both).
+    /// Appends frames to the open segment, then to the open-segment file, which reuses
+    /// each frame's checksum (every page is read once for both). With `commit`, the last
+    /// page commits the transaction.
     fn write(
         &mut self,
-        frames: &Range<u64>,
+        frames: Range<u64>,
         pages: &[(u32, &[u8])],
-        db_size: u32,
-        commit_ms: u64,
-        db_checksum: u64,
+        commit: Option<Commit>,
     ) -> Result<()> {
         let last = pages.len() - 1;
         let mut refs = Vec::with_capacity(pages.len());
-        for (i, (frame_no, (page_no, page))) in frames.clone().zip(pages).enumerate() {
-            let (size_after, commit_ts, checksum) = if i == last {
-                let at = ms_to_datetime(commit_ms);
-                self.builder.append_commit_with_checksum(
-                    *page_no,
-                    page,
-                    db_size,
-                    at,
-                    db_checksum,
-                )?;
-                (db_size, commit_ms, db_checksum)
-            } else {
-                self.builder.append_frame(*page_no, page)?;
-                (0, 0, 0)
+        for (i, (frame_no, (page_no, page))) in frames.zip(pages).enumerate() {
+            let (size_after, commit_ts, checksum) = match commit {
+                Some(c) if i == last => {
+                    let at = ms_to_datetime(c.ms);
+                    self.builder
+                        .append_commit_with_checksum(*page_no, page, c.db_size, at, c.checksum)?;
+                    (c.db_size, c.ms, c.checksum)
+                }
+                _ => {
+                    self.builder.append_frame(*page_no, page)?;
+                    (0, 0, 0)
+                }
             };
             refs.push(WalFrameRef {
                 frame_no,
@@ -637,6 +736,26 @@ impl<S: Storage + Clone> Drop for LogWriter<S> {
     }
 }
 
+/// A transaction being appended: its frame numbers, the next one to write, and what its
+/// commit will record.
+#[derive(Debug)]
+struct OpenTxn {
+    frames: Range<u64>,
+    next: u64,
+    db_size: u32,
+    commit_ms: u64,
+    now_ms: u64,
+    snapshot: bool,
+}
+
+/// What a transaction's commit frame records.
+#[derive(Debug, Clone, Copy)]
+struct Commit {
+    db_size: u32,
+    ms: u64,
+    checksum: u64,
+}
+
 /// `at` in milliseconds since the epoch, rounded up.
 fn ceil_ms(at: DateTime<Utc>) -> Result<u64> {
     let ms = timestamp_ms(at)?;
@@ -644,11 +763,17 @@ fn ceil_ms(at: DateTime<Utc>) -> Result<u64> {
     Ok(ms + u64::from(sub_ms))
 }
 
+/// Bytes of frames the open segment holds in memory before it moves them to a spill file
+/// (see [`crate::format::SegmentBuilder::with_spill`]): a quarter of the memory budget.
+fn spill_threshold() -> usize {
+    crate::budget::share(4, 256 << 10)
+}
+
 /// Frames to reserve room for when a segment starts: what the sealing policy allows, but
-/// never more than 64 MiB up front (a huge policy still grows on demand).
+/// never more than the spill threshold up front (a huge policy still grows on demand).
 fn segment_frames(config: &LogConfig) -> usize {
     let frame_len = config.page_size as usize + 24;
-    let cap = (64 << 20) / frame_len;
+    let cap = spill_threshold() / frame_len;
     (config.seal_frames as usize)
         .min(config.seal_bytes / frame_len + 1)
         .min(cap)

@@ -39,6 +39,7 @@ pub(super) async fn open<S: Storage + Clone>(
     SegmentBuilder::new(1, config.page_size)?;
     create_dir_durable(&config.dir)
         .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
+    crate::format::spill::remove_leftovers(&config.dir);
     bind_namespace(&storage, &config.dir, &namespace).await?;
     let mut allocator = FrameAllocator::open(&config.dir, config.allocator_block)?.reserve_ahead();
     // A storage that keeps nothing reports u64::MAX: it holds no position to resume from.
@@ -62,7 +63,9 @@ pub(super) async fn open<S: Storage + Clone>(
         tracker.advance(Durability::Written, found.last_frame)?;
     }
     let log_id = Uuid::new_v4();
-    let mut builder = SegmentBuilder::new(allocator.peek(), config.page_size)?.with_log_id(log_id);
+    let mut builder = SegmentBuilder::new(allocator.peek(), config.page_size)?
+        .with_log_id(log_id)
+        .with_spill(&config.dir, super::spill_threshold());
     builder.reserve(super::segment_frames(&config));
     let salt = Uuid::new_v4().as_u128() as u32;
     let file_base = match &sums {
@@ -284,7 +287,8 @@ fn seal_recovered(r: &Recovered, config: &LogConfig) -> Result<Option<SealedSegm
     if r.frames.is_empty() {
         return Ok(None);
     }
-    let mut builder = SegmentBuilder::new(r.start, r.page_size)?;
+    let mut builder = SegmentBuilder::new(r.start, r.page_size)?
+        .with_spill(&config.dir, super::spill_threshold());
     builder.start_lineage(r.base)?;
     for f in &r.frames {
         if f.size_after == 0 {

@@ -67,9 +67,11 @@ pub(crate) fn parse_name(name: &str) -> Option<u64> {
 /// Appended records wait in memory; past this many bytes the syncer is asked to write
 /// them out (without an fsync), so an append costs a copy, not a system call.
 pub(crate) const WRITE_OUT_AT: usize = 1 << 20;
-/// Past this many bytes the append itself writes them out: back-pressure, so memory stays
-/// bounded when the disk cannot keep up.
-const WRITE_INLINE_AT: usize = 32 << 20;
+/// Past this many bytes (an eighth of the memory budget, at most 32 MiB) the append itself
+/// writes them out: back-pressure, so memory stays bounded when the disk cannot keep up.
+fn write_inline_at() -> usize {
+    crate::budget::share(8, WRITE_OUT_AT).min(32 << 20)
+}
 
 /// An open-segment file and the records appended to it but not yet written out.
 #[derive(Debug)]
@@ -192,7 +194,7 @@ impl WalFile {
             }
             pending.len()
         };
-        if pending_len >= WRITE_INLINE_AT {
+        if pending_len >= write_inline_at() {
             self.buffer
                 .write_out()
                 .map_err(|e| Error::io(format!("appending to {}", self.path.display()), e))?;

@@ -720,9 +720,11 @@ impl<S: Storage + Clone> Replicator<S> {
             None => snapshot::db_pages(&self.db, self.page_size)?,
         };
         if db_size > 0 {
-            let pages = snapshot::read(&self.db, self.page_size, db_size, &mut overlay)?;
-            let refs: Vec<(u32, &[u8])> = pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
-            report.add(self.log.append_snapshot(&refs, db_size)?);
+            let mut reader = snapshot::Reader::new(&self.db, self.page_size, &mut overlay)?;
+            let appended = self
+                .log
+                .append_snapshot_with(db_size, |first, buf| reader.fill(first, buf))?;
+            report.add(appended);
         }
         match end {
             Some(end) => self.record(Some(end)),

@@ -51,36 +51,70 @@ pub(crate) fn db_pages(db: &Path, page_size: u32) -> Result<u32> {
     })
 }
 
-/// Pages 1..=`db_size` of the database as of the WAL prefix whose newest page images are
-/// in `overlay`.
-pub(crate) fn read(
-    db: &Path,
-    page_size: u32,
-    db_size: u32,
-    overlay: &mut HashMap<u32, Vec<u8>>,
-) -> Result<Vec<(u32, Vec<u8>)>> {
-    let file = DbFile::open(db).map_err(io_err(db))?;
-    let mut pages = Vec::with_capacity(db_size as usize);
-    for page_no in 1..=db_size {
-        if let Some(newer) = overlay.remove(&page_no) {
-            pages.push((page_no, newer));
-            continue;
+/// Reads the database as of the WAL prefix whose newest page images are in `overlay`, a
+/// chunk of pages at a time: [`Reader::fill`] is the callback
+/// [`LogWriter::append_snapshot_with`](crate::LogWriter::append_snapshot_with) takes.
+pub(crate) struct Reader<'a> {
+    db: &'a Path,
+    file: Option<DbFile>,
+    page_size: usize,
+    overlay: &'a mut HashMap<u32, Vec<u8>>,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(
+        db: &'a Path,
+        page_size: u32,
+        overlay: &'a mut HashMap<u32, Vec<u8>>,
+    ) -> Result<Self> {
+        Ok(Self {
+            db,
+            file: DbFile::open(db).map_err(io_err(db))?,
+            page_size: page_size as usize,
+            overlay,
+        })
+    }
+
+    /// Fills `buf` with the pages from `first` on, each `page_size` bytes: the WAL's
+    /// image where it has one, else the database file's. Runs of pages the WAL does not
+    /// hold are read from the file in one call.
+    pub(crate) fn fill(&mut self, first: u32, buf: &mut [u8]) -> Result<()> {
+        let ps = self.page_size;
+        let count = buf.len() / ps;
+        let mut i = 0;
+        while i < count {
+            let page_no = first + i as u32;
+            if let Some(newer) = self.overlay.remove(&page_no) {
+                buf[i * ps..(i + 1) * ps].copy_from_slice(&newer);
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < count && !self.overlay.contains_key(&(first + j as u32)) {
+                j += 1;
+            }
+            self.read_run(page_no, &mut buf[i * ps..j * ps])?;
+            i = j;
         }
-        let mut page = vec![0u8; page_size as usize];
-        let offset = u64::from(page_no - 1) * u64::from(page_size);
-        let got = match &file {
-            Some(f) => f.read_at(&mut page, offset).map_err(io_err(db))?,
+        Ok(())
+    }
+
+    /// Reads pages `from..` of the database file into `buf`.
+    fn read_run(&self, from: u32, buf: &mut [u8]) -> Result<()> {
+        let offset = u64::from(from - 1) * self.page_size as u64;
+        let got = match &self.file {
+            Some(f) => f.read_at(buf, offset).map_err(io_err(self.db))?,
             None => 0,
         };
-        if got < page.len() {
+        if got < buf.len() {
+            let missing = from + (got / self.page_size) as u32;
             return Err(Error::NotFound(format!(
-                "page {page_no} of {} is in neither the database file nor its WAL",
-                db.display()
+                "page {missing} of {} is in neither the database file nor its WAL",
+                self.db.display()
             )));
         }
-        pages.push((page_no, page));
+        Ok(())
     }
-    Ok(pages)
 }
 
 /// A checksum of the whole database file (every byte, not its size or time), to tell
