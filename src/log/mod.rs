@@ -341,22 +341,72 @@ impl<S: Storage + Clone> LogWriter<S> {
         }
         self.seal()?;
         let page_size = self.config.page_size as usize;
-        let per_chunk = (crate::budget::share(8, 1 << 20) / page_size).max(1);
-        let mut buf = vec![0u8; per_chunk.min(db_size as usize) * page_size];
-        let mut txn = self.begin_txn(u64::from(db_size), db_size, true, None)?;
         let mut first = 1u32;
-        while first <= db_size {
-            let n = (per_chunk as u64).min(u64::from(db_size - first) + 1) as usize;
-            let chunk = &mut buf[..n * page_size];
-            let written = read(first, chunk).and_then(|()| {
-                let pages: Vec<(u32, &[u8])> =
-                    (first..).zip(chunk.chunks_exact(page_size)).collect();
+        let next = |chunk: &mut PageChunk| {
+            let n = (chunk_pages(page_size) as u64).min(u64::from(db_size - first) + 1) as u32;
+            chunk.page_nos.extend(first..first + n);
+            chunk.data.resize(n as usize * page_size, 0);
+            read(first, &mut chunk.data)?;
+            first += n;
+            Ok(())
+        };
+        self.append_chunked(u64::from(db_size), db_size, true, None, next)
+    }
+
+    /// [`append_at`](Self::append_at) for a transaction of `count` pages handed over a
+    /// chunk at a time by `next` (each call fills an empty chunk with at least one page,
+    /// in order), so a transaction of any size is appended in bounded memory. An error
+    /// once pages were appended latches the log.
+    pub(crate) fn append_chunked_at(
+        &mut self,
+        count: u64,
+        db_size: u32,
+        at: DateTime<Utc>,
+        next: impl FnMut(&mut PageChunk) -> Result<()>,
+    ) -> Result<Appended> {
+        self.check_usable()?;
+        if let Some(detail) = self.needs_snapshot() {
+            return Err(Error::Diverged {
+                namespace: self.namespace.to_string(),
+                detail,
+            });
+        }
+        self.append_chunked(count, db_size, false, Some(at), next)
+    }
+
+    fn append_chunked(
+        &mut self,
+        count: u64,
+        db_size: u32,
+        snapshot: bool,
+        at: Option<DateTime<Utc>>,
+        mut next: impl FnMut(&mut PageChunk) -> Result<()>,
+    ) -> Result<Appended> {
+        let mut txn = self.begin_txn(count, db_size, snapshot, at)?;
+        let page_size = self.config.page_size as usize;
+        let mut chunk = PageChunk::default();
+        while txn.next < txn.frames.end {
+            chunk.page_nos.clear();
+            chunk.data.clear();
+            let written = next(&mut chunk).and_then(|()| {
+                if chunk.data.len() != chunk.page_nos.len() * page_size {
+                    let e = InvalidInput::PageLength {
+                        expected: self.config.page_size,
+                        actual: chunk.data.len() / chunk.page_nos.len().max(1),
+                    };
+                    return Err(e.into());
+                }
+                let pages: Vec<(u32, &[u8])> = chunk
+                    .page_nos
+                    .iter()
+                    .copied()
+                    .zip(chunk.data.chunks_exact(page_size))
+                    .collect();
                 self.write_chunk(&mut txn, &pages)
             });
             if let Err(e) = written {
                 return Err(self.fail(e));
             }
-            first += n as u32;
         }
         self.end_txn(txn)
     }
@@ -734,6 +784,19 @@ impl<S: Storage + Clone> Drop for LogWriter<S> {
             tracker.close();
         }
     }
+}
+
+/// Pages of a transaction handed to the log a chunk at a time: page `page_nos[i]` is
+/// `data[i * page_size..(i + 1) * page_size]`.
+#[derive(Debug, Default)]
+pub(crate) struct PageChunk {
+    pub page_nos: Vec<u32>,
+    pub data: Vec<u8>,
+}
+
+/// Pages per chunk of a transaction appended in chunks: an eighth of the budget.
+pub(crate) fn chunk_pages(page_size: usize) -> usize {
+    (crate::budget::share(8, 1 << 20) / page_size).max(1)
 }
 
 /// A transaction being appended: its frame numbers, the next one to write, and what its

@@ -46,7 +46,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use hashbrown::HashMap;
 use rusqlite::Connection;
 
 use super::continuity::{
@@ -696,13 +695,13 @@ impl<S: Storage + Clone> Replicator<S> {
     /// Ships the whole database as of the end of its WAL as one transaction.
     fn ship_snapshot(&mut self, report: &mut IngestReport) -> Result<()> {
         report.snapshot = true;
-        let (overlay, db_size, end) = loop {
+        let (mut overlay, db_size, end) = loop {
             let before = wal_header(&self.wal)?;
-            let mut overlay = HashMap::new();
+            let mut overlay = snapshot::Overlay::default();
             let mut db_size = None;
             let scanned = wal::scan(&self.wal, None, Check::LastFrame, |txn| {
                 db_size = Some(txn.db_size);
-                overlay.extend(txn.pages);
+                overlay.add(txn);
                 Ok(())
             })?;
             // A WAL restarted while we read it would mix generations: read it again.
@@ -714,13 +713,13 @@ impl<S: Storage + Clone> Replicator<S> {
                 break (overlay, db_size, end);
             }
         };
-        let mut overlay = overlay;
         let db_size = match db_size {
             Some(size) => size,
             None => snapshot::db_pages(&self.db, self.page_size)?,
         };
         if db_size > 0 {
-            let mut reader = snapshot::Reader::new(&self.db, self.page_size, &mut overlay)?;
+            let mut reader =
+                snapshot::Reader::new(&self.db, &self.wal, self.page_size, &mut overlay)?;
             let appended = self
                 .log
                 .append_snapshot_with(db_size, |first, buf| reader.fill(first, buf))?;
@@ -816,7 +815,8 @@ fn begin_read(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Appends one WAL transaction, stamped with [`commit_stamp`].
+/// Appends one WAL transaction, stamped with [`commit_stamp`]. One too large to have
+/// been held in memory is read back from the WAL a chunk at a time.
 fn append<S: Storage + Clone>(
     log: &mut LogWriter<S>,
     wal: &Path,
@@ -824,10 +824,32 @@ fn append<S: Storage + Clone>(
     txn: &WalTransaction,
     report: &mut IngestReport,
 ) -> Result<()> {
+    let stamp = commit_stamp(wal, floor);
+    if txn.pages.is_empty() {
+        let located = &txn.located;
+        let file = std::fs::File::open(wal)
+            .map_err(|e| Error::io(format!("opening SQLite WAL {}", wal.display()), e))?;
+        let per_chunk = crate::log::chunk_pages(located.header.page_size as usize);
+        let mut chunks = located.frames.chunks(per_chunk);
+        let count = located.frames.len() as u64;
+        let appended = log.append_chunked_at(count, txn.db_size, stamp, |chunk| {
+            let frames = chunks.next().unwrap_or_default();
+            wal::read_located(
+                &file,
+                wal,
+                &located.header,
+                frames,
+                &mut chunk.page_nos,
+                &mut chunk.data,
+            )
+        })?;
+        report.add(appended);
+        return Ok(());
+    }
     // SQLite may write a page twice in one transaction; the later image wins, and the
     // log keeps both (its index points at the newest).
     let refs: Vec<(u32, &[u8])> = txn.pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
-    report.add(log.append_at(&refs, txn.db_size, commit_stamp(wal, floor))?);
+    report.add(log.append_at(&refs, txn.db_size, stamp)?);
     Ok(())
 }
 

@@ -10,11 +10,13 @@
 //! closing a descriptor would drop the SHARED lock of that very read transaction (see
 //! [`super::dbfile`]).
 
+use std::fs::File;
 use std::path::Path;
 
 use hashbrown::HashMap;
 
 use super::dbfile::DbFile;
+use super::wal::{self, FrameLoc, WalHeader, WalTransaction};
 use crate::error::{Error, FormatError, Part, Result};
 
 /// Bytes read at once when checksumming the whole file.
@@ -51,27 +53,78 @@ pub(crate) fn db_pages(db: &Path, page_size: u32) -> Result<u32> {
     })
 }
 
-/// Reads the database as of the WAL prefix whose newest page images are in `overlay`, a
-/// chunk of pages at a time: [`Reader::fill`] is the callback
+/// The newest image of each page a WAL prefix holds: where it is in the WAL, and its
+/// bytes too while the images held stay under [`wal::hold_limit`] (beyond that they are
+/// read back from the WAL, checked against what the scan proved).
+#[derive(Debug, Default)]
+pub(crate) struct Overlay {
+    header: Option<WalHeader>,
+    at: HashMap<u32, FrameLoc>,
+    held: HashMap<u32, Vec<u8>>,
+    held_bytes: usize,
+    /// The images passed the limit: none are held, all are read back.
+    over: bool,
+}
+
+impl Overlay {
+    /// Adds a transaction scanned after the ones added before.
+    pub(crate) fn add(&mut self, txn: WalTransaction) {
+        self.header = Some(txn.located.header);
+        for loc in &txn.located.frames {
+            self.at.insert(loc.page_no, *loc);
+        }
+        if self.over {
+            return;
+        }
+        // A transaction too large to have been held has no pages here.
+        let too_large = txn.pages.is_empty();
+        for (page_no, data) in txn.pages {
+            self.held_bytes += data.len();
+            self.held.insert(page_no, data);
+        }
+        if too_large || self.held_bytes > wal::hold_limit() {
+            self.over = true;
+            self.held = HashMap::new();
+        }
+    }
+
+    fn contains(&self, page_no: u32) -> bool {
+        self.at.contains_key(&page_no)
+    }
+}
+
+/// Reads the database as of the WAL prefix in an [`Overlay`], a chunk of pages at a time:
+/// [`Reader::fill`] is the callback
 /// [`LogWriter::append_snapshot_with`](crate::LogWriter::append_snapshot_with) takes.
 pub(crate) struct Reader<'a> {
     db: &'a Path,
     file: Option<DbFile>,
+    wal_path: &'a Path,
+    wal: Option<File>,
     page_size: usize,
-    overlay: &'a mut HashMap<u32, Vec<u8>>,
+    overlay: &'a mut Overlay,
+    page_nos: Vec<u32>,
 }
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(
         db: &'a Path,
+        wal_path: &'a Path,
         page_size: u32,
-        overlay: &'a mut HashMap<u32, Vec<u8>>,
+        overlay: &'a mut Overlay,
     ) -> Result<Self> {
+        let wal = match overlay.over {
+            false => None,
+            true => Some(File::open(wal_path).map_err(io_err(wal_path))?),
+        };
         Ok(Self {
             db,
             file: DbFile::open(db).map_err(io_err(db))?,
+            wal_path,
+            wal,
             page_size: page_size as usize,
             overlay,
+            page_nos: Vec::new(),
         })
     }
 
@@ -84,18 +137,48 @@ impl<'a> Reader<'a> {
         let mut i = 0;
         while i < count {
             let page_no = first + i as u32;
-            if let Some(newer) = self.overlay.remove(&page_no) {
-                buf[i * ps..(i + 1) * ps].copy_from_slice(&newer);
+            if self.overlay.contains(page_no) {
+                self.wal_page(page_no, &mut buf[i * ps..(i + 1) * ps])?;
                 i += 1;
                 continue;
             }
             let mut j = i + 1;
-            while j < count && !self.overlay.contains_key(&(first + j as u32)) {
+            while j < count && !self.overlay.contains(first + j as u32) {
                 j += 1;
             }
             self.read_run(page_no, &mut buf[i * ps..j * ps])?;
             i = j;
         }
+        Ok(())
+    }
+
+    /// The WAL's newest image of `page_no`, held or read back.
+    fn wal_page(&mut self, page_no: u32, out: &mut [u8]) -> Result<()> {
+        if let Some(data) = self.overlay.held.remove(&page_no) {
+            out.copy_from_slice(&data);
+            return Ok(());
+        }
+        let (Some(wal), Some(header), Some(loc)) = (
+            &self.wal,
+            &self.overlay.header,
+            self.overlay.at.get(&page_no),
+        ) else {
+            return Err(Error::NotFound(format!(
+                "page {page_no} of {} is not in its WAL any more",
+                self.db.display()
+            )));
+        };
+        let mut data = Vec::with_capacity(out.len());
+        self.page_nos.clear();
+        wal::read_located(
+            wal,
+            self.wal_path,
+            header,
+            &[*loc],
+            &mut self.page_nos,
+            &mut data,
+        )?;
+        out.copy_from_slice(&data);
         Ok(())
     }
 

@@ -110,11 +110,75 @@ impl WalHeader {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct WalTransaction {
     /// (page number, page bytes) in WAL order; a page may repeat (the later one wins).
+    /// Empty when the transaction was too large to hold (more than an eighth of the
+    /// memory budget): then its frames are read back from `located`.
     pub pages: Vec<(u32, Vec<u8>)>,
+    /// Where the transaction's frames are in the WAL, for [`read_located`].
+    pub located: Located,
     /// Database size in pages after the commit.
     pub db_size: u32,
     /// The position just after this transaction's commit frame.
     pub end: WalPosition,
+}
+
+/// The frames of a large transaction, by position in the WAL, with what the scan proved
+/// about each: a frame read back must still carry the generation's salts and the
+/// cumulative checksum the scan computed, so nothing rewritten since is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Located {
+    pub header: WalHeader,
+    pub frames: Vec<FrameLoc>,
+}
+
+/// One frame of a [`Located`] transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameLoc {
+    /// The frame's 0-based index in the WAL.
+    pub index: u32,
+    pub page_no: u32,
+    /// The cumulative checksum stored in (and proved for) the frame.
+    pub checksum: (u32, u32),
+}
+
+/// Reads frames of a located transaction back from the open WAL `file` (named `path` in
+/// errors) into `page_nos` and `data` (contiguous page bytes), checking each is the frame
+/// the scan proved.
+pub(crate) fn read_located(
+    file: &File,
+    path: &Path,
+    header: &WalHeader,
+    frames: &[FrameLoc],
+    page_nos: &mut Vec<u32>,
+    data: &mut Vec<u8>,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let page_size = header.page_size as usize;
+    let mut head = [0u8; FRAME_HEADER_LEN];
+    for loc in frames {
+        let at = header.frame_offset(loc.index);
+        let start = data.len();
+        data.resize(start + page_size, 0);
+        file.read_exact_at(&mut head, at)
+            .and_then(|()| file.read_exact_at(&mut data[start..], at + FRAME_HEADER_LEN as u64))
+            .map_err(|e| io_error(path, e))?;
+        let fh = FrameHeader::parse(&head);
+        if fh.salt != header.salt || fh.page_no != loc.page_no || fh.checksum != loc.checksum {
+            let detail = format!(
+                "frame {} of SQLite WAL {} changed while it was being shipped",
+                loc.index + 1,
+                path.display()
+            );
+            return Err(Error::io("re-reading the WAL", io::Error::other(detail)));
+        }
+        page_nos.push(loc.page_no);
+    }
+    Ok(())
+}
+
+/// Bytes of page images a scan holds for one transaction before it keeps only where its
+/// frames are: an eighth of the memory budget.
+pub(crate) fn hold_limit() -> usize {
+    crate::budget::share(8, 1 << 20)
 }
 
 /// The outcome of [`scan`].
@@ -307,13 +371,31 @@ fn read_transactions(
     let mut pos = from;
     let mut committed = from;
     let mut pages = Vec::new();
+    let mut locs: Vec<FrameLoc> = Vec::new();
+    let mut held = 0usize;
     while let Some(frame) = read_frame(frames, header, &pos).map_err(|e| io_error(path, e))? {
+        locs.push(FrameLoc {
+            index: pos.frames,
+            page_no: frame.page_no,
+            checksum: frame.end.checksum,
+        });
         pos = frame.end;
-        pages.push((frame.page_no, frame.data));
+        held += frame.data.len();
+        if held <= hold_limit() {
+            pages.push((frame.page_no, frame.data));
+        } else {
+            pages = Vec::new(); // too large to hold: its frames are read back by location
+        }
         if frame.db_size != 0 {
             committed = pos;
+            let located = Located {
+                header: *header,
+                frames: std::mem::take(&mut locs),
+            };
+            held = 0;
             on_txn(WalTransaction {
                 pages: std::mem::take(&mut pages),
+                located,
                 db_size: frame.db_size,
                 end: pos,
             })?;
