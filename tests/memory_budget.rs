@@ -1,0 +1,219 @@
+//! Memory stays within the budget whatever the database's size: a counting global
+//! allocator measures the heap a snapshot, a transaction larger than the budget, a
+//! restore and a compaction add, on a database many times the budget, and each must stay
+//! under the budget plus a constant. Each restore is then checked row for row.
+//!
+//! One test in its own binary: the budget and the allocator are process-wide.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rusqlite::Connection;
+use walvault::{
+    compact, integrity_check, CompactionPolicy, LocalStorage, NamespaceName, Replicator,
+    ReplicatorConfig, RestoreOptions, Storage,
+};
+
+/// Counts the bytes the Rust heap holds and the most it held since the last reset.
+/// (SQLite's own allocations go to the system allocator directly and are not counted:
+/// they are the application's, not walvault's.)
+struct Counting;
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if new_size >= layout.size() {
+                let grow = new_size - layout.size();
+                let now = CURRENT.fetch_add(grow, Ordering::Relaxed) + grow;
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            } else {
+                CURRENT.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            }
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const MIB: usize = 1 << 20;
+/// The budget under test.
+const BUDGET: usize = 2 * MIB;
+/// What may come on top of the budget: the runtime, the catalog, per-page bookkeeping
+/// (a few bytes a page) and page indexes of a database of a few thousand pages.
+const CONSTANT: usize = 3 * MIB;
+/// Rows of 4 KiB: the database is about 40 MiB, twenty times the budget.
+const ROWS: i64 = 10_000;
+
+/// Runs `f` and returns what it returned and the most heap it added.
+async fn peak_of<T>(f: impl std::future::Future<Output = T>) -> (T, usize) {
+    let base = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let out = f.await;
+    (out, PEAK.load(Ordering::Relaxed).saturating_sub(base))
+}
+
+fn check_under_budget(what: &str, peak: usize) {
+    eprintln!("{what}: heap peak {:.2} MiB", peak as f64 / MIB as f64);
+    assert!(
+        peak <= BUDGET + CONSTANT,
+        "{what} added {peak} bytes of heap, over the budget of {BUDGET} plus {CONSTANT}"
+    );
+}
+
+type Rows = Vec<(i64, Vec<u8>)>;
+
+fn rows(db: &Path) -> Rows {
+    let conn = Connection::open(db).unwrap();
+    let mut stmt = conn.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    rows
+}
+
+/// A 4 KiB value that differs by row and round (so no two pages are alike).
+fn value(id: i64, round: i64) -> Vec<u8> {
+    let mut x = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (round as u64);
+    (0..4000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn write_rows(conn: &Connection, ids: std::ops::Range<i64>, round: i64) {
+    let tx = conn.unchecked_transaction().unwrap();
+    for id in ids {
+        tx.execute(
+            "INSERT OR REPLACE INTO t(id, v) VALUES (?1, ?2)",
+            rusqlite::params![id, value(id, round)],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+async fn restore_and_check(
+    store: &LocalStorage,
+    ns: &NamespaceName,
+    dir: &Path,
+    name: &str,
+    expected: &Rows,
+) {
+    let out = dir.join(name);
+    let (summary, peak) =
+        peak_of(store.restore_to_path(ns, RestoreOptions::Latest, &out, None)).await;
+    summary.unwrap();
+    check_under_budget(&format!("restore ({name})"), peak);
+    integrity_check(&out).unwrap();
+    assert!(
+        rows(&out) == *expected,
+        "{name}: restored rows differ from the writer's"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn snapshot_large_transaction_restore_and_compaction_stay_within_the_budget() {
+    walvault::set_memory_budget(BUDGET).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let conn = Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB NOT NULL);",
+    )
+    .unwrap();
+    write_rows(&conn, 0..ROWS, 0);
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    let db_bytes = std::fs::metadata(&db).unwrap().len() as usize;
+    assert!(
+        db_bytes > 15 * BUDGET,
+        "the database ({db_bytes} bytes) dwarfs the budget"
+    );
+
+    let store = LocalStorage::open(dir.path().join("store")).unwrap();
+    let ns = NamespaceName::new("app").unwrap();
+    let config = || {
+        let mut c = ReplicatorConfig::new(&db);
+        c.checkpoint_wal_bytes = u64::MAX; // keep the large transaction in the WAL
+        c
+    };
+
+    // The first run ships a snapshot of the whole database.
+    let (report, peak) = peak_of(async {
+        let mut r = Replicator::open(store.clone(), ns.clone(), config())
+            .await
+            .unwrap();
+        let report = r.run_once().await.unwrap();
+        r.close().await.unwrap();
+        report
+    })
+    .await;
+    assert!(report.snapshot);
+    check_under_budget("snapshot", peak);
+    let first = rows(&db);
+    restore_and_check(&store, &ns, dir.path(), "after-snapshot.db", &first).await;
+
+    // One transaction rewrites every row: a WAL transaction ten times the budget.
+    write_rows(&conn, 0..ROWS, 1);
+    let (report, peak) = peak_of(async {
+        let mut r = Replicator::open(store.clone(), ns.clone(), config())
+            .await
+            .unwrap();
+        let report = r.run_once().await.unwrap();
+        r.close().await.unwrap();
+        report
+    })
+    .await;
+    assert!(!report.snapshot, "{:?}", report.snapshot_reason);
+    check_under_budget("a transaction larger than the budget", peak);
+    let second = rows(&db);
+    restore_and_check(&store, &ns, dir.path(), "after-large-txn.db", &second).await;
+
+    // Many small transactions, then a compaction that merges them with the large ones.
+    let mut r = Replicator::open(store.clone(), ns.clone(), config())
+        .await
+        .unwrap();
+    for round in 0..20 {
+        write_rows(&conn, round * 50..round * 50 + 50, 2 + round);
+        r.run_once().await.unwrap();
+    }
+    r.close().await.unwrap();
+    let third = rows(&db);
+    let policy = CompactionPolicy {
+        target_size: 1 << 30,
+        ..CompactionPolicy::default()
+    };
+    let (report, peak) = peak_of(compact(&store, &ns, &policy, false)).await;
+    let report = report.unwrap();
+    assert!(!report.merges.is_empty(), "{report:?}");
+    check_under_budget("compaction", peak);
+    restore_and_check(&store, &ns, dir.path(), "after-compaction.db", &third).await;
+}
