@@ -29,7 +29,7 @@ fn history() -> Vec<SealedSegment> {
 
 /// Every 13th commit, and the last.
 fn sampled(c: &walvault::Commit) -> bool {
-    c.frame_no % 130 == 0 || c.frame_no == 5800
+    c.frame_no.is_multiple_of(130) || c.frame_no == 5800
 }
 
 async fn compaction_restores_every_commit_as_before<S: Storage>(s: &S) {
