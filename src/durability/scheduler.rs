@@ -411,6 +411,18 @@ impl<B: Storage> Storage for StoreScheduler<B> {
             .fetch_segment_data(namespace, key, config)
     }
 
+    fn fetch_frame_run(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        run: std::ops::Range<u32>,
+        config: Option<B::Config>,
+    ) -> impl Future<Output = Result<Vec<crate::format::Frame>>> + Send {
+        self.inner
+            .backend
+            .fetch_frame_run(namespace, key, run, config)
+    }
+
     fn fetch_frames(
         &self,
         namespace: &NamespaceName,
@@ -487,6 +499,14 @@ impl<B: Storage> Storage for StoreScheduler<B> {
         config: Option<B::Config>,
     ) -> impl Future<Output = Result<crate::storage::ForkReport>> + Send {
         self.inner.backend.fork(source, target, at, config)
+    }
+
+    fn spill_dir(
+        &self,
+        namespace: &NamespaceName,
+        config: Option<B::Config>,
+    ) -> std::path::PathBuf {
+        self.inner.backend.spill_dir(namespace, config)
     }
 
     fn refresh(

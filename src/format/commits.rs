@@ -16,6 +16,9 @@ pub struct CommitTable {
     sparse: bool,
     frame_count: u32,
     lineage_base: Option<u64>,
+    page_size: u32,
+    log_id: uuid::Uuid,
+    sealed_at_ms: u64,
     commits: Vec<Commit>,
 }
 
@@ -27,6 +30,9 @@ impl CommitTable {
             sparse: segment.is_sparse(),
             frame_count: segment.frame_count(),
             lineage_base: segment.lineage_base(),
+            page_size: segment.page_size(),
+            log_id: segment.log_id(),
+            sealed_at_ms: segment.sealed_at().timestamp_millis().max(0) as u64,
             commits: segment.commits().to_vec(),
         }
     }
@@ -41,6 +47,9 @@ impl CommitTable {
             sparse: header.sparse,
             frame_count: header.frame_count,
             lineage_base: header.lineage,
+            page_size: header.page_size,
+            log_id: header.log_id,
+            sealed_at_ms: header.sealed_at,
             commits,
         })
     }
@@ -65,6 +74,21 @@ impl CommitTable {
     /// starts a new lineage (a snapshot, or a first transaction on an empty database).
     pub fn lineage_base(&self) -> Option<u64> {
         self.lineage_base
+    }
+
+    /// The segment's page size in bytes.
+    pub fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
+    /// The log (writer) that produced the segment.
+    pub fn log_id(&self) -> uuid::Uuid {
+        self.log_id
+    }
+
+    /// When the segment was sealed, in ms since the Unix epoch.
+    pub fn sealed_at_ms(&self) -> u64 {
+        self.sealed_at_ms
     }
 
     /// The commits, in frame order.

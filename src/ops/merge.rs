@@ -8,10 +8,12 @@
 //! (the segment is sparse, `docs/FORMAT.md` §3.2), so lookups by frame number and time
 //! keep their meaning.
 //!
-//! Two passes keep memory to one input segment plus the output: the first reads the
-//! inputs newest first and decides which frames to keep (a frame is kept unless a newer
-//! frame of its page falls before the same retained commit); the second fetches only
-//! the kept frames, oldest first, and appends them.
+//! Two passes keep memory to one run of frames (a share of the memory budget) plus a few
+//! bytes per kept frame: the first reads the inputs newest first, a run at a time, and
+//! decides which frames to keep (a frame is kept unless a newer frame of its page falls
+//! before the same retained commit); the second fetches only the kept frames, oldest
+//! first, in batches of about a run, and appends them to a builder that spills to a
+//! file (where the backend can link it into place) once the output outgrows its share.
 
 use hashbrown::HashMap;
 
@@ -19,7 +21,7 @@ use crate::error::{Error, FormatError, InvalidInput, Part, Result};
 use crate::format::{
     ms_to_datetime, Commit, NamespaceName, SealedSegment, SegmentBuilder, SegmentKey,
 };
-use crate::storage::Storage;
+use crate::storage::{frames, Storage};
 
 /// Which commits a merge keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,20 +88,27 @@ pub(crate) async fn merge<S: Storage + ?Sized>(
         return Err(InvalidInput::Config("nothing to merge".into()).into());
     };
     let selection = select(storage, ns, inputs, retain, config).await?;
+    // The output may be as large as the inputs: past a share of the budget it goes to a
+    // spill file where the backend can link it into place.
     let mut builder = SegmentBuilder::new(first.start_frame_no, selection.page_size)?
-        .with_log_id(selection.log_id);
+        .with_log_id(selection.log_id)
+        .with_spill(
+            storage.spill_dir(ns, config.clone()),
+            crate::budget::share(4, 1 << 20),
+        );
     if let Some(base) = selection.lineage {
         builder.start_lineage(base)?;
     }
-    builder.reserve(selection.kept.iter().map(Vec::len).sum());
     // Kept frames are fetched a batch of segments at a time: one call per batch (a
     // backend may serve it with one thread hand-off or concurrent requests), and memory
     // bounded by the batch besides the output.
-    let wanted: Vec<(SegmentKey, &Vec<Kept>)> = inputs
+    let frame_len = crate::format::FRAME_HEADER_LEN + selection.page_size as usize;
+    let per_chunk = (frames::run_bytes() / frame_len).max(1);
+    let wanted: Vec<(SegmentKey, &[Kept])> = inputs
         .iter()
         .copied()
         .zip(&selection.kept)
-        .filter(|(_, kept)| !kept.is_empty())
+        .flat_map(|(key, kept)| kept.chunks(per_chunk).map(move |chunk| (key, chunk)))
         .collect();
     for batch in batches(&wanted, u64::from(selection.page_size)) {
         let requests = batch
@@ -123,24 +132,24 @@ pub(crate) async fn merge<S: Storage + ?Sized>(
     builder.seal(ms_to_datetime(selection.sealed_at))
 }
 
-/// Segments whose kept frames one call fetches, at most...
+/// Segments whose kept frames one call fetches, at most.
 const BATCH_SEGMENTS: usize = 64;
-/// ...and bytes of frames a batch grows to.
-const BATCH_BYTES: u64 = 8 << 20;
 
 /// Consecutive groups of `wanted` of at most [`BATCH_SEGMENTS`] segments and about
-/// [`BATCH_BYTES`] of frames each.
+/// [`frames::run_bytes`] of frames each; one input's kept frames past that are split
+/// over several batches.
 fn batches<'a>(
-    wanted: &'a [(SegmentKey, &'a Vec<Kept>)],
+    wanted: &'a [(SegmentKey, &'a [Kept])],
     page_size: u64,
-) -> impl Iterator<Item = &'a [(SegmentKey, &'a Vec<Kept>)]> {
+) -> impl Iterator<Item = &'a [(SegmentKey, &'a [Kept])]> {
     let mut rest = wanted;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
         let (mut n, mut bytes) = (0, 0);
-        while n < rest.len() && n < BATCH_SEGMENTS && (n == 0 || bytes < BATCH_BYTES) {
+        while n < rest.len() && n < BATCH_SEGMENTS && (n == 0 || bytes < frames::run_bytes() as u64)
+        {
             bytes += rest[n].1.len() as u64 * page_size;
             n += 1;
         }
@@ -198,43 +207,50 @@ async fn select<S: Storage + ?Sized>(
     let mut meta: Option<(u32, uuid::Uuid, u64)> = None;
     let mut lineage = Some(0);
     for (i, key) in inputs.iter().enumerate().rev() {
-        let segment = storage.fetch_segment_data(ns, key, config.clone()).await?;
-        lineage = lineage.and(segment.lineage_base());
-        let (page_size, ..) = *meta.get_or_insert((
-            segment.page_size(),
-            segment.log_id(),
-            segment.sealed_at().timestamp_millis().max(0) as u64,
-        ));
-        if segment.page_size() != page_size {
+        // The header and commit table, then the frames a bounded run at a time, newest
+        // run first: an input of any size costs one run of memory.
+        let table = storage.fetch_commit_table(ns, key, config.clone()).await?;
+        lineage = lineage.and(table.lineage_base());
+        let (page_size, ..) =
+            *meta.get_or_insert((table.page_size(), table.log_id(), table.sealed_at_ms()));
+        if table.page_size() != page_size {
             return Err(InvalidInput::Config(format!(
                 "segments {key} and {} of {ns} have different page sizes ({} and {page_size} bytes) and cannot be merged",
                 inputs[i + 1],
-                segment.page_size()
+                table.page_size()
             ))
             .into());
         }
-        let commits = segment.commits();
+        let commits = table.commits();
         let mut commit_at = commits.len();
         let out = &mut kept[i];
-        for (position, frame) in segment.frames().enumerate().rev() {
-            let mut retained = None;
-            if frame.is_commit() {
-                commit_at -= 1;
-                let c = commits[commit_at];
-                let first = i == 0 && commit_at == 0;
-                if retain.keeps(c.timestamp_ms, next_ts, first) {
-                    interval += 1;
-                    retained = Some(c);
+        for run in frames::runs(table.frame_count(), page_size).rev() {
+            let start = run.start;
+            let frames = storage
+                .fetch_frame_run(ns, key, run, config.clone())
+                .await?;
+            for (offset, frame) in frames.iter().enumerate().rev() {
+                let mut retained = None;
+                if frame.size_after != 0 {
+                    commit_at = commit_at
+                        .checked_sub(1)
+                        .ok_or_else(|| changed(ns, key, "has more commit frames than commits"))?;
+                    let c = commits[commit_at];
+                    let first = i == 0 && commit_at == 0;
+                    if retain.keeps(c.timestamp_ms, next_ts, first) {
+                        interval += 1;
+                        retained = Some(c);
+                    }
+                    next_ts = Some(c.timestamp_ms);
                 }
-                next_ts = Some(c.timestamp_ms);
-            }
-            if newest.insert(frame.page_no, interval) != Some(interval) {
-                out.push(Kept {
-                    position: position as u32,
-                    frame_no: frame.frame_no,
-                    page_no: frame.page_no,
-                    commit: retained,
-                });
+                if newest.insert(frame.page_no, interval) != Some(interval) {
+                    out.push(Kept {
+                        position: start + offset as u32,
+                        frame_no: frame.frame_no,
+                        page_no: frame.page_no,
+                        commit: retained,
+                    });
+                }
             }
         }
         out.reverse();

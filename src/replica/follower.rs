@@ -221,7 +221,7 @@ impl<S: Storage> Follower<S> {
         };
         let segment = self
             .storage
-            .fetch_segment_data(&self.namespace, &key, None)
+            .fetch_commit_table(&self.namespace, &key, None)
             .await?;
         match segment.commits().iter().find(|c| c.frame_no == at) {
             Some(c) if c.checksum == 0 || c.checksum == self.checksum => Ok(()),

@@ -180,6 +180,16 @@ impl<S: Storage + Clone> Storage for FaultyStorage<S> {
         self.inner.fetch_commit_table(namespace, key, config)
     }
 
+    fn fetch_frame_run(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        run: std::ops::Range<u32>,
+        config: Option<S::Config>,
+    ) -> impl Future<Output = Result<Vec<crate::format::Frame>>> + Send {
+        self.inner.fetch_frame_run(namespace, key, run, config)
+    }
+
     fn fetch_frames(
         &self,
         namespace: &NamespaceName,
@@ -236,6 +246,14 @@ impl<S: Storage + Clone> Storage for FaultyStorage<S> {
         config: Option<S::Config>,
     ) -> impl Future<Output = Result<crate::storage::ForkReport>> + Send {
         self.inner.fork(source, target, at, config)
+    }
+
+    fn spill_dir(
+        &self,
+        namespace: &NamespaceName,
+        config: Option<S::Config>,
+    ) -> std::path::PathBuf {
+        self.inner.spill_dir(namespace, config)
     }
 
     fn refresh(

@@ -17,7 +17,7 @@ use super::restore::find_target;
 use super::{entry_for, FindSegmentReq, RestoreOptions, Storage};
 use crate::error::{Error, InvalidInput, Result};
 use crate::format::{
-    ms_to_datetime, Commit, NamespaceName, SealedSegment, SegmentBuilder, SegmentKey,
+    ms_to_datetime, Commit, Frame, NamespaceName, SealedSegment, SegmentBuilder, SegmentKey,
 };
 
 /// The directory (or object prefix) of fork markers, inside a namespace.
@@ -93,9 +93,10 @@ pub(crate) async fn plan<S: Storage + ?Sized>(
         }
     }
     inherited.reverse();
-    let cut = (commit.frame_no != segment.end_frame_no())
-        .then(|| cut(&segment, &commit))
-        .transpose()?;
+    let cut = match commit.frame_no != segment.end_frame_no() {
+        true => Some(cut(storage, source, &segment.key(), &commit, config).await?),
+        false => None,
+    };
     Ok(Plan {
         inherited,
         cut,
@@ -104,43 +105,72 @@ pub(crate) async fn plan<S: Storage + ?Sized>(
     })
 }
 
-/// `segment`'s frames up to `commit`, as a segment of their own.
-fn cut(segment: &SealedSegment, commit: &Commit) -> Result<SealedSegment> {
-    let mut b = SegmentBuilder::new(segment.start_frame_no(), segment.page_size())?
-        .with_log_id(segment.log_id());
-    if let Some(base) = segment.lineage_base() {
+/// The frames of the stored segment `key` of `source` up to `commit`, as a segment of
+/// their own: read a bounded run at a time, built in a spill file next to the source's
+/// segments once it outgrows its share of the memory budget.
+async fn cut<S: Storage + ?Sized>(
+    storage: &S,
+    source: &NamespaceName,
+    key: &SegmentKey,
+    commit: &Commit,
+    config: &Option<S::Config>,
+) -> Result<SealedSegment> {
+    let table = storage
+        .fetch_commit_table(source, key, config.clone())
+        .await?;
+    let mut b = SegmentBuilder::new(key.start_frame_no, table.page_size())?
+        .with_log_id(table.log_id())
+        .with_spill(
+            storage.spill_dir(source, config.clone()),
+            crate::budget::share(4, 1 << 20),
+        );
+    if let Some(base) = table.lineage_base() {
         b.start_lineage(base)?; // a prefix of the segment builds on what it built on
     }
-    let mut commits = segment.commits().iter();
-    for frame in segment
-        .frames()
-        .take_while(|f| f.frame_no <= commit.frame_no)
-    {
-        b.skip_to(frame.frame_no)?;
-        if frame.is_commit() {
-            let c = commits.next().ok_or_else(|| {
-                InvalidInput::Config(format!(
-                    "segment {} has more commits than its table",
-                    segment.key()
-                ))
-            })?;
-            match segment.lineage_base() {
-                Some(_) => b.append_commit_with_checksum(
-                    frame.page_no,
-                    frame.data,
-                    frame.size_after,
-                    c.timestamp(),
-                    c.checksum,
-                )?,
-                None => {
-                    b.append_commit(frame.page_no, frame.data, frame.size_after, c.timestamp())?
-                }
-            };
-        } else {
-            b.append_frame(frame.page_no, frame.data)?;
+    let mut commits = table.commits().iter();
+    'runs: for run in super::frames::runs(table.frame_count(), table.page_size()) {
+        for frame in storage
+            .fetch_frame_run(source, key, run, config.clone())
+            .await?
+        {
+            if frame.frame_no > commit.frame_no {
+                break 'runs;
+            }
+            append(
+                &mut b,
+                &frame,
+                &mut commits,
+                key,
+                table.lineage_base().is_some(),
+            )?;
         }
     }
-    b.seal(segment.sealed_at())
+    b.seal(ms_to_datetime(table.sealed_at_ms()))
+}
+
+/// Appends one frame of the segment being cut; a commit frame takes the next entry of
+/// the segment's commit table.
+fn append<'a>(
+    b: &mut SegmentBuilder,
+    frame: &Frame,
+    commits: &mut impl Iterator<Item = &'a Commit>,
+    key: &SegmentKey,
+    lineage: bool,
+) -> Result<()> {
+    b.skip_to(frame.frame_no)?;
+    if frame.size_after == 0 {
+        b.append_frame(frame.page_no, &frame.data)?;
+        return Ok(());
+    }
+    let c = commits.next().ok_or_else(|| {
+        InvalidInput::Config(format!("segment {key} has more commits than its table"))
+    })?;
+    let (page_no, data, size) = (frame.page_no, &frame.data[..], frame.size_after);
+    match lineage {
+        true => b.append_commit_with_checksum(page_no, data, size, c.timestamp(), c.checksum)?,
+        false => b.append_commit(page_no, data, size, c.timestamp())?,
+    };
+    Ok(())
 }
 
 /// The fork's catalog: the source's entries for the inherited keys, each owned by the

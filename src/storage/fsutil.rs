@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use crate::format::SealedSegment;
+
 /// Prefix of temp files; files with this prefix are never read as data.
 pub(crate) const TEMP_PREFIX: &str = ".tmp-";
 
@@ -78,6 +80,41 @@ pub(crate) fn write_atomic(
         source,
     })?;
     Ok(file)
+}
+
+/// Writes `segment` to `dir/name` atomically and durably, with the protocol of
+/// [`write_atomic`] (`docs/FORMAT.md` §6): a temp name, fsynced data, a rename, an
+/// fsynced directory. A segment in memory is written from there. A segment held in a
+/// spill file is never loaded: its file is fsynced and hard-linked into `dir` (no copy
+/// when the spill file lives on the same filesystem), or, when linking fails (another
+/// filesystem, links unsupported), copied in the kernel's chunks into a temp file.
+pub(crate) fn write_segment(dir: &Path, name: &str, segment: &SealedSegment) -> io::Result<()> {
+    let (Some(spill), Some(file)) = (segment.spill_path(), segment.spill_file()) else {
+        return write_atomic(dir, name, &[segment.encoded()])
+            .map(drop)
+            .map_err(io::Error::from);
+    };
+    file.sync_all()?;
+    let tmp = temp_path(dir);
+    let placed = link_or_copy(spill, &tmp).and_then(|()| fs::rename(&tmp, dir.join(name)));
+    if let Err(e) = placed {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fsync_dir(dir)
+}
+
+/// Puts the bytes of `from` at the new path `to`, durably: a hard link (the data is
+/// already fsynced by the caller), else a copy that is fsynced.
+fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+    if fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    // A file of its own, so its cursor is not shared with other readers of the spill file.
+    let mut source = File::open(from)?;
+    let mut out = OpenOptions::new().write(true).create_new(true).open(to)?;
+    io::copy(&mut source, &mut out)?;
+    out.sync_all()
 }
 
 /// Creates `dir` (and missing parents) and makes the new entries durable.

@@ -137,6 +137,8 @@ impl Storage for MemoryStorage {
         let name = namespace.clone();
         spawn_store(async move {
             let ns = this.namespace(&name, true)?.ok_or(Error::Closed)?;
+            // This backend is memory: a segment held in a spill file comes in.
+            let segment = segment.load()?;
             let entry = entry_for(&segment);
             let _ordered = ns.store_lock.lock().await;
             // Shutdown may have begun while this store waited for the lock.
@@ -201,6 +203,7 @@ impl Storage for MemoryStorage {
         output: SealedSegment,
         _config: Option<()>,
     ) -> Result<()> {
+        let output = output.load()?;
         let missing = || Error::NotFound(format!("namespace {namespace}"));
         let ns = self.namespace(namespace, false)?.ok_or_else(missing)?;
         let _ordered = ns.store_lock.lock().await;
@@ -302,7 +305,7 @@ impl Storage for MemoryStorage {
         }
         if let Some(cut) = &plan.cut {
             let mut segments = ns.segments.write().unwrap_or_else(PoisonError::into_inner);
-            segments.insert(cut.key(), cut.clone());
+            segments.insert(cut.key(), cut.load()?);
         }
         *current = catalog;
         Ok(plan.report())

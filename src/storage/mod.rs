@@ -8,6 +8,7 @@
 mod catalog;
 mod faulty;
 mod fork;
+pub(crate) mod frames;
 pub(crate) mod fsutil;
 mod listing;
 mod local;
@@ -210,6 +211,25 @@ pub trait Storage: Send + Sync + 'static {
         }
     }
 
+    /// Fetches the frames at positions `run` (0-based, consecutive) of a stored segment
+    /// whole: number, page, database size after (non-zero for a commit) and image, each
+    /// verified by its own checksum. Operations that rewrite or replay a segment of any
+    /// size read it this way a bounded run at a time ([`frames::runs`]). Backends that
+    /// can read ranges read only those frames; the default fetches the whole segment.
+    fn fetch_frame_run(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        run: std::ops::Range<u32>,
+        config_override: Option<Self::Config>,
+    ) -> impl Future<Output = Result<Vec<crate::format::Frame>>> + Send {
+        let fetch = self.fetch_segment_data(namespace, key, config_override);
+        async move {
+            let positions: Vec<u32> = run.collect();
+            fetch.await?.read_frames(&positions)
+        }
+    }
+
     /// Fetches the page indexes of several stored segments, each verified as by
     /// [`fetch_segment_index`](Storage::fetch_segment_index): one result per key, in the
     /// order given, so a failure for one key leaves the others usable. Restore reads the
@@ -353,6 +373,20 @@ pub trait Storage: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ForkReport>> + Send {
         let _ = (source, target, at, config_override);
         async { Err(Error::Unsupported("this backend cannot fork".into())) }
+    }
+
+    /// Where an operation that builds a segment for `namespace` (compaction, retention,
+    /// a fork's cut) lets the builder spill it when it outgrows its share of the memory
+    /// budget ([`SegmentBuilder::with_spill`](crate::SegmentBuilder::with_spill)). The
+    /// local backend answers the namespace's own directory, so that storing the segment
+    /// is a hard link rather than a copy; the default is the system's temp directory.
+    fn spill_dir(
+        &self,
+        namespace: &NamespaceName,
+        config_override: Option<Self::Config>,
+    ) -> std::path::PathBuf {
+        let _ = (namespace, config_override);
+        std::env::temp_dir()
     }
 
     /// Brings this handle's view of `namespace` up to date with what other handles or

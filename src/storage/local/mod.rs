@@ -288,6 +288,10 @@ impl Storage for LocalStorage {
         spawn_store(async move { this.store_segment(config, name, segment, on_store).await })
     }
 
+    fn spill_dir(&self, namespace: &NamespaceName, config: Option<LocalConfig>) -> PathBuf {
+        self.config_for(config).root.join(namespace.as_str())
+    }
+
     async fn durable_frame_no(
         &self,
         namespace: &NamespaceName,
@@ -345,6 +349,18 @@ impl Storage for LocalStorage {
         let ns = self.catalogued(config, namespace, key).await?;
         let (key, positions) = (*key, positions.to_vec());
         blocking(move || ns.read_frames(&key, &positions)).await
+    }
+
+    async fn fetch_frame_run(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        run: std::ops::Range<u32>,
+        config: Option<LocalConfig>,
+    ) -> Result<Vec<crate::format::Frame>> {
+        let ns = self.catalogued(config, namespace, key).await?;
+        let key = *key;
+        blocking(move || ns.read_run(&key, run)).await
     }
 
     /// One blocking task reads the whole batch: a thread hand-off costs more than

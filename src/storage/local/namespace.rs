@@ -12,11 +12,12 @@ use bytes::Bytes;
 use super::{LOCK_FILE, SEGMENT_EXT};
 use crate::error::{Error, FormatError, InvalidInput, Part, Result};
 use crate::format::{
-    commits_range, index_range, parse_index_with_crc, verify_frame, CommitTable, Header,
+    commits_range, index_range, parse_index_with_crc, verify_frame, CommitTable, Frame, Header,
     NamespaceName, PageIndex, SealedSegment, SegmentKey, FRAME_HEADER_LEN, HEADER_LEN,
 };
 use crate::storage::catalog::{Catalog, CatalogEntry};
-use crate::storage::fsutil::{create_dir_durable, fsync_dir, write_atomic};
+use crate::storage::frames;
+use crate::storage::fsutil::{create_dir_durable, fsync_dir, write_segment};
 use crate::storage::listing::{self, SharedCatalog};
 use crate::storage::manifest::{self, Edit, ManifestFile};
 use crate::storage::{check_append, check_replace, entry_for};
@@ -128,13 +129,7 @@ impl Namespace {
         if !check_append(&listing::read(&self.catalog), &self.name, &entry)? {
             return Ok(listing::read(&self.catalog).durable_frame_no());
         }
-        let file_name = format!("{}{SEGMENT_EXT}", entry.key);
-        write_atomic(&self.dir, &file_name, &[segment.encoded()]).map_err(|e| {
-            Error::io(
-                format!("writing segment {} of {}", entry.key, self.name),
-                e.source,
-            )
-        })?;
+        self.write_segment(segment)?;
         let durable = self
             .record(&mut writer.manifest, entry)
             .inspect_err(|e| self.poison(e))?;
@@ -158,10 +153,7 @@ impl Namespace {
         };
         let writer = slot.insert(writer);
         let next = check_replace(&listing::read(&self.catalog), &self.name, inputs, output)?;
-        let key = output.key();
-        let file_name = format!("{key}{SEGMENT_EXT}");
-        write_atomic(&self.dir, &file_name, &[output.encoded()])
-            .map_err(|e| Error::io(format!("writing segment {key} of {}", self.name), e.source))?;
+        self.write_segment(output)?;
         super::gc::record_retired(&self.dir, inputs)?;
         match ManifestFile::create(&self.dir, &next) {
             Ok(file) => writer.manifest = Some(file),
@@ -198,19 +190,20 @@ impl Namespace {
             return Err(crate::storage::fork::target_exists(&self.name));
         }
         if let Some(cut) = cut {
-            let file_name = format!("{}{SEGMENT_EXT}", cut.key());
-            write_atomic(&self.dir, &file_name, &[cut.encoded()]).map_err(|e| {
-                Error::io(
-                    format!("writing segment {} of {}", cut.key(), self.name),
-                    e.source,
-                )
-            })?;
+            self.write_segment(cut)?;
         }
         let file = ManifestFile::create(&self.dir, &catalog)
             .map_err(|e| Error::io(format!("writing the manifest of {}", self.name), e.source))?;
         writer.manifest = Some(file);
         *listing::write(&self.catalog) = catalog;
         Ok(())
+    }
+
+    /// Writes `segment`'s file durably, from memory or by linking its spill file.
+    fn write_segment(&self, segment: &SealedSegment) -> Result<()> {
+        let key = segment.key();
+        write_segment(&self.dir, &format!("{key}{SEGMENT_EXT}"), segment)
+            .map_err(|e| Error::io(format!("writing segment {key} of {}", self.name), e))
     }
 
     /// Takes the namespace's lock, then replays the manifest again (another writer may
@@ -370,6 +363,15 @@ impl Namespace {
             verify_frame(&header, position, frame(j)).map_err(|e| opened.corrupt(e))
         };
         positions.iter().enumerate().map(verify).collect()
+    }
+
+    /// Reads the consecutive frames at `run` whole, verifying each.
+    pub(super) fn read_run(&self, key: &SegmentKey, run: Range<u32>) -> Result<Vec<Frame>> {
+        let (opened, header, _) = self.open_segment(key)?;
+        let range = frames::run_range(&header, &run).map_err(|e| opened.corrupt(e))?;
+        let mut bytes = vec![0u8; (range.end - range.start) as usize];
+        opened.read_at(&mut bytes, range.start)?;
+        frames::decode_run(&header, run, Bytes::from(bytes)).map_err(|e| opened.corrupt(e))
     }
 
     /// Reads the header and the page index only, verifying both.

@@ -71,6 +71,9 @@ fn classify(ns: &Namespace, retired: &HashSet<SegmentKey>, name: &str) -> Option
     {
         return None;
     }
+    if name.starts_with(crate::format::spill::SPILL_PREFIX) {
+        return Some("a spill file (a segment being built, or left by an interrupted build)");
+    }
     if name.starts_with(TEMP_PREFIX) {
         return Some("a temp file left by an interrupted write");
     }

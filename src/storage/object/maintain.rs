@@ -44,11 +44,7 @@ impl ObjectStorage {
             if attempt == 0 {
                 let key = output.key();
                 let path = self.segment_path(name, &key);
-                // A conditional single PUT whatever the size: a maintainer holds no
-                // epoch, so the multipart path's reasoning (only the epoch's writer
-                // writes segments) does not cover it, and two maintainers could
-                // otherwise complete different bytes under one key.
-                self.put_once(&path, output.encoded().clone()).await?;
+                self.put_maintained(&path, &output).await?;
                 self.put_retired(name, inputs).await?;
             }
             let (number, epoch) = (state.version + 1, state.version_epoch);
@@ -103,7 +99,7 @@ impl ObjectStorage {
         fork::check_still_named(source, &listing::read(&src.catalog), &plan)?;
         if let Some(cut) = &plan.cut {
             let path = self.segment_path(target, &cut.key());
-            self.put_once(&path, cut.encoded().clone()).await?;
+            self.put_maintained(&path, cut).await?;
         }
         if !self.create_version(target, 1, 0, true, &catalog).await? {
             return Err(fork::target_exists(target));

@@ -395,8 +395,7 @@ impl ObjectStorage {
             };
             if !put {
                 let guard = self.version_path(name, state.version + 1);
-                self.put_segment(&path, segment.encoded().clone(), &guard)
-                    .await?;
+                self.put_segment(&path, &segment, &guard).await?;
                 put = true;
             }
             let number = state.version + 1;
@@ -469,11 +468,23 @@ impl ObjectStorage {
     /// so a segment a manifest names is never replaced. Segments above the multipart
     /// threshold upload in parts (see the `upload` module for how that keeps this
     /// promise); `guard` is the manifest version this handle would create next.
-    async fn put_segment(&self, path: &Path, bytes: Bytes, guard: &Path) -> Result<()> {
-        if bytes.len() as u64 > self.tuning.multipart_threshold {
-            return self.put_in_parts(path, bytes, guard).await;
+    async fn put_segment(&self, path: &Path, segment: &SealedSegment, guard: &Path) -> Result<()> {
+        if !segment.is_in_memory() || segment.encoded_len() > self.tuning.multipart_threshold {
+            return self.put_in_parts(path, segment, Some(guard)).await;
         }
-        self.put_once(path, bytes).await
+        self.put_once(path, segment.encoded().clone()).await
+    }
+
+    /// Writes a segment object for a maintenance edit (compaction, retention, a fork's
+    /// cut): one conditional PUT when it is in memory, whatever its size (a maintainer
+    /// holds no epoch, so the multipart path's reasoning does not cover it, and two
+    /// maintainers could otherwise complete different bytes under one key); in parts,
+    /// never loaded, when it is held in a spill file (see the `upload` module).
+    async fn put_maintained(&self, path: &Path, segment: &SealedSegment) -> Result<()> {
+        if segment.is_in_memory() {
+            return self.put_once(path, segment.encoded().clone()).await;
+        }
+        self.put_in_parts(path, segment, None).await
     }
 
     /// Writes an object with a conditional PUT; an object already there must hold the
@@ -647,6 +658,23 @@ impl Storage for ObjectStorage {
     ) -> Result<Vec<(u32, Bytes)>> {
         let frames = self.read_frames(namespace, &[(*key, positions)]).await?;
         Ok(frames.into_iter().next().unwrap_or_default())
+    }
+
+    /// One ranged GET of the run's bytes (the header from the handle's cache, or one
+    /// more ranged GET).
+    async fn fetch_frame_run(
+        &self,
+        namespace: &NamespaceName,
+        key: &SegmentKey,
+        run: Range<u32>,
+        _config: Option<()>,
+    ) -> Result<Vec<crate::format::Frame>> {
+        let (header, _) = self.segment_header(namespace, key).await?;
+        let corrupt = |e| Error::corrupt(describe(namespace, key), e);
+        let range = super::frames::run_range(&header, &run).map_err(corrupt)?;
+        let path = self.located(namespace, key).await?;
+        let bytes = self.get_range(&path, key, range).await?;
+        super::frames::decode_run(&header, run, bytes).map_err(corrupt)
     }
 
     /// Reads up to [`with_read_concurrency`](ObjectStorage::with_read_concurrency)

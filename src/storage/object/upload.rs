@@ -34,16 +34,23 @@ use object_store::{MultipartUpload, PutMultipartOptions, PutPayload};
 
 use super::{concurrent, store_error, write_error, ObjectStorage};
 use crate::error::{Error, Result};
+use crate::format::SealedSegment;
 
 impl ObjectStorage {
-    /// Writes a segment object in parts; `guard` is the manifest version whose existence
-    /// means another writer may have taken over (see the module docs).
-    pub(super) async fn put_in_parts(&self, path: &Path, bytes: Bytes, guard: &Path) -> Result<()> {
+    /// Writes a segment object in parts. `guard` is the manifest version whose existence
+    /// means another writer may have taken over (see the module docs); a maintainer,
+    /// which holds no epoch, passes none.
+    pub(super) async fn put_in_parts(
+        &self,
+        path: &Path,
+        segment: &SealedSegment,
+        guard: Option<&Path>,
+    ) -> Result<()> {
         if let Some(size) = self.object_size(path).await? {
-            if size != bytes.len() as u64 {
+            if size != segment.encoded_len() {
                 return Err(different_segment(path));
             }
-            return self.check_same(path, &bytes).await;
+            return self.check_same_segment(path, segment).await;
         }
         let mut upload = self
             .inner
@@ -52,14 +59,19 @@ impl ObjectStorage {
             .await
             .map_err(|e| write_error(&format!("starting an upload of {path}"), e))?;
         match self
-            .upload_parts(upload.as_mut(), path, &bytes, guard)
+            .upload_parts(upload.as_mut(), path, segment, guard)
             .await
         {
             Ok(true) => Ok(()),
             Ok(false) => {
                 abandon(upload.as_mut(), path).await;
                 tracing::info!(%path, "another writer may have taken over; writing the segment with a conditional PUT");
-                self.put_once(path, bytes).await
+                if !segment.is_in_memory() {
+                    // Rare (a writer overtook this one mid-upload) and the only way to a
+                    // conditional write: the one place a spilled segment is loaded.
+                    tracing::warn!(%path, size = segment.encoded_len(), "loading a spilled segment for a conditional PUT");
+                }
+                self.put_once(path, segment.load()?.encoded().clone()).await
             }
             Err(e) => {
                 abandon(upload.as_mut(), path).await;
@@ -68,27 +80,41 @@ impl ObjectStorage {
         }
     }
 
-    /// Uploads the parts, at most `upload_concurrency` at a time, then completes the
-    /// upload unless `guard` exists. False if it did not complete for that reason.
+    /// Parts in flight at once: the handle's setting, within a quarter of the memory
+    /// budget (at least one part).
+    fn parts_in_flight(&self) -> usize {
+        let part_size = self.tuning.part_size.max(1);
+        let fit = (crate::budget::share(4, part_size) / part_size).max(1);
+        self.tuning.upload_concurrency.min(fit)
+    }
+
+    /// Uploads the parts, each read from the segment when its upload starts, then
+    /// completes the upload unless `guard` exists. False if it did not complete for
+    /// that reason.
     async fn upload_parts(
         &self,
         upload: &mut dyn MultipartUpload,
         path: &Path,
-        bytes: &Bytes,
-        guard: &Path,
+        segment: &SealedSegment,
+        guard: Option<&Path>,
     ) -> Result<bool> {
-        let part_size = self.tuning.part_size;
-        let parts = (0..bytes.len()).step_by(part_size).map(|at| {
-            let part = bytes.slice(at..bytes.len().min(at + part_size));
-            let sent = upload.put_part(PutPayload::from(part));
+        let part_size = self.tuning.part_size as u64;
+        let len = segment.encoded_len();
+        let parts = (0..len).step_by(part_size as usize).map(|at| {
+            let sent = segment
+                .read_encoded(at..len.min(at + part_size))
+                .map(|part| upload.put_part(PutPayload::from(part)));
             async move {
-                sent.await
+                sent?
+                    .await
                     .map_err(|e| write_error(&format!("uploading a part of {path}"), e))
             }
         });
-        concurrent::try_ordered(parts, self.tuning.upload_concurrency).await?;
-        if self.head_exists(guard).await? {
-            return Ok(false);
+        concurrent::try_ordered(parts, self.parts_in_flight()).await?;
+        if let Some(guard) = guard {
+            if self.head_exists(guard).await? {
+                return Ok(false);
+            }
         }
         upload
             .complete()
@@ -112,6 +138,33 @@ impl ObjectStorage {
             return Ok(());
         }
         Err(different_segment(path))
+    }
+
+    /// [`check_same`](Self::check_same) for a segment of any size: the object is read
+    /// and compared a part at a time.
+    pub(super) async fn check_same_segment(
+        &self,
+        path: &Path,
+        segment: &SealedSegment,
+    ) -> Result<()> {
+        let len = segment.encoded_len();
+        if self.object_size(path).await? != Some(len) {
+            return Err(different_segment(path));
+        }
+        let step = self.tuning.part_size as u64;
+        for at in (0..len).step_by(step as usize) {
+            let range = at..len.min(at + step);
+            let stored = self
+                .inner
+                .store
+                .get_range(path, range.clone())
+                .await
+                .map_err(|e| store_error(&format!("reading {path}"), e))?;
+            if stored != segment.read_encoded(range)? {
+                return Err(different_segment(path));
+            }
+        }
+        Ok(())
     }
 }
 
