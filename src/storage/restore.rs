@@ -211,26 +211,29 @@ impl TargetFrames {
         config: &Option<S::Config>,
     ) -> Result<Self> {
         let commit = target.commit.frame_no;
+        let corrupt = || {
+            let reason = FormatError::Invalid {
+                part: Part::CommitTable,
+                offset: 0,
+                reason: "a commit names a frame the segment does not hold",
+            };
+            Error::corrupt(format!("segment {} of {ns}", target.key), reason)
+        };
         if !target.table.is_sparse() {
-            let position = commit - target.key.start_frame_no;
+            let position = commit
+                .checked_sub(target.key.start_frame_no)
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|&p| p < target.table.frame_count())
+                .ok_or_else(corrupt)?;
             return Ok(Self {
-                commit_position: u32::try_from(position).unwrap_or(u32::MAX),
+                commit_position: position,
                 loaded: None,
             });
         }
         let segment = storage
             .fetch_segment_data(ns, &target.key, config.clone())
             .await?;
-        let commit_position = segment.position_of(commit).ok_or_else(|| {
-            Error::corrupt(
-                format!("segment {} of {ns}", target.key),
-                FormatError::Invalid {
-                    part: Part::CommitTable,
-                    offset: 0,
-                    reason: "a commit names a frame the segment does not hold",
-                },
-            )
-        })?;
+        let commit_position = segment.position_of(commit).ok_or_else(corrupt)?;
         Ok(Self {
             commit_position,
             loaded: Some(segment),
