@@ -175,15 +175,20 @@ async fn restores_never_list_and_read_each_segment_with_three_gets() {
     let segments = growing(40);
     store_all(&open(&counted), &name, &segments).await;
 
-    // Latest: every segment supplies its page. GETs: the hint and the manifest, the
-    // whole target segment, then per older segment its header and index and one
-    // ranged read of its frames (the header is remembered).
+    // Latest: every segment supplies its page. GETs: the hint and the manifest; for
+    // the target segment (never read whole, whatever its size) its header, commit
+    // table, one frame (the page size), index and frames; then per older segment its
+    // header and index and one ranged read of its frames (the header is remembered).
     let (c, summary, bytes) = restore_counted(&counted, &name, RestoreOptions::Latest).await;
     assert_eq!(summary.segments_read, 40);
     assert_eq!(bytes, replay_model(&segments, 40));
     let s = summary.segments_read as u64;
-    assert_eq!(kinds(c), (0, 2 + 1 + 3 * (s - 1), 1, 0, 0));
-    assert_eq!(c.ranges, s - 1, "one run of frames per segment");
+    assert_eq!(kinds(c), (0, 2 + 5 + 3 * (s - 1), 1, 0, 0));
+    assert_eq!(
+        c.ranges,
+        s + 1,
+        "one run of frames per segment, and the page-size frame"
+    );
 
     // By time: the target is the 17th segment; only it and the older ones are read.
     let t = RestoreOptions::Timestamp(at(17_000 + 500));
@@ -191,7 +196,7 @@ async fn restores_never_list_and_read_each_segment_with_three_gets() {
     assert_eq!((summary.frame_no, summary.segments_read), (17, 17));
     assert_eq!(bytes, replay_model(&segments, 17));
     let s = summary.segments_read as u64;
-    assert_eq!(kinds(c), (0, 2 + 1 + 3 * (s - 1), 1, 0, 0));
+    assert_eq!(kinds(c), (0, 2 + 5 + 3 * (s - 1), 1, 0, 0));
 }
 
 #[tokio::test]
@@ -208,9 +213,10 @@ async fn a_restore_reads_indexes_ahead_but_only_the_frames_it_needs() {
     assert_eq!(bytes, replay_model(&segments, 180));
     let used = summary.segments_read as u64;
     assert!(used < 5, "8 pages at 3 per segment: {summary:?}");
-    // Indexes are read 32 at a time (of the 59 older segments): one batch covers it.
+    // The target's commit table and one frame (the page size), then indexes 32 at a
+    // time from the target down: one batch covers it.
     let indexes = 32;
-    assert_eq!(kinds(c), (0, 2 + 1 + 2 * indexes + (used - 1), 1, 0, 0));
+    assert_eq!(kinds(c), (0, 2 + 2 + 2 * indexes + used, 1, 0, 0));
 }
 
 /// With slow GETs, a restore keeps up to `with_read_concurrency` segments' reads in

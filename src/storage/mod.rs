@@ -198,16 +198,10 @@ pub trait Storage: Send + Sync + 'static {
         let positions = positions.to_vec();
         let fetch = self.fetch_segment_data(namespace, key, config_override);
         async move {
+            // `read_frames` serves a segment held in a spill file as well as one in memory.
             let segment = fetch.await?;
-            positions
-                .iter()
-                .map(|&p| {
-                    let frame = segment.frame(p).ok_or_else(|| {
-                        Error::NotFound(format!("frame #{p} of segment {}", segment.key()))
-                    })?;
-                    Ok((frame.page_no, segment.encoded().slice_ref(frame.data)))
-                })
-                .collect()
+            let frames = segment.read_frames(&positions)?;
+            Ok(frames.into_iter().map(|f| (f.page_no, f.data)).collect())
         }
     }
 

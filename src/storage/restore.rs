@@ -1,14 +1,21 @@
 //! Restore over any [`Storage`]: find the target commit, then walk segments newest
-//! first, writing each page of the target database once. Older segments are read through
+//! first, writing each page of the target database once. Segments are read through
 //! their page indexes: only the frames that supply a page still missing are fetched
 //! ([`Storage::fetch_frames_batch`]), and a segment that supplies none is skipped after
 //! its index. Work grows with the database size, not the history length.
 //!
+//! Memory is bounded by the memory budget ([`crate::memory_budget`]), not by the size
+//! of any segment: the target commit is found from commit tables alone, and frames are
+//! fetched in batches of at most a quarter of the budget, a large segment's frames split
+//! across batches. A target commit inside its segment (not its last) is the one case the
+//! index cannot serve; that segment's frames up to the commit are scanned a batch at a
+//! time. Beyond the two batches in flight (one being read, one being written), a restore
+//! holds a bit per page and the wanted positions of the segments in hand.
+//!
 //! A long history means many segments that each supply a few pages, so the fixed cost
 //! of each read matters more than its size: indexes are read [`INDEX_BATCH`] at a time,
 //! and the frames of consecutive segments are fetched together, a batch bounded by
-//! count and by bytes. Memory holds the target segment, one batch being written and one
-//! being read. Pages are written sorted, in runs of adjacent pages.
+//! count and by bytes. Pages are written sorted, in runs of adjacent pages.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -23,7 +30,9 @@ use chrono::{DateTime, Utc};
 
 use super::{FindSegmentReq, RestoreOptions, Storage};
 use crate::error::{Error, FormatError, InvalidInput, Part, Result};
-use crate::format::{ms_to_datetime, Commit, NamespaceName, PageIndex, SealedSegment, SegmentKey};
+use crate::format::{
+    ms_to_datetime, Commit, CommitTable, NamespaceName, PageIndex, SealedSegment, SegmentKey,
+};
 use crate::storage::fsutil::{fsync_dir, temp_path, RemoveOnDrop};
 
 /// What a restore produced.
@@ -81,8 +90,9 @@ where
     S: Storage + ?Sized,
     W: Write + Seek + Send,
 {
-    let (segment, commit) = find_target(storage, ns, options, &config).await?;
-    let page_size = segment.page_size();
+    let target = locate_target(storage, ns, options, &config).await?;
+    let commit = target.commit;
+    let page_size = page_size_of(storage, ns, &target, &config).await?;
     let mut pages = PageSet::new(commit.size_after);
     if let Some(p) = progress {
         p.inner
@@ -92,26 +102,22 @@ where
     let mut writer = PageWriter::new(out, page_size, progress);
     // Only a commit with a lineage checksum can be proved; older ones skip the hashing.
     writer.hash = commit.checksum != 0;
-    // The target segment: the newest frame of each page at or before the commit.
-    let mut found: Vec<(u32, Bytes)> = Vec::new();
-    for frame in segment
-        .frames()
-        .rev()
-        .filter(|f| f.frame_no <= commit.frame_no)
-    {
-        if pages.take(frame.page_no) {
-            found.push((frame.page_no, segment.encoded().slice_ref(frame.data)));
-        }
+    let limit = batch_bytes();
+    let mut walk = Walk::new(storage, ns, &config, target.walk_from(), limit);
+    if !target.is_last() {
+        let mut write = |mut found: Vec<(u32, Bytes)>| writer.write_all(&mut found);
+        scan_target(
+            storage, ns, &target, &mut pages, &mut write, page_size, &config,
+        )
+        .await?;
+        walk.found = 1;
     }
-    let mut segments_read = 1;
-    let mut walk = Walk::new(storage, ns, &config, segment.start_frame_no() - 1);
-    drop(segment);
-    // Older segments, newest first, in batches: one batch's frames are read while the
-    // next batch is chosen (its indexes read ahead) and the previous one's pages written.
-    let mut current = found;
+    // Segments newest first (the target itself when its last commit is the target), in
+    // batches: one batch's frames are read while the next batch is chosen (its indexes
+    // read ahead) and the previous one's pages written.
+    let mut current = Vec::new();
     let mut batch = walk.next_batch(&mut pages, page_size).await?;
     while !batch.is_empty() {
-        segments_read += batch.len();
         let fetch = async {
             let (frames, following) = tokio::join!(
                 fetch_batch(storage, ns, batch, page_size, &config),
@@ -134,9 +140,127 @@ where
         timestamp: ms_to_datetime(commit.timestamp_ms),
         page_size,
         db_pages: commit.size_after,
-        segments_read,
+        segments_read: walk.found,
         checksum: commit.checksum,
     })
+}
+
+/// The target commit falls inside its segment, so the segment's page index (which names
+/// each page's newest frame) does not say which frames the commit saw: reads the frames
+/// up to the commit, newest first, a bounded chunk at a time, and writes the newest
+/// frame of each page still missing. Stops early once every page is found.
+async fn scan_target<S: Storage + ?Sized>(
+    storage: &S,
+    ns: &NamespaceName,
+    target: &Target,
+    pages: &mut PageSet,
+    write: &mut (dyn FnMut(Vec<(u32, Bytes)>) -> Result<()> + Send),
+    page_size: u32,
+    config: &Option<S::Config>,
+) -> Result<()> {
+    let source = TargetFrames::open(storage, ns, target, config).await?;
+    let chunk = (batch_bytes() / u64::from(page_size)).max(1) as u32;
+    let mut end = source.commit_position + 1;
+    while end > 0 && pages.missing > 0 {
+        let start = end.saturating_sub(chunk);
+        let positions: Vec<u32> = (start..end).collect();
+        let frames = source.read(storage, ns, target, &positions, config).await?;
+        if frames.len() != positions.len() {
+            return Err(backend_miscounted("frames", frames.len(), positions.len()));
+        }
+        // Newest first: the first frame of a page met is its newest at the commit.
+        let found: Vec<(u32, Bytes)> = frames
+            .into_iter()
+            .rev()
+            .filter(|(page_no, _)| pages.take(*page_no))
+            .collect();
+        if found.iter().any(|(_, d)| d.len() != page_size as usize) {
+            return Err(Error::corrupt(
+                format!("segment {} of {ns}", target.key),
+                FormatError::Invalid {
+                    part: Part::Header,
+                    offset: 12,
+                    reason: "frames of one segment differ in page size",
+                },
+            ));
+        }
+        write(found)?;
+        end = start;
+    }
+    Ok(())
+}
+
+/// Where the target segment's frames up to a commit inside it are read from.
+struct TargetFrames {
+    /// Position of the target commit's frame.
+    commit_position: u32,
+    /// A sparse segment, whose positions only the frames themselves tell: read whole
+    /// (see [`TargetFrames::open`]).
+    loaded: Option<SealedSegment>,
+}
+
+impl TargetFrames {
+    /// In a dense segment the commit's position follows from its frame number. A
+    /// sparse one (compaction left frames out) says which frame is where only in its
+    /// frames, which the storage contract returns without their numbers, so that
+    /// segment is fetched whole: the one case where a restore holds a segment.
+    async fn open<S: Storage + ?Sized>(
+        storage: &S,
+        ns: &NamespaceName,
+        target: &Target,
+        config: &Option<S::Config>,
+    ) -> Result<Self> {
+        let commit = target.commit.frame_no;
+        let corrupt = || {
+            let reason = FormatError::Invalid {
+                part: Part::CommitTable,
+                offset: 0,
+                reason: "a commit names a frame the segment does not hold",
+            };
+            Error::corrupt(format!("segment {} of {ns}", target.key), reason)
+        };
+        if !target.table.is_sparse() {
+            let position = commit
+                .checked_sub(target.key.start_frame_no)
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|&p| p < target.table.frame_count())
+                .ok_or_else(corrupt)?;
+            return Ok(Self {
+                commit_position: position,
+                loaded: None,
+            });
+        }
+        let segment = storage
+            .fetch_segment_data(ns, &target.key, config.clone())
+            .await?;
+        let commit_position = segment.position_of(commit).ok_or_else(corrupt)?;
+        Ok(Self {
+            commit_position,
+            loaded: Some(segment),
+        })
+    }
+
+    async fn read<S: Storage + ?Sized>(
+        &self,
+        storage: &S,
+        ns: &NamespaceName,
+        target: &Target,
+        positions: &[u32],
+        config: &Option<S::Config>,
+    ) -> Result<Vec<(u32, Bytes)>> {
+        match &self.loaded {
+            Some(segment) => Ok(segment
+                .read_frames(positions)?
+                .into_iter()
+                .map(|f| (f.page_no, f.data))
+                .collect()),
+            None => {
+                storage
+                    .fetch_frames(ns, &target.key, positions, config.clone())
+                    .await
+            }
+        }
+    }
 }
 
 /// Proves the restored pages are the database the target commit produced: their
@@ -164,9 +288,19 @@ fn check_lineage(ns: &NamespaceName, commit: &Commit, xor: u64) -> Result<()> {
 const INDEX_BATCH: usize = 32;
 /// A batch of frame reads takes at most this many segments...
 const FRAME_BATCH_SEGMENTS: usize = 32;
-/// ...and stops growing at this many bytes of frames (a single segment may exceed it).
-/// Restore holds two batches at once: one being written, one being read.
-const FRAME_BATCH_BYTES: u64 = if cfg!(test) { 16 << 10 } else { 4 << 20 };
+
+/// ...and at most this many bytes of frames: a segment supplying more is split across
+/// batches. Restore holds two batches at once (one being written, one being read), so
+/// each is a quarter of the memory budget, leaving the rest to the backend's reads and
+/// the bookkeeping. Scanning a target segment up to a commit inside it reads chunks of
+/// this size too.
+fn batch_bytes() -> u64 {
+    if cfg!(test) {
+        16 << 10
+    } else {
+        crate::budget::share(4, 1 << 20) as u64
+    }
+}
 
 /// An older segment that supplies pages: the positions of its frames that do, each with
 /// its page number, sorted by position.
@@ -176,6 +310,16 @@ struct Needed {
 }
 
 impl Needed {
+    /// The first `count` wanted frames, and the rest if there are more.
+    fn split(mut self, count: usize) -> (Needed, Option<Needed>) {
+        if self.wanted.len() <= count {
+            return (self, None);
+        }
+        let rest = self.wanted.split_off(count);
+        let key = self.key;
+        (self, Some(Needed { key, wanted: rest }))
+    }
+
     /// The bytes of its wanted pages, which is what fetching them holds in memory
     /// (see [`Storage::fetch_frames_batch`]).
     fn bytes(&self, page_size: u32) -> u64 {
@@ -194,8 +338,14 @@ struct Walk<'a, S: Storage + ?Sized> {
     before: u64,
     /// Segments looked up and their indexes read, newest first.
     ahead: VecDeque<Result<(SegmentKey, PageIndex)>>,
-    /// A segment taken from the walk that did not fit the previous frame batch.
+    /// A segment taken from the walk, or what is left of one, that did not fit the
+    /// previous frame batch.
     carry: Option<Needed>,
+    /// Bytes of frames one batch takes at most.
+    limit: u64,
+    /// Segments the walk found supplying pages (a segment split across batches counts
+    /// once).
+    found: usize,
 }
 
 impl<'a, S: Storage + ?Sized> Walk<'a, S> {
@@ -204,6 +354,7 @@ impl<'a, S: Storage + ?Sized> Walk<'a, S> {
         ns: &'a NamespaceName,
         config: &'a Option<S::Config>,
         before: u64,
+        limit: u64,
     ) -> Self {
         Self {
             storage,
@@ -212,6 +363,8 @@ impl<'a, S: Storage + ?Sized> Walk<'a, S> {
             before,
             ahead: VecDeque::new(),
             carry: None,
+            limit,
+            found: 0,
         }
     }
 
@@ -233,6 +386,7 @@ impl<'a, S: Storage + ?Sized> Walk<'a, S> {
                 .collect();
             if !wanted.is_empty() {
                 wanted.sort_unstable();
+                self.found += 1;
                 return Ok(Some(Needed { key, wanted }));
             }
         }
@@ -240,21 +394,28 @@ impl<'a, S: Storage + ?Sized> Walk<'a, S> {
     }
 
     /// The next segments that supply pages, as many as fit one frame batch; empty when
-    /// the walk is over.
+    /// the walk is over. A segment that does not fit is split: the batch takes the
+    /// frames that fit (at least one), the next batch starts with the rest.
     async fn next_batch(&mut self, pages: &mut PageSet, page_size: u32) -> Result<Vec<Needed>> {
-        let mut batch: Vec<Needed> = self.carry.take().into_iter().collect();
-        let mut bytes: u64 = batch.iter().map(|n| n.bytes(page_size)).sum();
-        while batch.len() < FRAME_BATCH_SEGMENTS && bytes < FRAME_BATCH_BYTES {
-            let Some(needed) = self.next_needed(pages).await? else {
-                break;
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while batch.len() < FRAME_BATCH_SEGMENTS && bytes < self.limit {
+            let needed = match self.carry.take() {
+                Some(needed) => needed,
+                None => match self.next_needed(pages).await? {
+                    Some(needed) => needed,
+                    None => break,
+                },
             };
-            let more = needed.bytes(page_size);
-            if !batch.is_empty() && bytes + more > FRAME_BATCH_BYTES {
-                self.carry = Some(needed);
+            let room = (self.limit - bytes) / u64::from(page_size).max(1);
+            let fits = usize::try_from(room).unwrap_or(usize::MAX).max(1);
+            let (now, rest) = needed.split(fits);
+            bytes += now.bytes(page_size);
+            batch.push(now);
+            if rest.is_some() {
+                self.carry = rest;
                 break;
             }
-            bytes += more;
-            batch.push(needed);
         }
         Ok(batch)
     }
@@ -500,40 +661,50 @@ pub struct RestorePlan {
 }
 
 /// Plans a restore: finds the target commit, then walks the page indexes newest first
-/// until every page of the target database has a source. Reads the target segment and
-/// the indexes of older ones; errors as [`restore`] would.
+/// until every page of the target database has a source. Reads commit tables and page
+/// indexes (and, for a commit inside its segment, that segment's frames up to it, as
+/// the restore does); errors as [`restore`] would.
 pub async fn plan<S: Storage + ?Sized>(
     storage: &S,
     ns: &NamespaceName,
     options: RestoreOptions,
     config: Option<S::Config>,
 ) -> Result<RestorePlan> {
-    let (segment, commit) = find_target(storage, ns, options, &config).await?;
+    let target = locate_target(storage, ns, options, &config).await?;
+    let commit = target.commit;
     let mut pages = PageSet::new(commit.size_after);
-    for frame in segment.frames().filter(|f| f.frame_no <= commit.frame_no) {
-        pages.take(frame.page_no);
-    }
     let mut plan = RestorePlan {
         frame_no: commit.frame_no,
         timestamp: ms_to_datetime(commit.timestamp_ms),
-        page_size: segment.page_size(),
+        page_size: page_size_of(storage, ns, &target, &config).await?,
         db_pages: commit.size_after,
-        segments: vec![segment.key()],
-        bytes: segment.encoded_len(),
+        segments: Vec::new(),
+        bytes: 0,
     };
-    let mut walk = Walk::new(storage, ns, &config, segment.start_frame_no() - 1);
+    if !target.is_last() {
+        // The pages the target segment supplies up to the commit, from a bounded scan
+        // of its frames, as the restore finds them.
+        let page_size = plan.page_size;
+        let mut skip = |_: Vec<(u32, Bytes)>| Ok(());
+        scan_target(
+            storage, ns, &target, &mut pages, &mut skip, page_size, &config,
+        )
+        .await?;
+        plan.segments.push(target.key);
+    }
+    let mut walk = Walk::new(storage, ns, &config, target.walk_from(), batch_bytes());
     while let Some(needed) = walk.next_needed(&mut pages).await? {
         plan.segments.push(needed.key);
     }
     if pages.missing > 0 {
         return Err(incomplete(ns, &pages, commit.frame_no));
     }
-    plan.bytes += older_sizes(storage, ns, &plan.segments[1..], &config).await?;
+    plan.bytes = encoded_sizes(storage, ns, &plan.segments, &config).await?;
     Ok(plan)
 }
 
 /// The total encoded size of `keys` (newest first), from one pass over the catalog.
-async fn older_sizes<S: Storage + ?Sized>(
+async fn encoded_sizes<S: Storage + ?Sized>(
     storage: &S,
     ns: &NamespaceName,
     keys: &[SegmentKey],
@@ -639,27 +810,47 @@ pub(crate) async fn restore_to_path<S: Storage + ?Sized>(
     Ok(summary)
 }
 
-/// The segment holding the target commit, and that commit.
-pub(crate) async fn find_target<S: Storage + ?Sized>(
+/// The target commit and the segment holding it, found from catalog lookups and commit
+/// tables alone (a few hundred bytes a segment, whatever its size).
+pub(crate) struct Target {
+    pub(crate) key: SegmentKey,
+    pub(crate) table: CommitTable,
+    pub(crate) commit: Commit,
+}
+
+impl Target {
+    /// True when the commit is its segment's last, so the segment's page index names
+    /// the frames it needs.
+    fn is_last(&self) -> bool {
+        self.commit.frame_no == self.key.end_frame_no
+    }
+
+    /// Where the walk over the history starts: at the target segment itself when its
+    /// index serves, else just below it (its frames are scanned instead).
+    fn walk_from(&self) -> u64 {
+        if self.is_last() {
+            self.key.end_frame_no
+        } else {
+            self.key.start_frame_no - 1
+        }
+    }
+}
+
+/// The target commit of `options` and the segment holding it.
+pub(crate) async fn locate_target<S: Storage + ?Sized>(
     storage: &S,
     ns: &NamespaceName,
     options: RestoreOptions,
     config: &Option<S::Config>,
-) -> Result<(SealedSegment, Commit)> {
-    let segment = match options {
+) -> Result<Target> {
+    let req = match options {
         RestoreOptions::Latest => {
             let durable = storage.durable_frame_no(ns, config.clone()).await?;
-            fetch(
-                storage,
-                ns,
-                FindSegmentReq::EndFrameNoLessThan(durable),
-                config,
-            )
-            .await?
+            FindSegmentReq::EndFrameNoLessThan(durable)
         }
         RestoreOptions::Timestamp(t) => {
             crate::format::timestamp_ms(t)?;
-            fetch(storage, ns, FindSegmentReq::Timestamp(t), config).await?
+            FindSegmentReq::Timestamp(t)
         }
         RestoreOptions::FrameNo(n) => {
             // The segment containing `n` holds the target if it has a commit at or before
@@ -668,19 +859,27 @@ pub(crate) async fn find_target<S: Storage + ?Sized>(
                 .find_segment(ns, FindSegmentReq::Containing(n), config.clone())
                 .await
             {
-                let containing = storage.fetch_segment_data(ns, &key, config.clone()).await?;
-                if containing.commits()[0].frame_no <= n {
-                    return Ok(last_commit(containing, options));
+                let table = storage.fetch_commit_table(ns, &key, config.clone()).await?;
+                if table.commits().first().is_some_and(|c| c.frame_no <= n) {
+                    return target_in(ns, key, table, options);
                 }
             }
-            fetch(storage, ns, FindSegmentReq::EndFrameNoLessThan(n), config).await?
+            FindSegmentReq::EndFrameNoLessThan(n)
         }
     };
-    Ok(last_commit(segment, options))
+    let key = storage.find_segment(ns, req, config.clone()).await?;
+    let table = storage.fetch_commit_table(ns, &key, config.clone()).await?;
+    target_in(ns, key, table, options)
 }
 
-/// The last commit of `segment` within the target.
-fn last_commit(segment: SealedSegment, options: RestoreOptions) -> (SealedSegment, Commit) {
+/// The last commit of `table` within the target. Lookups only return segments whose
+/// first commit is within the target; a table without commits is corrupt.
+fn target_in(
+    ns: &NamespaceName,
+    key: SegmentKey,
+    table: CommitTable,
+    options: RestoreOptions,
+) -> Result<Target> {
     let within = |c: &&Commit| match options {
         RestoreOptions::Latest => true,
         RestoreOptions::FrameNo(n) => c.frame_no <= n,
@@ -688,25 +887,49 @@ fn last_commit(segment: SealedSegment, options: RestoreOptions) -> (SealedSegmen
             i64::try_from(c.timestamp_ms).is_ok_and(|ms| ms <= t.timestamp_millis())
         }
     };
-    // Lookups only return segments whose first commit is within the target, and a
-    // sealed segment has at least one commit.
-    let commit = *segment
-        .commits()
-        .iter()
-        .rev()
-        .find(within)
-        .unwrap_or(&segment.commits()[0]);
-    (segment, commit)
+    let commits = table.commits();
+    let commit = commits.iter().rev().find(within).or(commits.first());
+    let Some(&commit) = commit else {
+        let reason = FormatError::Invalid {
+            part: Part::CommitTable,
+            offset: 0,
+            reason: "a sealed segment without commits",
+        };
+        return Err(Error::corrupt(format!("segment {key} of {ns}"), reason));
+    };
+    Ok(Target { key, table, commit })
 }
 
-async fn fetch<S: Storage + ?Sized>(
+/// The page size of the target's history, from one frame of the target segment (commit
+/// tables do not carry it).
+async fn page_size_of<S: Storage + ?Sized>(
     storage: &S,
     ns: &NamespaceName,
-    req: FindSegmentReq,
+    target: &Target,
     config: &Option<S::Config>,
-) -> Result<SealedSegment> {
-    let key = storage.find_segment(ns, req, config.clone()).await?;
-    storage.fetch_segment_data(ns, &key, config.clone()).await
+) -> Result<u32> {
+    let frames = storage
+        .fetch_frames(ns, &target.key, &[0], config.clone())
+        .await?;
+    match frames.first() {
+        Some((_, data)) => u32::try_from(data.len())
+            .map_err(|_| Error::io("reading a page size", io::ErrorKind::InvalidData.into())),
+        None => Err(backend_miscounted("frames", 0, 1)),
+    }
+}
+
+/// The segment holding the target commit, whole, and that commit (a fork cuts it).
+pub(crate) async fn find_target<S: Storage + ?Sized>(
+    storage: &S,
+    ns: &NamespaceName,
+    options: RestoreOptions,
+    config: &Option<S::Config>,
+) -> Result<(SealedSegment, Commit)> {
+    let target = locate_target(storage, ns, options, config).await?;
+    let segment = storage
+        .fetch_segment_data(ns, &target.key, config.clone())
+        .await?;
+    Ok((segment, target.commit))
 }
 
 /// Which pages of the target database are still to be written: one bit per page.

@@ -30,6 +30,10 @@ use crate::storage::Storage;
 /// Frames this close together are fetched in one ranged read.
 const READ_GAP_FRAMES: u32 = 8;
 
+/// Ranged reads are not cut smaller than this to have more in flight: below it, a
+/// request's fixed cost outweighs what another stream adds.
+const MIN_READ_PART: u64 = 512 << 10;
+
 /// Headers kept at most; restore needs about two batches' worth (64) at a time. When
 /// full, the cache starts over, which costs a re-read, never a wrong answer.
 const HEADERS_KEPT: usize = 1024;
@@ -88,19 +92,13 @@ impl ObjectStorage {
         concurrent::ordered(reads, self.tuning.read_concurrency).await
     }
 
-    /// The frames asked for, in order, each segment's as [`unpinned`](Self::unpinned)
-    /// says.
+    /// The frames asked for, in order.
     pub(super) async fn frames_batch(
         &self,
         name: &NamespaceName,
         requests: &[(SegmentKey, Vec<u32>)],
     ) -> Result<Vec<Vec<(u32, Bytes)>>> {
-        let frames = self.read_frames(name, requests).await?;
-        let unpinned = requests
-            .iter()
-            .zip(frames)
-            .map(|((key, _), frames)| self.unpinned(name, key, frames));
-        Ok(unpinned.collect())
+        self.read_frames(name, requests).await
     }
 
     /// The verified frames at each request's positions (strictly ascending), in order.
@@ -112,11 +110,19 @@ impl ObjectStorage {
         requests: &[(SegmentKey, P)],
     ) -> Result<Vec<Vec<(u32, Bytes)>>> {
         let limit = self.tuning.read_concurrency;
-        let plans: Vec<_> = requests
+        let heads: Vec<_> = requests
             .iter()
-            .map(|(key, positions)| self.plan(name, key, positions.as_ref()))
+            .map(|(key, positions)| self.head_for(name, key, positions.as_ref()))
             .collect();
-        let plans: Vec<Option<Plan>> = concurrent::try_ordered(plans, limit).await?;
+        let heads: Vec<Option<(Header, Path)>> = concurrent::try_ordered(heads, limit).await?;
+        let part = self.part_for(requests, &heads);
+        let plans: Vec<Option<Plan>> = requests
+            .iter()
+            .zip(heads)
+            .map(|((key, positions), head)| {
+                head.map(|(header, path)| plan(key, path, header, positions.as_ref(), part))
+            })
+            .collect();
         let reads: Vec<_> = plans
             .iter()
             .flatten()
@@ -133,18 +139,19 @@ impl ObjectStorage {
                 continue;
             };
             let bytes: Vec<Bytes> = fetched.by_ref().take(plan.runs.len()).collect();
-            out.push(verify(name, plan, bytes)?);
+            out.push(unpinned(plan, verify(name, plan, bytes)?));
         }
         Ok(out)
     }
 
-    /// What to read for `positions` of segment `key`; None when there are none.
-    async fn plan<'a>(
+    /// The verified header and the path of segment `key`, checked against `positions`
+    /// (strictly ascending, within the segment); None when there are none.
+    async fn head_for(
         &self,
         name: &NamespaceName,
-        key: &'a SegmentKey,
-        positions: &'a [u32],
-    ) -> Result<Option<Plan<'a>>> {
+        key: &SegmentKey,
+        positions: &[u32],
+    ) -> Result<Option<(Header, Path)>> {
         if !positions.windows(2).all(|w| w[0] < w[1]) {
             let why = format!("frame positions for segment {key} must be strictly ascending");
             return Err(InvalidInput::Config(why).into());
@@ -163,28 +170,31 @@ impl ObjectStorage {
                 },
             ));
         }
-        let frame_len = FRAME_HEADER_LEN as u64 + u64::from(header.page_size);
-        let part = self.tuning.read_part_size;
-        let max_frames = u32::try_from((part / frame_len).max(1)).unwrap_or(u32::MAX);
-        let runs = split(runs(positions), max_frames, positions);
-        let ranges: Vec<Range<u64>> = runs
+        Ok(Some((header, self.located(name, key).await?)))
+    }
+
+    /// The size of each ranged read of one call: `read_part_size`, or less when the call
+    /// reads less than `read_concurrency` parts of it, so that even a call of a few MiB
+    /// keeps every allowed request in flight (one stream moves far less than several),
+    /// but never below [`MIN_READ_PART`], where a request's fixed cost dominates.
+    fn part_for<P: AsRef<[u32]>>(
+        &self,
+        requests: &[(SegmentKey, P)],
+        heads: &[Option<(Header, Path)>],
+    ) -> u64 {
+        let total: u64 = requests
             .iter()
-            .map(|run| {
-                let start = HEADER_LEN as u64 + u64::from(run.start) * frame_len;
-                start..start + u64::from(run.end - run.start) * frame_len
+            .zip(heads)
+            .filter_map(|((_, positions), head)| {
+                let (header, _) = head.as_ref()?;
+                Some(positions.as_ref().len() as u64 * frame_len(header))
             })
-            .collect();
-        let requests = group(&ranges, part);
-        let path = self.located(name, key).await?;
-        Ok(Some(Plan {
-            key,
-            path,
-            header,
-            positions,
-            runs,
-            ranges,
-            requests,
-        }))
+            .sum();
+        let spread = total.div_ceil(self.tuning.read_concurrency.max(1) as u64);
+        spread.clamp(
+            MIN_READ_PART.min(self.tuning.read_part_size),
+            self.tuning.read_part_size,
+        )
     }
 
     /// One request: the byte ranges of `plan.runs[runs]`.
@@ -194,33 +204,6 @@ impl ObjectStorage {
             .get_ranges(&plan.path, &plan.ranges[runs.clone()])
             .await
             .map_err(|e| read_error(&plan.path, plan.key, e))
-    }
-
-    /// `frames` of segment `key`, copied into a buffer of their own unless they make up
-    /// most (three quarters) of the segment. Ranged reads fetch runs that include frames
-    /// nobody asked for, and a store may hand out slices of something larger: the
-    /// in-memory store slices the whole object, the S3 client merges nearby ranges into
-    /// one read. So the slices could keep much more memory alive than the frames, which
-    /// restore's batch sizes do not expect; but nothing can pin more than the whole
-    /// segment, so frames that are most of it are kept as they are, saving a copy of
-    /// every byte of a restore that reads whole segments.
-    fn unpinned(
-        &self,
-        name: &NamespaceName,
-        key: &SegmentKey,
-        frames: Vec<(u32, Bytes)>,
-    ) -> Vec<(u32, Bytes)> {
-        let wanted: u64 = frames.iter().map(|(_, data)| data.len() as u64).sum();
-        let whole = self
-            .inner
-            .headers
-            .get(name, key)
-            .and_then(|(header, _)| header.layout().ok())
-            .map(|layout| layout.file_len);
-        match whole {
-            Some(len) if wanted.saturating_mul(4) >= len.saturating_mul(3) => frames,
-            _ => compact(frames),
-        }
     }
 
     /// The size the catalog records for segment `key`, if the namespace is loaded and
@@ -254,6 +237,60 @@ impl ObjectStorage {
         // A store may answer a range past the end with what there is; the segment's
         // decoder then reports the object as cut short.
         Ok(whole.freeze())
+    }
+}
+
+/// `frames`, read by `plan`, copied into a buffer of their own unless they make up most
+/// (three quarters) of the bytes read. A run read for them includes frames nobody asked
+/// for (up to [`READ_GAP_FRAMES`] between two wanted ones), and the frames are slices of
+/// it, so they could keep several times their size alive, which restore's batch sizes
+/// do not expect. A store may also hand out slices of something larger (the S3 client
+/// merges nearby ranges of one request into one read), but never larger than the
+/// request's span. Frames that are most of what was read are kept as they are, saving a
+/// copy of every byte of a restore that reads whole runs.
+fn unpinned(plan: &Plan<'_>, frames: Vec<(u32, Bytes)>) -> Vec<(u32, Bytes)> {
+    let wanted: u64 = frames.iter().map(|(_, data)| data.len() as u64).sum();
+    let read: u64 = plan.ranges.iter().map(|r| r.end - r.start).sum();
+    if wanted.saturating_mul(4) >= read.saturating_mul(3) {
+        frames
+    } else {
+        compact(frames)
+    }
+}
+
+/// Bytes of one encoded frame of the segment `header` describes.
+fn frame_len(header: &Header) -> u64 {
+    FRAME_HEADER_LEN as u64 + u64::from(header.page_size)
+}
+
+/// What to read for `positions` (strictly ascending, not empty) of segment `key`, in
+/// ranged reads of about `part` bytes.
+fn plan<'a>(
+    key: &'a SegmentKey,
+    path: Path,
+    header: Header,
+    positions: &'a [u32],
+    part: u64,
+) -> Plan<'a> {
+    let frame_len = frame_len(&header);
+    let max_frames = u32::try_from((part / frame_len).max(1)).unwrap_or(u32::MAX);
+    let runs = split(runs(positions), max_frames, positions);
+    let ranges: Vec<Range<u64>> = runs
+        .iter()
+        .map(|run| {
+            let start = HEADER_LEN as u64 + u64::from(run.start) * frame_len;
+            start..start + u64::from(run.end - run.start) * frame_len
+        })
+        .collect();
+    let requests = group(&ranges, part);
+    Plan {
+        key,
+        path,
+        header,
+        positions,
+        runs,
+        ranges,
+        requests,
     }
 }
 
