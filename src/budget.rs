@@ -41,7 +41,11 @@ pub fn set_memory_budget(bytes: usize) -> Result<()> {
     Ok(())
 }
 
-/// A share of the budget: `1/parts` of it, at least `floor` bytes.
-pub(crate) fn share(parts: usize, floor: usize) -> usize {
-    (memory_budget() / parts.max(1)).max(floor)
+/// The smallest buffer a share is: one frame of the largest page size fits.
+const MIN_SHARE: usize = 64 << 10;
+
+/// A share of the budget: `1/parts` of it, at least 64 KiB. The shares a path holds at
+/// once add up to at most the budget (each site says which part it takes).
+pub(crate) fn share(parts: usize) -> usize {
+    (memory_budget() / parts.max(1)).max(MIN_SHARE)
 }

@@ -209,6 +209,7 @@ async fn snapshot_large_transaction_restore_and_compaction_stay_within_the_budge
     let third = rows(&db);
     let policy = CompactionPolicy {
         target_size: 1 << 30,
+        max_small: 1,
         ..CompactionPolicy::default()
     };
     let (report, peak) = peak_of(compact(&store, &ns, &policy, false)).await;

@@ -3,7 +3,7 @@
 //!
 //! Frames live in memory unless the builder was given a spill directory and passes its
 //! threshold: then they move to a [`SpillFile`] and later frames are written through a
-//! buffer of [`SPILL_WRITE_CHUNK`] bytes, so a transaction of any size (a snapshot of a
+//! buffer of at most [`SPILL_WRITE_CHUNK`] bytes, so a transaction of any size (a snapshot of a
 //! large database) is built in bounded memory. What stays in memory per frame is a
 //! few bytes of bookkeeping: the page's newest position, folded checksums.
 
@@ -473,7 +473,7 @@ impl SegmentBuilder {
     fn push(&mut self, frame_no: u64, page_no: u32, size_after: u32, page: &[u8]) -> Result<()> {
         let pending = self.buf.len();
         match (&self.spill.file, &self.spill.dir) {
-            (Some(_), _) if pending >= SPILL_WRITE_CHUNK => self.write_out()?,
+            (Some(_), _) if pending >= self.spill.chunk() => self.write_out()?,
             (None, Some(dir)) if pending - HEADER_LEN > self.spill.threshold => {
                 let file = SpillFile::create(dir).map_err(|e| {
                     Error::io(format!("creating a spill file in {}", dir.display()), e)
@@ -521,6 +521,14 @@ struct Spill {
     file: Option<SpillFile>,
     /// Bytes of the segment in the file (from offset 0: header room, then frames).
     written: u64,
+}
+
+impl Spill {
+    /// Frames buffered before a write to the spill file: a quarter of the threshold,
+    /// from 64 KiB to [`SPILL_WRITE_CHUNK`].
+    fn chunk(&self) -> usize {
+        (self.threshold / 4).clamp(64 << 10, SPILL_WRITE_CHUNK)
+    }
 }
 
 fn spill_err(file: &SpillFile, e: std::io::Error) -> Error {

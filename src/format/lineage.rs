@@ -111,7 +111,7 @@ impl PageSums {
         // Frames are read a bounded chunk at a time (a spilled segment is in a file); a
         // transaction's pages are held until its commit.
         let frame_len = segment.page_size() as usize + 24;
-        let per_chunk = (crate::budget::share(16, 1 << 20) / frame_len).max(1) as u32;
+        let per_chunk = (crate::budget::share(16) / frame_len).max(1) as u32;
         let mut position = 0;
         while position < segment.frame_count() {
             let end = (position + per_chunk).min(segment.frame_count());

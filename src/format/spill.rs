@@ -22,7 +22,7 @@ use uuid::Uuid;
 /// Prefix of spill files. Anything with it left in a directory after a crash is garbage.
 pub(crate) const SPILL_PREFIX: &str = ".spill-";
 
-/// Frames a spilling builder buffers before it writes them to its file.
+/// The most frames a spilling builder buffers before it writes them to its file.
 pub(crate) const SPILL_WRITE_CHUNK: usize = 1 << 20;
 
 /// A segment's bytes in a local file, removed when dropped.

@@ -796,7 +796,7 @@ pub(crate) struct PageChunk {
 
 /// Pages per chunk of a transaction appended in chunks: an eighth of the budget.
 pub(crate) fn chunk_pages(page_size: usize) -> usize {
-    (crate::budget::share(8, 1 << 20) / page_size).max(1)
+    (crate::budget::share(8) / page_size).max(1)
 }
 
 /// A transaction being appended: its frame numbers, the next one to write, and what its
@@ -829,7 +829,7 @@ fn ceil_ms(at: DateTime<Utc>) -> Result<u64> {
 /// Bytes of frames the open segment holds in memory before it moves them to a spill file
 /// (see [`crate::format::SegmentBuilder::with_spill`]): a quarter of the memory budget.
 fn spill_threshold() -> usize {
-    crate::budget::share(4, 256 << 10)
+    crate::budget::share(4)
 }
 
 /// Frames to reserve room for when a segment starts: what the sealing policy allows, but

@@ -70,7 +70,7 @@ pub(crate) const WRITE_OUT_AT: usize = 1 << 20;
 /// Past this many bytes (an eighth of the memory budget, at most 32 MiB) the append itself
 /// writes them out: back-pressure, so memory stays bounded when the disk cannot keep up.
 fn write_inline_at() -> usize {
-    crate::budget::share(8, WRITE_OUT_AT).min(32 << 20)
+    crate::budget::share(8).min(32 << 20)
 }
 
 /// An open-segment file and the records appended to it but not yet written out.

@@ -94,7 +94,7 @@ pub(crate) async fn merge<S: Storage + ?Sized>(
         .with_log_id(selection.log_id)
         .with_spill(
             storage.spill_dir(ns, config.clone()),
-            crate::budget::share(4, 1 << 20),
+            crate::budget::share(4),
         );
     if let Some(base) = selection.lineage {
         builder.start_lineage(base)?;

@@ -178,7 +178,7 @@ pub(crate) fn read_located(
 /// Bytes of page images a scan holds for one transaction before it keeps only where its
 /// frames are: an eighth of the memory budget.
 pub(crate) fn hold_limit() -> usize {
-    crate::budget::share(8, 1 << 20)
+    crate::budget::share(8)
 }
 
 /// The outcome of [`scan`].

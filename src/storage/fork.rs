@@ -122,7 +122,7 @@ async fn cut<S: Storage + ?Sized>(
         .with_log_id(table.log_id())
         .with_spill(
             storage.spill_dir(source, config.clone()),
-            crate::budget::share(4, 1 << 20),
+            crate::budget::share(4),
         );
     if let Some(base) = table.lineage_base() {
         b.start_lineage(base)?; // a prefix of the segment builds on what it built on

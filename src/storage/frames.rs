@@ -14,7 +14,7 @@ use crate::format::{verify_frame, Frame, Header};
 /// Bytes of frames one run holds at most: a share of the memory budget, at least
 /// 1 MiB.
 pub(crate) fn run_bytes() -> usize {
-    crate::budget::share(8, 1 << 20)
+    crate::budget::share(8)
 }
 
 /// Runs of positions `0..frame_count` (frames of `page_size` bytes) of about

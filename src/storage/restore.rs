@@ -298,7 +298,7 @@ fn batch_bytes() -> u64 {
     if cfg!(test) {
         16 << 10
     } else {
-        crate::budget::share(4, 1 << 20) as u64
+        crate::budget::share(4) as u64
     }
 }
 

@@ -84,7 +84,7 @@ impl ObjectStorage {
     /// budget (at least one part).
     fn parts_in_flight(&self) -> usize {
         let part_size = self.tuning.part_size.max(1);
-        let fit = (crate::budget::share(4, part_size) / part_size).max(1);
+        let fit = (crate::budget::share(4) / part_size).max(1);
         self.tuning.upload_concurrency.min(fit)
     }
 
