@@ -3,7 +3,8 @@
 //! restore and a compaction add, on a database many times the budget, and each must stay
 //! under the budget plus a constant. Each restore is then checked row for row.
 //!
-//! One test in its own binary: the budget and the allocator are process-wide.
+//! Its own binary: the budget and the allocator are process-wide, so its tests run one
+//! at a time (`current_thread` runtimes under a lock).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
@@ -11,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rusqlite::Connection;
 use walvault::{
-    compact, integrity_check, CompactionPolicy, LocalStorage, NamespaceName, Replicator,
-    ReplicatorConfig, RestoreOptions, Storage,
+    compact, integrity_check, CompactionPolicy, Faults, FaultyStorage, LocalStorage, LogConfig,
+    LogWriter, MemoryStorage, NamespaceName, Replicator, ReplicatorConfig, RestoreOptions, Storage,
 };
 
 /// Counts the bytes the Rust heap holds and the most it held since the last reset.
@@ -55,6 +56,9 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
+
+/// The tests measure one process-wide heap: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MIB: usize = 1 << 20;
 /// The budget under test.
@@ -140,6 +144,7 @@ async fn restore_and_check(
 
 #[tokio::test(flavor = "current_thread")]
 async fn snapshot_large_transaction_restore_and_compaction_stay_within_the_budget() {
+    let _serial = SERIAL.lock().await;
     walvault::set_memory_budget(BUDGET).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
@@ -217,4 +222,43 @@ async fn snapshot_large_transaction_restore_and_compaction_stay_within_the_budge
     assert!(!report.merges.is_empty(), "{report:?}");
     check_under_budget("compaction", peak);
     restore_and_check(&store, &ns, dir.path(), "after-compaction.db", &third).await;
+}
+
+/// While the store is down, the sealed segments that wait for it are kept in spill files
+/// once they pass a share of the budget: an outage's backlog does not grow the heap.
+#[tokio::test(flavor = "current_thread")]
+async fn an_outage_backlog_waits_in_files_not_in_memory() {
+    let _serial = SERIAL.lock().await;
+    walvault::set_memory_budget(BUDGET).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let down = Faults {
+        fail_from: Some(1),
+        ..Faults::default()
+    };
+    let storage = FaultyStorage::new(MemoryStorage::new(), down);
+    let ns = NamespaceName::new("outage").unwrap();
+    let mut config = LogConfig::new(dir.path().join("log"));
+    config.seal_frames = 64; // many small segments
+    let (backlog, peak) = peak_of(async {
+        let mut log = LogWriter::open(storage.clone(), ns.clone(), config)
+            .await
+            .unwrap();
+        log.append_snapshot(&[(1, &[1u8; 4096][..])], 1).unwrap();
+        let page = vec![7u8; 4096];
+        // 40 MiB of transactions, twenty times the budget, none of it durable.
+        for i in 0..10_000u32 {
+            log.append(&[(1 + i % 500, &page[..])], 500).unwrap();
+        }
+        let backlog =
+            log.next_frame_no() - 1 - log.tracker().watermark(walvault::Durability::Durable);
+        drop(log);
+        backlog
+    })
+    .await;
+    assert!(
+        backlog > 9_000,
+        "the store took {backlog} frames while down"
+    );
+    assert!(storage.store_calls() > 0, "the log tried the store");
+    check_under_budget("an outage's backlog", peak);
 }

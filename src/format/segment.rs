@@ -195,6 +195,26 @@ impl SealedSegment {
         }
     }
 
+    /// The same segment moved to a new spill file in `dir` (a clone when it is in a
+    /// file already), so holding it costs no memory beyond its metadata.
+    pub(crate) fn spill_to(&self, dir: &std::path::Path) -> Result<SealedSegment> {
+        let Body::Memory(bytes) = &self.inner.body else {
+            return Ok(self.clone());
+        };
+        let file = SpillFile::create(dir)
+            .map_err(|e| Error::io(format!("creating a spill file in {}", dir.display()), e))?;
+        file.write_at(bytes, 0)
+            .map_err(|e| Error::io(format!("writing spill file {}", file.path().display()), e))?;
+        let i = &self.inner;
+        Ok(SealedSegment::from_file(
+            file,
+            i.header,
+            i.layout,
+            i.commits.clone(),
+            i.index.clone(),
+        ))
+    }
+
     /// The spill file holding this segment, if it is not in memory.
     pub(crate) fn spill_path(&self) -> Option<&std::path::Path> {
         match &self.inner.body {

@@ -692,7 +692,13 @@ impl<S: Storage + Clone> LogWriter<S> {
     /// segment goes to storage, so its local file, which recovery replays onto them, is
     /// never deleted before sums past it are on disk.
     fn rotate(&mut self) -> Result<()> {
-        let segment = self.builder.seal(self.config.clock.now())?;
+        let mut segment = self.builder.seal(self.config.clock.now())?;
+        // A backlog the store has not taken (an outage) waits in spill files, not in
+        // memory, once it passes a quarter of the budget.
+        let backlog = self.shared.sealed_in_memory() + segment.encoded_len();
+        if segment.is_in_memory() && backlog > spill_threshold() as u64 {
+            segment = segment.spill_to(&self.config.dir)?;
+        }
         self.builder.reserve(segment_frames(&self.config));
         let end = segment.end_frame_no();
         // Sums past frames that are not yet fsynced are saved by the syncer after it

@@ -156,6 +156,15 @@ impl Shared {
         lock(&self.sealed).push(sealed);
     }
 
+    /// Bytes of the sealed segments waiting for the store that are held in memory.
+    pub(crate) fn sealed_in_memory(&self) -> u64 {
+        lock(&self.sealed)
+            .iter()
+            .filter(|s| s.segment.is_in_memory())
+            .map(|s| s.segment.encoded_len())
+            .sum()
+    }
+
     /// Storage reports `durable`.
     pub(crate) fn on_stored(&self, durable: u64) {
         {

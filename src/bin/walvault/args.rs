@@ -71,6 +71,14 @@ pub fn duration(text: &str) -> std::result::Result<Duration, String> {
         .ok_or_else(|| format!("duration {text:?} is too long"))
 }
 
+/// Parses a size such as `64MiB`, `512KiB` or `1GiB` (or a plain number of bytes).
+pub fn byte_size(text: &str) -> std::result::Result<usize, String> {
+    let size: bytesize::ByteSize = text
+        .parse()
+        .map_err(|e| format!("size {text:?} is not a size like 64MiB: {e}"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("size {text:?} is too large"))
+}
+
 /// Parses an RFC 3339 time such as `2026-11-21T10:00:00Z`.
 pub fn time(text: &str) -> std::result::Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text)
@@ -124,6 +132,16 @@ impl StopSignal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_and_reject_nonsense() {
+        assert_eq!(byte_size("64MiB"), Ok(64 << 20));
+        assert_eq!(byte_size("512KiB"), Ok(512 << 10));
+        assert_eq!(byte_size("1048576"), Ok(1 << 20));
+        for bad in ["", "MiB", "64 parsecs", "-1MiB"] {
+            assert!(byte_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_parse_and_reject_nonsense() {

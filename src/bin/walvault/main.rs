@@ -25,6 +25,11 @@ struct Cli {
     /// AZURE_* environment variables).
     #[arg(long, global = true, default_value = "./walvault-store")]
     store: String,
+    /// Heap for the data buffers of any command (snapshot, shipping, restore, follow,
+    /// compaction): 64MiB by default, at least 1MiB. Memory does not grow with the
+    /// database beyond this and a few bytes per page.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = args::byte_size)]
+    memory_budget: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +71,11 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("starting the async runtime: {e}")),
     };
+    if let Some(bytes) = cli.memory_budget {
+        if let Err(e) = walvault::set_memory_budget(bytes) {
+            return fail(&e.to_string());
+        }
+    }
     let result = runtime.block_on(async {
         if let Command::Demo = cli.command {
             return demo::run().await;
