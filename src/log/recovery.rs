@@ -184,7 +184,7 @@ async fn bind_namespace<S: Storage>(
         let durable = storage.durable_frame_no(&owner, None).await?;
         let files = wal_files(dir)?;
         for file in &files {
-            let last = wal::recover(file)?.and_then(|r| r.frames.last().map(|f| f.frame_no));
+            let last = wal::recover(file)?.and_then(|r| r.last_frame_no());
             if last.is_some_and(|frame_no| frame_no > durable) {
                 return Err(InvalidInput::Config(format!(
                     "log directory {} holds frames of namespace {owner} that are not durable \
@@ -247,7 +247,7 @@ fn recover_files(config: &LogConfig, durable: u64, allocator: &FrameAllocator) -
         if recovered.dropped > 0 {
             tracing::warn!(file = %path.display(), frames = recovered.dropped, "dropped a torn transaction");
         }
-        let Some(segment) = seal_recovered(&recovered, config)? else {
+        let Some(segment) = seal_recovered(&recovered, &path, config)? else {
             wal::remove(&path);
             previous_end = Some(recovered.start - 1);
             continue;
@@ -282,15 +282,20 @@ fn check_page_size(path: &Path, recovered: &Recovered, config: &LogConfig) -> Re
     .into())
 }
 
-/// Rebuilds the segment a file's committed frames make, or `None` if it has none.
-fn seal_recovered(r: &Recovered, config: &LogConfig) -> Result<Option<SealedSegment>> {
-    if r.frames.is_empty() {
+/// Rebuilds the segment a file's committed frames make, or `None` if it has none. The
+/// frames are read back one at a time, and the builder spills past its threshold.
+fn seal_recovered(
+    r: &Recovered,
+    path: &Path,
+    config: &LogConfig,
+) -> Result<Option<SealedSegment>> {
+    if r.kept == 0 {
         return Ok(None);
     }
     let mut builder = SegmentBuilder::new(r.start, r.page_size)?
         .with_spill(&config.dir, super::spill_threshold());
     builder.start_lineage(r.base)?;
-    for f in &r.frames {
+    r.for_each_frame(path, |f| {
         if f.size_after == 0 {
             builder.append_frame(f.page_no, &f.page)?;
         } else {
@@ -302,7 +307,8 @@ fn seal_recovered(r: &Recovered, config: &LogConfig) -> Result<Option<SealedSegm
                 f.checksum,
             )?;
         }
-    }
+        Ok(())
+    })?;
     builder.seal(config.clock.now()).map(Some)
 }
 

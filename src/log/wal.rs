@@ -23,7 +23,7 @@
 //! the file there.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -333,16 +333,70 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// What recovery found in one file: the committed frames, and where they end.
+/// What recovery found in one file: how many committed frames it keeps (read them back
+/// with [`Recovered::for_each_frame`]), and what was dropped. Frames are not held in
+/// memory: a file may hold a snapshot of any size.
 #[derive(Debug)]
 pub(crate) struct Recovered {
     pub start: u64,
     pub page_size: u32,
     /// The lineage base the file's segment builds on (0: a new lineage).
     pub base: u64,
-    pub frames: Vec<WalFrame>,
+    /// Committed frames kept, from `start` on.
+    pub kept: u64,
     /// Frames dropped after the last commit (a torn transaction).
     pub dropped: u64,
+}
+
+impl Recovered {
+    /// The last frame kept, if any.
+    pub(crate) fn last_frame_no(&self) -> Option<u64> {
+        (self.kept > 0).then(|| self.start + self.kept - 1)
+    }
+
+    /// Reads the kept frames of the file at `path` (as [`recover`] left it) back in
+    /// order, one at a time.
+    pub(crate) fn for_each_frame(
+        &self,
+        path: &Path,
+        mut f: impl FnMut(WalFrame) -> Result<()>,
+    ) -> Result<()> {
+        let io_err = |e| Error::io(format!("reading {}", path.display()), e);
+        let file = File::open(path).map_err(io_err)?;
+        let mut reader = BufReader::with_capacity(1 << 16, file);
+        let mut skip = [0u8; HEADER_LEN];
+        reader.read_exact(&mut skip).map_err(io_err)?;
+        let mut head = [0u8; RECORD_HEAD_LEN];
+        for _ in 0..self.kept {
+            let mut page = vec![0u8; self.page_size as usize];
+            reader
+                .read_exact(&mut head)
+                .and_then(|()| reader.read_exact(&mut page))
+                .map_err(io_err)?;
+            let frame = decode_record(&head, page);
+            let crc = frame_crc(frame.frame_no, frame.page_no, frame.size_after, &frame.page);
+            if head[RECORD_CRC_AT..RECORD_CHAIN_AT] != crc.to_le_bytes() {
+                let reason = crate::FormatError::Checksum {
+                    part: crate::Part::Frame((frame.frame_no - self.start) as u32),
+                    offset: 0,
+                };
+                return Err(Error::corrupt(path.display(), reason));
+            }
+            f(frame)?;
+        }
+        Ok(())
+    }
+}
+
+fn decode_record(head: &[u8; RECORD_HEAD_LEN], page: Vec<u8>) -> WalFrame {
+    WalFrame {
+        frame_no: le_u64(&head[..8]),
+        page_no: le_u32(&head[8..12]),
+        size_after: le_u32(&head[12..16]),
+        commit_ts: le_u64(&head[16..24]),
+        checksum: le_u64(&head[24..32]),
+        page,
+    }
 }
 
 /// Reads a file, keeping its committed frames, and truncates it after the last commit.
@@ -377,31 +431,25 @@ pub(crate) fn recover(path: &Path) -> Result<Option<Recovered>> {
         start,
         page_size,
         base,
-        frames: Vec::new(),
+        kept: 0,
         dropped: 0,
     };
     let mut chain = chain;
     let mut committed_len = HEADER_LEN as u64;
-    let mut pending = Vec::new();
+    let mut pending = 0u64;
     let mut head = [0u8; RECORD_HEAD_LEN];
+    let mut page = vec![0u8; page_size as usize];
     loop {
-        let mut page = vec![0u8; page_size as usize];
         if read_full(&mut reader, &mut head).map_err(io_err)? < RECORD_HEAD_LEN
             || read_full(&mut reader, &mut page).map_err(io_err)? < page.len()
         {
             break;
         }
-        let frame = WalFrame {
-            frame_no: le_u64(&head[..8]),
-            page_no: le_u32(&head[8..12]),
-            size_after: le_u32(&head[12..16]),
-            commit_ts: le_u64(&head[16..24]),
-            checksum: le_u64(&head[24..32]),
-            page,
-        };
+        let frame = decode_record(&head, std::mem::take(&mut page));
         let next_chain = crc32c::crc32c_append(chain, &head[..RECORD_CHAIN_AT]);
         let crc = frame_crc(frame.frame_no, frame.page_no, frame.size_after, &frame.page);
-        let expected_no = start + (recovered.frames.len() + pending.len()) as u64;
+        let expected_no = start + recovered.kept + pending;
+        page = frame.page;
         if head[RECORD_CHAIN_AT..] != next_chain.to_le_bytes()
             || head[RECORD_CRC_AT..RECORD_CHAIN_AT] != crc.to_le_bytes()
             || frame.frame_no != expected_no
@@ -410,15 +458,15 @@ pub(crate) fn recover(path: &Path) -> Result<Option<Recovered>> {
             break;
         }
         chain = next_chain;
-        let is_commit = frame.size_after != 0;
-        pending.push(frame);
-        if is_commit {
-            recovered.frames.append(&mut pending);
+        pending += 1;
+        if frame.size_after != 0 {
+            recovered.kept += pending;
+            pending = 0;
             committed_len = HEADER_LEN as u64
-                + recovered.frames.len() as u64 * (RECORD_HEAD_LEN as u64 + u64::from(page_size));
+                + recovered.kept * (RECORD_HEAD_LEN as u64 + u64::from(page_size));
         }
     }
-    recovered.dropped = pending.len() as u64;
+    recovered.dropped = pending;
     // Frames read back may exist only in the page cache (the process crashed, not the
     // machine): fsync them before anything counts them as written.
     let file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
@@ -489,15 +537,23 @@ mod tests {
         ];
         let path = write(dir.path(), &frames);
         let r = recover(&path).unwrap().unwrap();
-        assert_eq!(
-            r.frames.iter().map(|f| f.frame_no).collect::<Vec<_>>(),
-            [10, 11]
-        );
-        assert_eq!((r.dropped, r.frames[1].commit_ts), (2, 20));
+        let kept = kept_frames(&r, &path);
+        assert_eq!(kept.iter().map(|f| f.frame_no).collect::<Vec<_>>(), [10, 11]);
+        assert_eq!((r.dropped, kept[1].commit_ts), (2, 20));
         assert_eq!(
             fs::metadata(&path).unwrap().len(),
             (HEADER_LEN + 2 * (RECORD_HEAD_LEN + 512)) as u64
         );
+    }
+
+    fn kept_frames(r: &Recovered, path: &Path) -> Vec<WalFrame> {
+        let mut frames = Vec::new();
+        r.for_each_frame(path, |f| {
+            frames.push(f);
+            Ok(())
+        })
+        .unwrap();
+        frames
     }
 
     #[test]
@@ -509,7 +565,7 @@ mod tests {
         let record = RECORD_HEAD_LEN + 512;
         for cut in HEADER_LEN..good.len() {
             fs::write(&path, &good[..cut]).unwrap();
-            let kept = recover(&path).unwrap().unwrap().frames.len();
+            let kept = recover(&path).unwrap().unwrap().kept as usize;
             let whole = (cut - HEADER_LEN) / record;
             assert_eq!(
                 kept,
@@ -527,7 +583,7 @@ mod tests {
             let mut bad = good.clone();
             bad[at] ^= 0x04;
             fs::write(&path, &bad).unwrap();
-            let kept = recover(&path).unwrap().unwrap().frames.len();
+            let kept = recover(&path).unwrap().unwrap().kept as usize;
             let damaged_record = (at - HEADER_LEN) / record;
             assert!(kept <= damaged_record, "flip at {at} kept {kept} frames");
         }
