@@ -38,7 +38,8 @@ pub use crate::clock::{Clock, SystemClock};
 use crate::durability::{Durability, DurabilityTracker, FrameAllocator, DEFAULT_BLOCK_SIZE};
 use crate::error::{Error, InvalidInput, Result};
 use crate::format::{
-    ms_to_datetime, timestamp_ms, NamespaceName, PageSums, SealedSegment, SegmentBuilder,
+    ms_to_datetime, timestamp_ms, Frame, NamespaceName, PageSums, SealedSegment, SegmentBuilder,
+    SegmentKey,
 };
 use crate::storage::{FindSegmentReq, Storage};
 
@@ -849,6 +850,10 @@ fn segment_frames(config: &LogConfig) -> usize {
 }
 
 /// Walks storage newest first for the newest version of a page at or before `as_of`.
+/// Each segment is asked through its page index, and only frames are read, never a
+/// segment whole: the frame the index names, and, in the segment holding `as_of`
+/// (where the index's frame may be newer than `as_of`), the frames before it a growing
+/// run at a time.
 async fn read_from_storage<S: Storage>(
     storage: &S,
     ns: &NamespaceName,
@@ -869,16 +874,13 @@ async fn read_from_storage<S: Storage>(
             Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let wanted = key.end_frame_no > as_of
-            || storage
-                .fetch_segment_index(ns, &key, None)
-                .await?
-                .get(page_no)
-                .is_some();
-        if wanted {
-            let segment = storage.fetch_segment_data(ns, &key, None).await?;
-            if let Some(f) = segment.read_page_as_of(page_no, as_of) {
-                return Ok(Some((f.frame_no, f.data.to_vec())));
+        let newest = storage
+            .fetch_segment_index(ns, &key, None)
+            .await?
+            .get(page_no);
+        if let Some(newest) = newest {
+            if let Some(frame) = page_in(storage, ns, &key, page_no, newest, as_of).await? {
+                return Ok(Some((frame.frame_no, frame.data.to_vec())));
             }
         }
         match key.start_frame_no.checked_sub(1) {
@@ -886,4 +888,44 @@ async fn read_from_storage<S: Storage>(
             _ => return Ok(None),
         }
     }
+}
+
+/// Frames the first backward step of [`page_in`] reads; each next step reads twice as
+/// many, up to a run of the memory budget.
+const FIRST_STEP_FRAMES: u32 = 8;
+
+/// The newest frame of `page_no` at or before `as_of` in segment `key`, whose index
+/// names position `newest` as the page's newest frame: that frame if it is old enough,
+/// else the frames before it, newest first.
+async fn page_in<S: Storage>(
+    storage: &S,
+    ns: &NamespaceName,
+    key: &SegmentKey,
+    page_no: u32,
+    newest: u32,
+    as_of: u64,
+) -> Result<Option<Frame>> {
+    let mut end = newest + 1;
+    if key.end_frame_no > as_of {
+        // Frame numbers grow at least as fast as positions (by one in a dense segment,
+        // by more across a sparse one's gaps), so no frame past this one is that old.
+        let limit = as_of.saturating_sub(key.start_frame_no).saturating_add(1);
+        end = end.min(u32::try_from(limit).unwrap_or(u32::MAX));
+    }
+    let mut step = FIRST_STEP_FRAMES;
+    let most = crate::storage::frames::frames_per_run(1 << 16).max(FIRST_STEP_FRAMES);
+    while end > 0 {
+        let start = end.saturating_sub(step);
+        let frames = storage.fetch_frame_run(ns, key, start..end, None).await?;
+        let found = frames
+            .into_iter()
+            .rev()
+            .find(|f| f.frame_no <= as_of && f.page_no == page_no);
+        if found.is_some() {
+            return Ok(found);
+        }
+        end = start;
+        step = step.saturating_mul(2).min(most);
+    }
+    Ok(None)
 }
