@@ -117,7 +117,7 @@ async fn a_history_of_segments_larger_than_the_budget_is_followed_verified_and_l
         tokio::pin!(listing);
         let mut largest = 0;
         while let Some(info) = listing.next().await {
-            largest = largest.max(info.unwrap().size_bytes);
+            largest = largest.max(info.unwrap().size);
         }
         largest
     };
