@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rusqlite::Connection;
 use walvault::{
     compact, integrity_check, verify_history, CompactionPolicy, Faults, FaultyStorage, Follower,
-    LocalStorage, LogConfig, LogWriter, MemoryStorage, NamespaceName, Replicator,
-    ReplicatorConfig, RestoreOptions, Storage,
+    LocalStorage, LogConfig, LogWriter, MemoryStorage, NamespaceName, Replicator, ReplicatorConfig,
+    RestoreOptions, Storage,
 };
 
 /// Counts the bytes the Rust heap holds and the most it held since the last reset.

@@ -71,7 +71,7 @@ pub fn durable_frames<S: Storage + Clone>(
 ///
 /// Segments are read a run of frames at a time, and each transaction is sent as soon as
 /// its commit is read, in a buffer of its own: the stream holds one run of frames, the
-/// transaction being read and the [`TXN_QUEUE`] transactions not yet taken. A
+/// transaction being read and the (at most four) transactions not yet taken. A
 /// transaction is returned whole, so one larger than the memory budget is held whole;
 /// a [`Follower`] applies transactions of any size in bounded memory.
 pub fn transactions<S: Storage + Clone>(
@@ -104,7 +104,7 @@ pub fn transactions<S: Storage + Clone>(
 }
 
 /// Transactions [`transactions`] reads ahead of its consumer, at most.
-pub const TXN_QUEUE: usize = 4;
+const TXN_QUEUE: usize = 4;
 
 /// What one step of [`transactions`] did.
 enum Sent {
