@@ -69,6 +69,8 @@ async fn memory_compaction_in_a_small_budget_restores_every_commit() {
 
 /// A fork at a commit inside the large first segment: the cut (about 1.2 MiB) is read
 /// in runs and built in a spill file; the fork restores to the source's state there.
+/// Every source segment's trailer is damaged first, so that fetching one whole fails:
+/// the fork finds its target from commit tables and reads frames only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fork_cut_in_a_small_budget_restores_the_commit() {
     let dir = tempfile::tempdir().unwrap();
@@ -77,6 +79,17 @@ async fn fork_cut_in_a_small_budget_restores_the_commit() {
     let history = history();
     for seg in history.clone() {
         store(&s, &source, seg).await.unwrap();
+    }
+    for seg in &history {
+        let path = dir
+            .path()
+            .join("store/source")
+            .join(format!("{}.seg", seg.key()));
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let whole = s.fetch_segment_data(&source, &seg.key(), None).await;
+        assert!(whole.is_err(), "the damage makes a whole fetch fail");
     }
     let report = s
         .fork(&source, &target, RestoreOptions::FrameNo(2300), None)

@@ -1,7 +1,8 @@
 //! Memory stays within the budget whatever the database's size: a counting global
 //! allocator measures the heap a snapshot, a transaction larger than the budget, a
-//! restore and a compaction add, on a database many times the budget, and each must stay
-//! under the budget plus a constant. Each restore is then checked row for row.
+//! restore, a follower applying that transaction, verify and a compaction add, on a
+//! database many times the budget, and each must stay under the budget plus a constant.
+//! Each restore is then checked row for row.
 //!
 //! Its own binary: the budget and the allocator are process-wide, so its tests run one
 //! at a time (`current_thread` runtimes under a lock).
@@ -12,8 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rusqlite::Connection;
 use walvault::{
-    compact, integrity_check, CompactionPolicy, Faults, FaultyStorage, LocalStorage, LogConfig,
-    LogWriter, MemoryStorage, NamespaceName, Replicator, ReplicatorConfig, RestoreOptions, Storage,
+    compact, integrity_check, verify_history, CompactionPolicy, Faults, FaultyStorage, Follower,
+    LocalStorage, LogConfig, LogWriter, MemoryStorage, NamespaceName, Replicator, ReplicatorConfig,
+    RestoreOptions, Storage,
 };
 
 /// Counts the bytes the Rust heap holds and the most it held since the last reset.
@@ -185,6 +187,9 @@ async fn snapshot_large_transaction_restore_and_compaction_stay_within_the_budge
     check_under_budget("snapshot", peak);
     let first = rows(&db);
     restore_and_check(&store, &ns, dir.path(), "after-snapshot.db", &first).await;
+    let replica = dir.path().join("replica.db");
+    let mut follower = Follower::open(store.clone(), ns.clone(), &replica).unwrap();
+    follower.catch_up().await.unwrap();
 
     // One transaction rewrites every row: a WAL transaction ten times the budget.
     write_rows(&conn, 0..ROWS, 1);
@@ -201,6 +206,16 @@ async fn snapshot_large_transaction_restore_and_compaction_stay_within_the_budge
     check_under_budget("a transaction larger than the budget", peak);
     let second = rows(&db);
     restore_and_check(&store, &ns, dir.path(), "after-large-txn.db", &second).await;
+    // A follower applies it in place, and verify replays it.
+    let (position, peak) = peak_of(follower.catch_up()).await;
+    position.unwrap();
+    check_under_budget("follow of a transaction larger than the budget", peak);
+    integrity_check(&replica).unwrap();
+    assert!(rows(&replica) == second, "the replica's rows differ");
+    let (report, peak) = peak_of(verify_history(&store, &ns)).await;
+    let report = report.unwrap();
+    assert!(report.is_sound(), "{report:?}");
+    check_under_budget("verify", peak);
 
     // Many small transactions, then a compaction that merges them with the large ones.
     let mut r = Replicator::open(store.clone(), ns.clone(), config())

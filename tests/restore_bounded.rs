@@ -6,154 +6,20 @@
 //! fails, and the frame bytes fetched are counted.
 
 mod s3;
+#[path = "support/whole.rs"]
+mod whole;
 
-use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::Connection;
-use tokio_stream::Stream;
 use walvault::{
-    on_store, CommitTable, Error, FindSegmentReq, LocalStorage, NamespaceName, ObjectStorage,
-    OnStoreCallback, PageIndex, PageSums, RestoreOptions, Result, SealedSegment, SegmentBuilder,
-    SegmentInfo, SegmentKey, Storage,
+    on_store, LocalStorage, NamespaceName, ObjectStorage, PageSums, RestoreOptions, SealedSegment,
+    SegmentBuilder, Storage,
 };
+use whole::NoWholeSegments;
 
 const PAGE: usize = 4096;
-
-/// Wraps a backend: `fetch_segment_data` fails (a restore must not read a segment
-/// whole), and the frame bytes fetched are counted.
-#[derive(Clone)]
-struct NoWholeSegments<S> {
-    inner: S,
-    frame_bytes: Arc<AtomicU64>,
-}
-
-impl<S> NoWholeSegments<S> {
-    fn new(inner: S) -> Self {
-        Self {
-            inner,
-            frame_bytes: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    fn count(&self, frames: &[(u32, Bytes)]) {
-        let bytes: u64 = frames.iter().map(|(_, d)| d.len() as u64).sum();
-        self.frame_bytes.fetch_add(bytes, Ordering::SeqCst);
-    }
-
-    fn take_count(&self) -> u64 {
-        self.frame_bytes.swap(0, Ordering::SeqCst)
-    }
-}
-
-impl<S: Storage> Storage for NoWholeSegments<S> {
-    type Config = S::Config;
-
-    fn store(
-        &self,
-        namespace: &NamespaceName,
-        segment: SealedSegment,
-        config: Option<S::Config>,
-        on_store: OnStoreCallback,
-    ) -> impl Future<Output = Result<()>> + Send {
-        self.inner.store(namespace, segment, config, on_store)
-    }
-
-    fn durable_frame_no(
-        &self,
-        namespace: &NamespaceName,
-        config: Option<S::Config>,
-    ) -> impl Future<Output = Result<u64>> + Send {
-        self.inner.durable_frame_no(namespace, config)
-    }
-
-    fn find_segment(
-        &self,
-        namespace: &NamespaceName,
-        req: FindSegmentReq,
-        config: Option<S::Config>,
-    ) -> impl Future<Output = Result<SegmentKey>> + Send {
-        self.inner.find_segment(namespace, req, config)
-    }
-
-    fn fetch_segment_index(
-        &self,
-        namespace: &NamespaceName,
-        key: &SegmentKey,
-        config: Option<S::Config>,
-    ) -> impl Future<Output = Result<PageIndex>> + Send {
-        self.inner.fetch_segment_index(namespace, key, config)
-    }
-
-    async fn fetch_segment_data(
-        &self,
-        _namespace: &NamespaceName,
-        key: &SegmentKey,
-        _config: Option<S::Config>,
-    ) -> Result<SealedSegment> {
-        Err(Error::Unsupported(format!("segment {key} fetched whole")))
-    }
-
-    fn fetch_commit_table(
-        &self,
-        namespace: &NamespaceName,
-        key: &SegmentKey,
-        config: Option<S::Config>,
-    ) -> impl Future<Output = Result<CommitTable>> + Send {
-        self.inner.fetch_commit_table(namespace, key, config)
-    }
-
-    async fn fetch_frames(
-        &self,
-        namespace: &NamespaceName,
-        key: &SegmentKey,
-        positions: &[u32],
-        config: Option<S::Config>,
-    ) -> Result<Vec<(u32, Bytes)>> {
-        let frames = self
-            .inner
-            .fetch_frames(namespace, key, positions, config)
-            .await?;
-        self.count(&frames);
-        Ok(frames)
-    }
-
-    fn fetch_segment_indexes(
-        &self,
-        namespace: &NamespaceName,
-        keys: &[SegmentKey],
-        config: Option<S::Config>,
-    ) -> impl Future<Output = Vec<Result<PageIndex>>> + Send {
-        self.inner.fetch_segment_indexes(namespace, keys, config)
-    }
-
-    async fn fetch_frames_batch(
-        &self,
-        namespace: &NamespaceName,
-        requests: Vec<(SegmentKey, Vec<u32>)>,
-        config: Option<S::Config>,
-    ) -> Result<Vec<Vec<(u32, Bytes)>>> {
-        let batch = self
-            .inner
-            .fetch_frames_batch(namespace, requests, config)
-            .await?;
-        batch.iter().for_each(|frames| self.count(frames));
-        Ok(batch)
-    }
-
-    fn list_segments<'a>(
-        &'a self,
-        namespace: &'a NamespaceName,
-        until: u64,
-        config: Option<S::Config>,
-    ) -> impl Stream<Item = Result<SegmentInfo>> + Send + 'a {
-        self.inner.list_segments(namespace, until, config)
-    }
-}
 
 /// A database state: its bytes (the file, page by page) and its commit.
 struct State {

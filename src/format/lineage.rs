@@ -14,7 +14,7 @@
 //! restore of "a database that never existed" (a segment from one copy of a database
 //! applied on top of another copy's history) impossible rather than merely unlikely.
 
-use super::{Frame, SealedSegment};
+use super::{Commit, Frame, SealedSegment};
 use crate::error::{Error, InvalidInput, Result};
 
 /// The top bit every checksum carries, so that a stored 0 always means "none".
@@ -83,20 +83,11 @@ impl PageSums {
     /// A page inside the new size that no transaction ever wrote counts as the hash of
     /// its number alone.
     pub fn apply(&mut self, pages: &[(u32, &[u8])], db_size: u32) -> Result<u64> {
-        if pages.iter().any(|(page_no, _)| *page_no == 0) {
-            return Err(InvalidInput::PageNo.into());
-        }
-        self.resize(db_size)?;
-        for &(page_no, page) in pages {
-            if page_no > db_size {
-                continue; // written, then cut off by the commit's size
-            }
-            let hash = page_hash(page_no, page);
-            let slot = &mut self.hashes[page_no as usize - 1];
-            self.xor ^= *slot ^ hash;
-            *slot = hash;
-        }
-        Ok(self.checksum())
+        let hashes: Vec<(u32, u64)> = pages
+            .iter()
+            .map(|&(page_no, page)| (page_no, page_hash(page_no, page)))
+            .collect();
+        self.apply_hashes(&hashes, db_size)
     }
 
     /// Brings the sums forward over the transactions of `segment` whose commits come after
@@ -105,36 +96,37 @@ impl PageSums {
     /// whose recorded checksum the pages do not make. The caller checks first that the
     /// sums are the state the segment builds on.
     pub(crate) fn replay(&mut self, segment: &SealedSegment, after: u64) -> Result<u64, u64> {
-        let mut last = after;
-        let mut pages: Vec<Frame> = Vec::new();
-        let mut commits = segment.commits().iter();
-        // Frames are read a bounded chunk at a time (a spilled segment is in a file); a
-        // transaction's pages are held until its commit.
+        // Frames are read a bounded chunk at a time (a spilled segment is in a file).
         let frame_len = segment.page_size() as usize + 24;
         let per_chunk = (crate::budget::share(16) / frame_len).max(1) as u32;
+        let mut replay = Replay::new(self, segment.commits(), after);
         let mut position = 0;
         while position < segment.frame_count() {
             let end = (position + per_chunk).min(segment.frame_count());
             let positions: Vec<u32> = (position..end).collect();
             let chunk = segment.read_frames(&positions).map_err(|_| after)?;
             position = end;
-            for frame in chunk.into_iter().filter(|f| f.frame_no > after) {
-                let (frame_no, size_after) = (frame.frame_no, frame.size_after);
-                pages.push(frame);
-                if size_after == 0 {
-                    continue;
-                }
-                let recorded = commits.find(|c| c.frame_no == frame_no);
-                let refs: Vec<(u32, &[u8])> =
-                    pages.iter().map(|f| (f.page_no, &f.data[..])).collect();
-                match (self.apply(&refs, size_after), recorded) {
-                    (Ok(sum), Some(c)) if sum == c.checksum => last = frame_no,
-                    _ => return Err(frame_no),
-                }
-                pages.clear();
-            }
+            replay.feed(chunk)?;
         }
-        Ok(last)
+        Ok(replay.last())
+    }
+
+    /// Applies one committed transaction given by the hashes of the pages it wrote (see
+    /// [`apply`](Self::apply)), in the order written. Returns the new checksum.
+    pub(crate) fn apply_hashes(&mut self, pages: &[(u32, u64)], db_size: u32) -> Result<u64> {
+        if pages.iter().any(|(page_no, _)| *page_no == 0) {
+            return Err(InvalidInput::PageNo.into());
+        }
+        self.resize(db_size)?;
+        for &(page_no, hash) in pages {
+            if page_no > db_size {
+                continue; // written, then cut off by the commit's size
+            }
+            let slot = &mut self.hashes[page_no as usize - 1];
+            self.xor ^= *slot ^ hash;
+            *slot = hash;
+        }
+        Ok(self.checksum())
     }
 
     /// Grows (with never-written pages) or shrinks the table to `db_size` pages.
@@ -155,6 +147,60 @@ impl PageSums {
             self.hashes.push(hash);
         }
         Ok(())
+    }
+}
+
+/// A replay of a segment's transactions onto page sums (see [`PageSums::replay`]), fed
+/// its frames in order a run at a time, from memory or from storage alike. A
+/// transaction's pages are kept as their hashes until its commit (twelve bytes a
+/// frame), so a transaction of any size costs no more than its bookkeeping.
+pub(crate) struct Replay<'a> {
+    sums: &'a mut PageSums,
+    commits: std::slice::Iter<'a, Commit>,
+    after: u64,
+    last: u64,
+    pending: Vec<(u32, u64)>,
+}
+
+impl<'a> Replay<'a> {
+    /// A replay onto `sums` of the transactions committed after frame `after`, proving
+    /// each against its entry in `commits` (the segment's commit table).
+    pub(crate) fn new(sums: &'a mut PageSums, commits: &'a [Commit], after: u64) -> Self {
+        Self {
+            sums,
+            commits: commits.iter(),
+            after,
+            last: after,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Applies the transactions `frames` (the next frames of the segment, in order)
+    /// complete. Fails with the frame number of the first commit whose recorded checksum
+    /// the pages do not make (or that the table does not record).
+    pub(crate) fn feed(&mut self, frames: Vec<Frame>) -> Result<(), u64> {
+        for frame in frames.into_iter().filter(|f| f.frame_no > self.after) {
+            self.pending
+                .push((frame.page_no, page_hash(frame.page_no, &frame.data)));
+            if frame.size_after == 0 {
+                continue;
+            }
+            let recorded = self.commits.find(|c| c.frame_no == frame.frame_no);
+            match (
+                self.sums.apply_hashes(&self.pending, frame.size_after),
+                recorded,
+            ) {
+                (Ok(sum), Some(c)) if sum == c.checksum => self.last = frame.frame_no,
+                _ => return Err(frame.frame_no),
+            }
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// The last commit frame applied (`after` when none).
+    pub(crate) fn last(&self) -> u64 {
+        self.last
     }
 }
 

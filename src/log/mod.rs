@@ -38,7 +38,8 @@ pub use crate::clock::{Clock, SystemClock};
 use crate::durability::{Durability, DurabilityTracker, FrameAllocator, DEFAULT_BLOCK_SIZE};
 use crate::error::{Error, InvalidInput, Result};
 use crate::format::{
-    ms_to_datetime, timestamp_ms, NamespaceName, PageSums, SealedSegment, SegmentBuilder,
+    ms_to_datetime, timestamp_ms, Frame, NamespaceName, PageSums, SealedSegment, SegmentBuilder,
+    SegmentKey,
 };
 use crate::storage::{FindSegmentReq, Storage};
 
@@ -849,6 +850,10 @@ fn segment_frames(config: &LogConfig) -> usize {
 }
 
 /// Walks storage newest first for the newest version of a page at or before `as_of`.
+/// Each segment is asked through its page index, and only frames are read, never a
+/// segment whole: the frame the index names, and, in the segment holding `as_of`
+/// (where the index's frame may be newer than `as_of`), the frames before it a growing
+/// run at a time.
 async fn read_from_storage<S: Storage>(
     storage: &S,
     ns: &NamespaceName,
@@ -869,21 +874,128 @@ async fn read_from_storage<S: Storage>(
             Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let wanted = key.end_frame_no > as_of
-            || storage
-                .fetch_segment_index(ns, &key, None)
-                .await?
-                .get(page_no)
-                .is_some();
-        if wanted {
-            let segment = storage.fetch_segment_data(ns, &key, None).await?;
-            if let Some(f) = segment.read_page_as_of(page_no, as_of) {
-                return Ok(Some((f.frame_no, f.data.to_vec())));
+        let newest = storage
+            .fetch_segment_index(ns, &key, None)
+            .await?
+            .get(page_no);
+        if let Some(newest) = newest {
+            if let Some(frame) = page_in(storage, ns, &key, page_no, newest, as_of).await? {
+                return Ok(Some((frame.frame_no, frame.data.to_vec())));
             }
         }
         match key.start_frame_no.checked_sub(1) {
             Some(before) if before > 0 => req = FindSegmentReq::EndFrameNoLessThan(before),
             _ => return Ok(None),
+        }
+    }
+}
+
+/// Frames the first backward step of [`page_in`] reads; each next step reads twice as
+/// many, up to a run of the memory budget.
+const FIRST_STEP_FRAMES: u32 = 8;
+
+/// The newest frame of `page_no` at or before `as_of` in segment `key`, whose index
+/// names position `newest` as the page's newest frame: that frame if it is old enough,
+/// else the frames before it, newest first.
+async fn page_in<S: Storage>(
+    storage: &S,
+    ns: &NamespaceName,
+    key: &SegmentKey,
+    page_no: u32,
+    newest: u32,
+    as_of: u64,
+) -> Result<Option<Frame>> {
+    let mut end = newest + 1;
+    if key.end_frame_no > as_of {
+        // Frame numbers grow at least as fast as positions (by one in a dense segment,
+        // by more across a sparse one's gaps), so no frame past this one is that old.
+        let limit = as_of.saturating_sub(key.start_frame_no).saturating_add(1);
+        end = end.min(u32::try_from(limit).unwrap_or(u32::MAX));
+    }
+    let mut step = FIRST_STEP_FRAMES;
+    let most = crate::storage::frames::frames_per_run(1 << 16).max(FIRST_STEP_FRAMES);
+    while end > 0 {
+        let start = end.saturating_sub(step);
+        let frames = storage.fetch_frame_run(ns, key, start..end, None).await?;
+        let found = frames
+            .into_iter()
+            .rev()
+            .find(|f| f.frame_no <= as_of && f.page_no == page_no);
+        if found.is_some() {
+            return Ok(found);
+        }
+        end = start;
+        step = step.saturating_mul(2).min(most);
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{on_store, LocalStorage};
+
+    const PAGE: usize = 512;
+
+    /// Frames 1..=40 (dense), then a sparse segment holding every other frame from 41;
+    /// frame `n` writes page `n % 6 + 1`, and every third frame commits.
+    fn segments() -> Vec<SealedSegment> {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let build = |start: u64, frame_nos: Vec<u64>| {
+            let mut b = SegmentBuilder::new(start, PAGE as u32).unwrap();
+            for (i, n) in frame_nos.into_iter().enumerate() {
+                b.skip_to(n).unwrap();
+                let (page_no, data) = ((n % 6) as u32 + 1, [n as u8; PAGE]);
+                match i % 3 {
+                    2 => b.append_commit(page_no, &data, 6, at).unwrap(),
+                    _ => b.append_frame(page_no, &data).unwrap(),
+                };
+            }
+            b.seal(at).unwrap()
+        };
+        vec![
+            build(1, (1..=39).collect()),
+            build(41, (0..30).map(|i| 41 + 2 * i).collect()),
+        ]
+    }
+
+    /// The page as of `as_of`, read from the segments in memory.
+    fn expected(segments: &[SealedSegment], page_no: u32, as_of: u64) -> Option<(u64, Vec<u8>)> {
+        segments
+            .iter()
+            .rev()
+            .filter(|s| s.start_frame_no() <= as_of)
+            .find_map(|s| s.read_page_as_of(page_no, as_of))
+            .map(|f| (f.frame_no, f.data.to_vec()))
+    }
+
+    /// Every page as of every frame reads as from the whole segments, with each stored
+    /// segment's trailer damaged so that fetching it whole fails.
+    #[tokio::test]
+    async fn a_page_as_of_any_frame_is_read_without_fetching_a_segment_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::open(dir.path()).unwrap();
+        let ns = NamespaceName::new("pages").unwrap();
+        let segments = segments();
+        for s in &segments {
+            let stored = storage.store(&ns, s.clone(), None, on_store(|_| async {}));
+            stored.await.unwrap();
+        }
+        for s in &segments {
+            let path = dir.path().join("pages").join(format!("{}.seg", s.key()));
+            let mut bytes = std::fs::read(&path).unwrap();
+            *bytes.last_mut().unwrap() ^= 1;
+            std::fs::write(&path, bytes).unwrap();
+            let whole = storage.fetch_segment_data(&ns, &s.key(), None).await;
+            assert!(whole.is_err(), "the damage makes a whole fetch fail");
+        }
+        for as_of in 1..=105 {
+            for page_no in 1..=7 {
+                let got = read_from_storage(&storage, &ns, page_no, as_of).await;
+                let got = got.unwrap_or_else(|e| panic!("page {page_no} as of {as_of}: {e}"));
+                let want = expected(&segments, page_no, as_of);
+                assert_eq!(got, want, "page {page_no} as of {as_of}");
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio_stream::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::format::{ms_to_datetime, Commit, CommitTable, NamespaceName, SegmentKey};
+use crate::storage::frames::RunReader;
 use crate::storage::Storage;
 
 /// One commit of a namespace's history, as [`commit_log`] lists it.
@@ -131,15 +132,16 @@ async fn frame_counts<S: Storage + ?Sized>(
     if !table.is_sparse() {
         return Ok(dense_counts(table.key().start_frame_no, table.commits()));
     }
-    let key = table.key();
-    let segment = storage.fetch_segment_data(namespace, &key, None).await?;
-    let mut counts = Vec::with_capacity(segment.commits().len());
+    let mut frames = RunReader::new(table.key(), 0..table.frame_count(), table.page_size());
+    let mut counts = Vec::with_capacity(table.commits().len());
     let mut since_last = 0u32;
-    for frame in segment.frames() {
-        since_last += 1;
-        if frame.is_commit() {
-            counts.push(since_last);
-            since_last = 0;
+    while let Some(run) = frames.next(storage, namespace, &None).await? {
+        for frame in run {
+            since_last += 1;
+            if frame.size_after != 0 {
+                counts.push(since_last);
+                since_last = 0;
+            }
         }
     }
     Ok(counts)

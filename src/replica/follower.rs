@@ -23,6 +23,14 @@
 //! sets from the commit and which equals the source's) the output equals the source
 //! database page for page.
 //!
+//! Memory stays bounded whatever the size of a segment or a transaction: a segment's
+//! frames are read a run at a time (a share of the memory budget) and written as they
+//! come. The lock is taken once the first run is read and held until the segment's last
+//! commit is written and fsynced, so a segment larger than a run (a snapshot, a large
+//! transaction) keeps readers waiting while its later runs are fetched too, and readers
+//! still see the output only between segments. A segment within one run is fetched
+//! whole before the lock is taken.
+//!
 //! A crash in the middle of a catch-up leaves the output half-applied until the next
 //! catch-up applies the same transactions again. That next catch-up has to take SQLite's
 //! lock on the half-applied file first, which SQLite refuses if the header claims more
@@ -38,9 +46,9 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::{next_segment, transactions_in, Transaction};
+use super::{SegmentTxns, TxnFrame};
 use crate::error::{Error, FormatError, InvalidInput, Part, Result};
-use crate::format::NamespaceName;
+use crate::format::{Commit, NamespaceName};
 use crate::storage::fsutil::{fsync_dir, write_atomic};
 use crate::storage::{RestoreOptions, Storage};
 
@@ -127,20 +135,41 @@ impl<S: Storage> Follower<S> {
             self.check_lineage().await?;
         }
         while self.position() < durable {
-            let after = self.position();
-            let segment = next_segment(&self.storage, &self.namespace, after).await?;
-            let txns = transactions_in(&segment, after, durable);
-            let Some(last) = txns.last().map(|t| t.commit) else {
+            let Some(last) = self.apply_segment(self.position(), durable).await? else {
                 break;
             };
-            self.apply(&txns, segment.page_size())?;
             self.record(last.frame_no, last.checksum)?;
         }
         Ok(self.position())
     }
 
-    /// Writes `txns` into the output in place under SQLite's exclusive lock, then fsyncs.
-    fn apply(&self, txns: &[Transaction], page_size: u32) -> Result<()> {
+    /// Applies the transactions of the segment after `after` whose commits are at most
+    /// `upto`, a run of frames at a time, and fsyncs; returns the last commit applied
+    /// (None when the segment holds none).
+    async fn apply_segment(&self, after: u64, upto: u64) -> Result<Option<Commit>> {
+        let mut txns = SegmentTxns::open(&self.storage, &self.namespace, after, upto).await?;
+        if txns.is_empty() {
+            return Ok(None);
+        }
+        let page_size = txns.page_size();
+        let mut writer: Option<Writer> = None;
+        let mut last = None;
+        while let Some(run) = txns.next_run().await? {
+            let w = match writer.as_mut() {
+                Some(w) => w,
+                None => writer.insert(self.open_writer(page_size)?),
+            };
+            last = w.write(&run)?.or(last);
+        }
+        if let Some(w) = writer {
+            w.finish()?;
+        }
+        Ok(last)
+    }
+
+    /// Opens the output for a catch-up with `page_size`-byte pages and takes SQLite's
+    /// exclusive lock on it.
+    fn open_writer(&self, page_size: u32) -> Result<Writer<'_>> {
         let path = &self.output;
         let io_err = |e| Error::io(format!("applying to {}", path.display()), e);
         let mut file = OpenOptions::new()
@@ -162,30 +191,30 @@ impl<S: Storage> Follower<S> {
         let len = file.metadata().map_err(io_err)?.len();
         // SQLite refuses to lock a file whose header claims more pages than it has
         // ("database disk image is malformed"), so such a file would stop every later
-        // catch-up. `plan` never leaves one behind, but a crash can: after a power loss
-        // the header write may be on disk without the extension before it, and older
-        // versions wrote page 1 before growing the file. Zeros up to the claimed length
-        // are harmless: a page past the file's end is one that a transaction after the
-        // recorded position added (and so writes again below) or cut off (and cuts
-        // again), since all of them are applied again. Readers cannot use such a file
-        // meanwhile (SQLite calls it malformed), so this write needs no lock.
+        // catch-up. `Planner` never leaves one behind, but a crash can: after a power
+        // loss the header write may be on disk without the extension before it, and
+        // older versions wrote page 1 before growing the file. Zeros up to the claimed
+        // length are harmless: a page past the file's end is one that a transaction
+        // after the recorded position added (and so writes again below) or cut off (and
+        // cuts again), since all of them are applied again. Readers cannot use such a
+        // file meanwhile (SQLite calls it malformed), so this write needs no lock.
         let claimed = current.claimed_len(page_size);
         if claimed > len {
             file.set_len(claimed).map_err(io_err)?;
         }
         let lock = ExclusiveLock::take(path)?;
-        let steps = plan(
-            txns,
+        let planner = Planner::new(
             page_size,
             current.bytes,
             len.max(claimed),
             current.change_counter.wrapping_add(1),
         );
-        run(&mut file, &steps).map_err(io_err)?;
-        file.sync_all().map_err(io_err)?;
-        lock.release(path)?;
-        drop(file); // after the lock: closing a descriptor drops the process's POSIX locks
-        Ok(())
+        Ok(Writer {
+            lock,
+            file,
+            path,
+            planner,
+        })
     }
 
     /// Proves the store still holds the history the replica is at: its commit at the
@@ -316,6 +345,47 @@ impl ExclusiveLock {
     }
 }
 
+/// A catch-up in progress: the output under SQLite's exclusive lock, written a run of
+/// frames at a time.
+struct Writer<'a> {
+    /// Declared before `file` so that it is released first when a catch-up fails:
+    /// closing a descriptor drops the process's POSIX locks, SQLite's among them.
+    lock: ExclusiveLock,
+    file: File,
+    path: &'a Path,
+    planner: Planner,
+}
+
+impl Writer<'_> {
+    /// Writes the frames of `run` (the next of the segment's transactions, in order);
+    /// returns the last commit among them.
+    fn write(&mut self, run: &[TxnFrame]) -> Result<Option<Commit>> {
+        let mut steps = Vec::new();
+        let mut last = None;
+        for frame in run {
+            self.planner.frame(frame.page_no, &frame.data, &mut steps);
+            if let Some(commit) = frame.commit {
+                self.planner.commit(commit.size_after, &mut steps);
+                last = Some(commit);
+            }
+        }
+        let path = self.path;
+        let io_err = |e| Error::io(format!("applying to {}", path.display()), e);
+        run_steps(&mut self.file, &steps).map_err(io_err)?;
+        Ok(last)
+    }
+
+    /// Fsyncs the output, then lets readers in.
+    fn finish(self) -> Result<()> {
+        let path = self.path;
+        let io_err = |e| Error::io(format!("applying to {}", path.display()), e);
+        self.file.sync_all().map_err(io_err)?;
+        self.lock.release(path)?;
+        drop(self.file); // after the lock: closing a descriptor drops the process's POSIX locks
+        Ok(())
+    }
+}
+
 /// The fields of a SQLite database header the follower reads.
 struct DbHeader {
     page_size: u32,
@@ -362,10 +432,10 @@ enum Step<'a> {
     SetLen(u64),
 }
 
-/// The writes that apply `txns`, in order, to an output of `len` bytes whose header is
-/// `header`, leaving change counter `counter` in it.
+/// Works out the writes that apply transactions to an output, fed their frames in
+/// order (a transaction may span several feeds).
 ///
-/// A crash can stop them after any step, and the next run must be able to take
+/// A crash can stop the writes after any step, and the next run must be able to take
 /// SQLite's lock on what is left in order to apply them again. SQLite refuses a file
 /// whose header claims more pages than the file holds, so each transaction writes its
 /// pages other than page 1 first, then grows the file to the commit's size, then writes
@@ -373,58 +443,92 @@ enum Step<'a> {
 /// cuts the file down to the commit's size. The header always claims the commit's size,
 /// which is what the file is after the commit, so it never claims more than the file
 /// has, after any step.
-fn plan<'a>(
-    txns: &'a [Transaction],
-    page_size: u32,
-    mut header: [u8; 100],
-    mut len: u64,
+struct Planner {
+    page_size: u64,
+    /// The first 100 bytes of the output as the writes so far leave them.
+    header: [u8; 100],
+    /// The output's length as the writes so far leave it.
+    len: u64,
+    /// The change counter every header written carries.
     counter: u32,
-) -> Vec<Step<'a>> {
-    let page_size = u64::from(page_size);
-    let mut steps = Vec::new();
-    for txn in txns {
-        let mut first = None;
-        for (page_no, data) in &txn.pages {
-            if *page_no == 1 {
-                first = Some(data); // the later image wins
-                continue;
-            }
-            let offset = u64::from(page_no - 1) * page_size;
-            len = len.max(offset + data.len() as u64);
-            steps.push(Step::Write {
-                offset,
-                data: Cow::Borrowed(data),
-            });
+    /// Page 1 of the transaction in progress, if it wrote it (the later image wins):
+    /// held back to its commit.
+    first: Option<Vec<u8>>,
+}
+
+impl Planner {
+    /// A planner for an output of `len` bytes whose header is `header`, leaving change
+    /// counter `counter` in it.
+    fn new(page_size: u32, header: [u8; 100], len: u64, counter: u32) -> Self {
+        Self {
+            page_size: u64::from(page_size),
+            header,
+            len,
+            counter,
+            first: None,
         }
-        let size_after = txn.commit.size_after;
-        let size = u64::from(size_after) * page_size;
-        if len < size {
+    }
+
+    /// The writes for one frame of the transaction in progress.
+    fn frame<'a>(&mut self, page_no: u32, data: &'a [u8], steps: &mut Vec<Step<'a>>) {
+        if page_no == 1 {
+            self.first = Some(data.to_vec());
+            return;
+        }
+        let offset = u64::from(page_no - 1) * self.page_size;
+        self.len = self.len.max(offset + data.len() as u64);
+        steps.push(Step::Write {
+            offset,
+            data: Cow::Borrowed(data),
+        });
+    }
+
+    /// The writes that commit the transaction in progress, leaving `size_after` pages.
+    fn commit(&mut self, size_after: u32, steps: &mut Vec<Step<'_>>) {
+        let size = u64::from(size_after) * self.page_size;
+        if self.len < size {
             steps.push(Step::SetLen(size));
-            len = size;
+            self.len = size;
         }
         // Page 1 goes down already patched, so the file never shows the source's
         // WAL-mode header, even after a crash right after it.
-        let mut image = match first {
-            Some(data) => data.to_vec(),
-            None => header.to_vec(),
-        };
-        patch_header(&mut image, counter, size_after);
-        header.copy_from_slice(&image[..100]);
-        len = len.max(image.len() as u64);
+        let mut image = self.first.take().unwrap_or_else(|| self.header.to_vec());
+        patch_header(&mut image, self.counter, size_after);
+        self.header.copy_from_slice(&image[..100]);
+        self.len = self.len.max(image.len() as u64);
         steps.push(Step::Write {
             offset: 0,
             data: Cow::Owned(image),
         });
-        if len > size {
+        if self.len > size {
             steps.push(Step::SetLen(size));
-            len = size;
+            self.len = size;
         }
+    }
+}
+
+/// The writes that apply `txns` whole, in order (see [`Planner`]).
+#[cfg(test)]
+fn plan<'a>(
+    txns: &'a [super::Transaction],
+    page_size: u32,
+    header: [u8; 100],
+    len: u64,
+    counter: u32,
+) -> Vec<Step<'a>> {
+    let mut planner = Planner::new(page_size, header, len, counter);
+    let mut steps = Vec::new();
+    for txn in txns {
+        for (page_no, data) in &txn.pages {
+            planner.frame(*page_no, data, &mut steps);
+        }
+        planner.commit(txn.commit.size_after, &mut steps);
     }
     steps
 }
 
 /// Carries out `steps` on `file`.
-fn run(file: &mut File, steps: &[Step]) -> std::io::Result<()> {
+fn run_steps(file: &mut File, steps: &[Step]) -> std::io::Result<()> {
     for step in steps {
         match step {
             Step::Write { offset, data } => {

@@ -13,11 +13,12 @@
 use chrono::{DateTime, Utc};
 
 use super::catalog::Catalog;
-use super::restore::find_target;
+use super::restore::locate_target;
 use super::{entry_for, FindSegmentReq, RestoreOptions, Storage};
 use crate::error::{Error, InvalidInput, Result};
 use crate::format::{
-    ms_to_datetime, Commit, Frame, NamespaceName, SealedSegment, SegmentBuilder, SegmentKey,
+    ms_to_datetime, Commit, CommitTable, Frame, NamespaceName, SealedSegment, SegmentBuilder,
+    SegmentKey,
 };
 
 /// The directory (or object prefix) of fork markers, inside a namespace.
@@ -74,12 +75,15 @@ pub(crate) async fn plan<S: Storage + ?Sized>(
     // Plan from the source as it is now, not as this handle last saw it.
     storage.refresh(source, config.clone()).await?;
     let floor = storage.durable_frame_no(source, config.clone()).await?;
-    let (segment, commit) = find_target(storage, source, at, config).await?;
+    // The target commit from catalog lookups and commit tables: nothing of the target
+    // segment is read but its table, unless it has to be cut.
+    let target = locate_target(storage, source, at, config).await?;
+    let (key, commit) = (target.key, target.commit);
     let mut inherited = Vec::new();
-    let mut before = if commit.frame_no == segment.end_frame_no() {
-        segment.end_frame_no()
+    let mut before = if commit.frame_no == key.end_frame_no {
+        key.end_frame_no
     } else {
-        segment.start_frame_no() - 1
+        key.start_frame_no - 1
     };
     while before > 0 {
         let req = FindSegmentReq::EndFrameNoLessThan(before);
@@ -93,8 +97,8 @@ pub(crate) async fn plan<S: Storage + ?Sized>(
         }
     }
     inherited.reverse();
-    let cut = match commit.frame_no != segment.end_frame_no() {
-        true => Some(cut(storage, source, &segment.key(), &commit, config).await?),
+    let cut = match commit.frame_no != key.end_frame_no {
+        true => Some(cut(storage, source, &target.table, &commit, config).await?),
         false => None,
     };
     Ok(Plan {
@@ -105,19 +109,17 @@ pub(crate) async fn plan<S: Storage + ?Sized>(
     })
 }
 
-/// The frames of the stored segment `key` of `source` up to `commit`, as a segment of
-/// their own: read a bounded run at a time, built in a spill file next to the source's
-/// segments once it outgrows its share of the memory budget.
+/// The frames of the stored segment of `source` that `table` describes up to `commit`,
+/// as a segment of their own: read a bounded run at a time, built in a spill file next
+/// to the source's segments once it outgrows its share of the memory budget.
 async fn cut<S: Storage + ?Sized>(
     storage: &S,
     source: &NamespaceName,
-    key: &SegmentKey,
+    table: &CommitTable,
     commit: &Commit,
     config: &Option<S::Config>,
 ) -> Result<SealedSegment> {
-    let table = storage
-        .fetch_commit_table(source, key, config.clone())
-        .await?;
+    let key = &table.key();
     let mut b = SegmentBuilder::new(key.start_frame_no, table.page_size())?
         .with_log_id(table.log_id())
         .with_spill(

@@ -7,9 +7,10 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use crate::error::FormatError;
+use super::Storage;
+use crate::error::{Error, FormatError, Part, Result};
 use crate::format::layout::{frm, le_u32, le_u64};
-use crate::format::{verify_frame, Frame, Header};
+use crate::format::{verify_frame, CommitTable, Frame, Header, NamespaceName, SegmentKey};
 
 /// Bytes of frames one run holds at most: a share of the memory budget, at least
 /// 1 MiB.
@@ -23,10 +24,126 @@ pub(crate) fn runs(
     frame_count: u32,
     page_size: u32,
 ) -> impl DoubleEndedIterator<Item = Range<u32>> {
+    runs_within(0..frame_count, page_size)
+}
+
+/// Runs of the positions `positions`, as [`runs`] splits them, oldest first.
+pub(crate) fn runs_within(
+    positions: Range<u32>,
+    page_size: u32,
+) -> impl DoubleEndedIterator<Item = Range<u32>> {
+    let per_run = frames_per_run(page_size);
+    let Range { start, end } = positions;
+    let count = end.saturating_sub(start).div_ceil(per_run);
+    (0..count).map(move |i| start + i * per_run..end.min(start + (i + 1) * per_run))
+}
+
+/// Frames of `page_size` bytes that one run holds.
+pub(crate) fn frames_per_run(page_size: u32) -> u32 {
     let frame_len = crate::format::FRAME_HEADER_LEN + page_size as usize;
-    let per_run = (run_bytes() / frame_len).clamp(1, u32::MAX as usize) as u32;
-    let count = frame_count.div_ceil(per_run);
-    (0..count).map(move |i| i * per_run..frame_count.min((i + 1) * per_run))
+    (run_bytes() / frame_len).clamp(1, u32::MAX as usize) as u32
+}
+
+/// Reads the frames at a range of positions of one stored segment, a run at a time,
+/// oldest first: what `follow`, `verify` and history walk a segment of any size with.
+#[derive(Debug)]
+pub(crate) struct RunReader {
+    key: SegmentKey,
+    next: u32,
+    end: u32,
+    per_run: u32,
+}
+
+impl RunReader {
+    /// A reader of the frames at `positions` of segment `key` (frames of `page_size`
+    /// bytes).
+    pub(crate) fn new(key: SegmentKey, positions: Range<u32>, page_size: u32) -> Self {
+        Self {
+            key,
+            next: positions.start,
+            end: positions.end,
+            per_run: frames_per_run(page_size),
+        }
+    }
+
+    /// The position the next run starts at.
+    pub(crate) fn position(&self) -> u32 {
+        self.next
+    }
+
+    /// The next run's frames, or None after the last.
+    pub(crate) async fn next<S: Storage + ?Sized>(
+        &mut self,
+        storage: &S,
+        ns: &NamespaceName,
+        config: &Option<S::Config>,
+    ) -> Result<Option<Vec<Frame>>> {
+        if self.next >= self.end {
+            return Ok(None);
+        }
+        let run = self.next..self.end.min(self.next.saturating_add(self.per_run));
+        let asked = run.len();
+        let frames = storage
+            .fetch_frame_run(ns, &self.key, run.clone(), config.clone())
+            .await?;
+        if frames.len() != asked {
+            return Err(miscounted(
+                ns,
+                &self.key,
+                "returned another number of frames",
+            ));
+        }
+        self.next = run.end;
+        Ok(Some(frames))
+    }
+}
+
+/// The position of frame `frame_no` in the stored segment `table` describes, if it
+/// holds that frame. A dense segment's positions follow from frame numbers; a sparse
+/// one's only its frames tell, so it is found by a binary search that reads one frame
+/// per step (frame numbers increase strictly along a segment), never the segment.
+pub(crate) async fn position_of<S: Storage + ?Sized>(
+    storage: &S,
+    ns: &NamespaceName,
+    table: &CommitTable,
+    frame_no: u64,
+    config: &Option<S::Config>,
+) -> Result<Option<u32>> {
+    let key = table.key();
+    if !(key.start_frame_no..=key.end_frame_no).contains(&frame_no) {
+        return Ok(None);
+    }
+    if !table.is_sparse() {
+        let position = u32::try_from(frame_no - key.start_frame_no).ok();
+        return Ok(position.filter(|&p| p < table.frame_count()));
+    }
+    let (mut lo, mut hi) = (0u32, table.frame_count());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let frames = storage
+            .fetch_frame_run(ns, &key, mid..mid + 1, config.clone())
+            .await?;
+        let [frame] = <[Frame; 1]>::try_from(frames)
+            .map_err(|_| miscounted(ns, &key, "returned another number of frames"))?;
+        match frame.frame_no.cmp(&frame_no) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Ok(Some(mid)),
+        }
+    }
+    Ok(None)
+}
+
+/// A backend answered a read of frames with something else than was asked.
+fn miscounted(ns: &NamespaceName, key: &SegmentKey, what: &'static str) -> Error {
+    Error::corrupt(
+        format!("segment {key} of {ns}"),
+        FormatError::Invalid {
+            part: Part::Frame(0),
+            offset: 0,
+            reason: what,
+        },
+    )
 }
 
 /// The byte range holding the frames at `run` in the segment `header` describes.

@@ -405,7 +405,7 @@ pub trait Storage: Send + Sync + 'static {
 
 /// The same frames in one buffer of their own, letting go of whatever larger buffers
 /// they were slices of.
-fn compact(frames: Vec<(u32, Bytes)>) -> Vec<(u32, Bytes)> {
+pub(crate) fn compact(frames: Vec<(u32, Bytes)>) -> Vec<(u32, Bytes)> {
     let mut buf = bytes::BytesMut::with_capacity(frames.iter().map(|(_, d)| d.len()).sum());
     for (_, data) in &frames {
         buf.extend_from_slice(data);

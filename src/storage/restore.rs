@@ -28,11 +28,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use super::{FindSegmentReq, RestoreOptions, Storage};
+use super::{frames, FindSegmentReq, RestoreOptions, Storage};
 use crate::error::{Error, FormatError, InvalidInput, Part, Result};
-use crate::format::{
-    ms_to_datetime, Commit, CommitTable, NamespaceName, PageIndex, SealedSegment, SegmentKey,
-};
+use crate::format::{ms_to_datetime, Commit, CommitTable, NamespaceName, PageIndex, SegmentKey};
 use crate::storage::fsutil::{fsync_dir, temp_path, RemoveOnDrop};
 
 /// What a restore produced.
@@ -194,16 +192,12 @@ async fn scan_target<S: Storage + ?Sized>(
 struct TargetFrames {
     /// Position of the target commit's frame.
     commit_position: u32,
-    /// A sparse segment, whose positions only the frames themselves tell: read whole
-    /// (see [`TargetFrames::open`]).
-    loaded: Option<SealedSegment>,
 }
 
 impl TargetFrames {
-    /// In a dense segment the commit's position follows from its frame number. A
-    /// sparse one (compaction left frames out) says which frame is where only in its
-    /// frames, which the storage contract returns without their numbers, so that
-    /// segment is fetched whole: the one case where a restore holds a segment.
+    /// In a dense segment the commit's position follows from its frame number; a
+    /// sparse one (compaction left frames out) is searched for it a frame at a time
+    /// ([`frames::position_of`]), never read whole.
     async fn open<S: Storage + ?Sized>(
         storage: &S,
         ns: &NamespaceName,
@@ -211,33 +205,16 @@ impl TargetFrames {
         config: &Option<S::Config>,
     ) -> Result<Self> {
         let commit = target.commit.frame_no;
-        let corrupt = || {
+        let position = frames::position_of(storage, ns, &target.table, commit, config).await?;
+        let commit_position = position.ok_or_else(|| {
             let reason = FormatError::Invalid {
                 part: Part::CommitTable,
                 offset: 0,
                 reason: "a commit names a frame the segment does not hold",
             };
             Error::corrupt(format!("segment {} of {ns}", target.key), reason)
-        };
-        if !target.table.is_sparse() {
-            let position = commit
-                .checked_sub(target.key.start_frame_no)
-                .and_then(|p| u32::try_from(p).ok())
-                .filter(|&p| p < target.table.frame_count())
-                .ok_or_else(corrupt)?;
-            return Ok(Self {
-                commit_position: position,
-                loaded: None,
-            });
-        }
-        let segment = storage
-            .fetch_segment_data(ns, &target.key, config.clone())
-            .await?;
-        let commit_position = segment.position_of(commit).ok_or_else(corrupt)?;
-        Ok(Self {
-            commit_position,
-            loaded: Some(segment),
-        })
+        })?;
+        Ok(Self { commit_position })
     }
 
     async fn read<S: Storage + ?Sized>(
@@ -248,18 +225,9 @@ impl TargetFrames {
         positions: &[u32],
         config: &Option<S::Config>,
     ) -> Result<Vec<(u32, Bytes)>> {
-        match &self.loaded {
-            Some(segment) => Ok(segment
-                .read_frames(positions)?
-                .into_iter()
-                .map(|f| (f.page_no, f.data))
-                .collect()),
-            None => {
-                storage
-                    .fetch_frames(ns, &target.key, positions, config.clone())
-                    .await
-            }
-        }
+        storage
+            .fetch_frames(ns, &target.key, positions, config.clone())
+            .await
     }
 }
 
@@ -918,20 +886,6 @@ async fn page_size_of<S: Storage + ?Sized>(
     }
 }
 
-/// The segment holding the target commit, whole, and that commit (a fork cuts it).
-pub(crate) async fn find_target<S: Storage + ?Sized>(
-    storage: &S,
-    ns: &NamespaceName,
-    options: RestoreOptions,
-    config: &Option<S::Config>,
-) -> Result<(SealedSegment, Commit)> {
-    let target = locate_target(storage, ns, options, config).await?;
-    let segment = storage
-        .fetch_segment_data(ns, &target.key, config.clone())
-        .await?;
-    Ok((segment, target.commit))
-}
-
 /// Which pages of the target database are still to be written: one bit per page.
 struct PageSet {
     bits: Vec<u64>,
@@ -1007,7 +961,7 @@ mod tests {
 
     use chrono::TimeZone;
 
-    use crate::format::SegmentBuilder;
+    use crate::format::{SealedSegment, SegmentBuilder};
     use crate::storage::{on_store, LocalStorage, MemoryStorage};
 
     const PAGE: usize = 512;

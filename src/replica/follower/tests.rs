@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 use super::*;
-use crate::replica::{next_segment, transactions_in};
+use crate::replica::{transactions_after, Transaction};
 use crate::{integrity_check, LocalStorage, Replicator, ReplicatorConfig};
 
 fn rows(conn: &Connection) -> Vec<(i64, String)> {
@@ -107,8 +107,8 @@ impl Scene {
         let mut txns: Vec<Transaction> = Vec::new();
         let mut after = self.behind;
         while after < durable {
-            let segment = next_segment(&self.store, &self.ns, after).await.unwrap();
-            let more = transactions_in(&segment, after, durable);
+            let more = transactions_after(&self.store, &self.ns, after, durable);
+            let more = more.await.unwrap();
             after = more.last().unwrap().commit.frame_no;
             txns.extend(more);
         }
@@ -174,7 +174,7 @@ async fn a_catch_up_killed_after_any_write_is_repaired_by_the_next() {
             .read(true)
             .open(&output)
             .unwrap();
-        run(&mut file, &steps[..kill_after]).unwrap();
+        run_steps(&mut file, &steps[..kill_after]).unwrap();
         let header = read_header(&mut file).unwrap();
         let len = file.metadata().unwrap().len();
         drop(file);
