@@ -183,8 +183,8 @@ fn mb_per_s(bytes: u64, took: Duration) -> f64 {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n{:>5}  {:<24} {:>8} {:>8}  {:<22} {:>8} {:>7} {:>8}  {}",
-        "GiB", "what", "seconds", "MB/s", "baseline", "base s", "ratio", "RSS MiB", "target"
+        "\n{:>5}  {:<24} {:>8} {:>8}  {:<22} {:>8} {:>7} {:>8}  target",
+        "GiB", "what", "seconds", "MB/s", "baseline", "base s", "ratio", "RSS MiB"
     );
     for r in rows {
         let (base_name, base_s) = r.baseline.map_or(("-", "-".to_string()), |(n, t)| {
