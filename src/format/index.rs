@@ -65,6 +65,18 @@ impl PageIndex {
         }
     }
 
+    /// The same index over its own copy of the fst bytes, so it no longer keeps alive
+    /// the buffer it was parsed from (a whole segment's, for one built in memory).
+    pub(crate) fn detached(&self) -> Self {
+        let bytes = Bytes::copy_from_slice(self.map.as_fst().as_bytes());
+        // The bytes are the ones this map was built over, which parsed.
+        let map = fst::Map::new(bytes).expect("bytes of a parsed index parse");
+        Self {
+            map,
+            pairs: self.pairs.clone(),
+        }
+    }
+
     /// Position of the newest frame of `page_no` in the segment.
     pub fn get(&self, page_no: u32) -> Option<u32> {
         // Values were checked to be frame positions (< u32::MAX) when the index was made.

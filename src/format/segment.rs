@@ -211,7 +211,7 @@ impl SealedSegment {
             i.header,
             i.layout,
             i.commits.clone(),
-            i.index.clone(),
+            i.index.detached(),
         ))
     }
 

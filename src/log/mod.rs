@@ -723,6 +723,9 @@ impl<S: Storage + Clone> LogWriter<S> {
         )?;
         self.file_base = base;
         let previous = std::mem::replace(&mut self.wal, next);
+        // The sealed file's buffered records go to the kernel now (the syncer still
+        // fsyncs it): a backlog of sealed files waiting for their fsync holds no memory.
+        previous.release_buffers()?;
         self.shared
             .rotate_sync_target(self.wal.sync_target(), pending);
         // The syncer writes out the sealed file's tail and fsyncs the new file's

@@ -202,6 +202,17 @@ impl WalFile {
         Ok(pending_len >= WRITE_OUT_AT)
     }
 
+    /// Writes out what is buffered (no fsync) and frees the buffers: called on a file
+    /// that is sealed, which only waits for its fsync from now on.
+    pub(crate) fn release_buffers(&self) -> Result<()> {
+        self.buffer
+            .write_out()
+            .map_err(|e| Error::io(format!("appending to {}", self.path.display()), e))?;
+        *lock(&self.buffer.pending) = Vec::new();
+        *lock(&self.buffer.spare) = Vec::new();
+        Ok(())
+    }
+
     /// Writes out and fsyncs what was appended.
     #[cfg(test)]
     pub(crate) fn sync(&self) -> Result<()> {
@@ -538,7 +549,10 @@ mod tests {
         let path = write(dir.path(), &frames);
         let r = recover(&path).unwrap().unwrap();
         let kept = kept_frames(&r, &path);
-        assert_eq!(kept.iter().map(|f| f.frame_no).collect::<Vec<_>>(), [10, 11]);
+        assert_eq!(
+            kept.iter().map(|f| f.frame_no).collect::<Vec<_>>(),
+            [10, 11]
+        );
         assert_eq!((r.dropped, kept[1].commit_ts), (2, 20));
         assert_eq!(
             fs::metadata(&path).unwrap().len(),
