@@ -141,6 +141,9 @@ impl PageSums {
         for gone in self.hashes.drain(new_len.min(self.hashes.len())..) {
             self.xor ^= gone;
         }
+        // Exactly what is needed: a doubling growth would hold up to twice the sums.
+        self.hashes
+            .reserve_exact(new_len.saturating_sub(self.hashes.len()));
         for page_no in self.hashes.len() as u32 + 1..=db_size {
             let hash = unwritten_page_hash(page_no);
             self.xor ^= hash;

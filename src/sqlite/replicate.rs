@@ -717,9 +717,8 @@ impl<S: Storage + Clone> Replicator<S> {
             Some(size) => size,
             None => snapshot::db_pages(&self.db, self.page_size)?,
         };
+        let mut reader = snapshot::Reader::new(&self.db, &self.wal, self.page_size, &mut overlay)?;
         if db_size > 0 {
-            let mut reader =
-                snapshot::Reader::new(&self.db, &self.wal, self.page_size, &mut overlay)?;
             let appended = self
                 .log
                 .append_snapshot_with(db_size, |first, buf| reader.fill(first, buf))?;
@@ -729,7 +728,8 @@ impl<S: Storage + Clone> Replicator<S> {
             Some(end) => self.record(Some(end)),
             None => {
                 self.state.position = None;
-                self.state.fingerprint = Some(snapshot::fingerprint(&self.db)?);
+                // The snapshot read the whole file in order: its checksum comes with it.
+                self.state.fingerprint = Some(reader.fingerprint()?);
             }
         }
         Ok(())

@@ -104,6 +104,10 @@ pub(crate) struct Reader<'a> {
     page_size: usize,
     overlay: &'a mut Overlay,
     page_nos: Vec<u32>,
+    /// The checksum of the file's bytes read so far, while they were read in order from
+    /// offset 0 (a snapshot with an empty WAL reads the whole file): what
+    /// [`fingerprint`] would compute, without reading the file a second time.
+    crc: Option<(u32, u64)>,
 }
 
 impl<'a> Reader<'a> {
@@ -125,7 +129,18 @@ impl<'a> Reader<'a> {
             page_size: page_size as usize,
             overlay,
             page_nos: Vec::new(),
+            crc: Some((0, 0)),
         })
+    }
+
+    /// The database file's [`fingerprint`]: from the bytes the snapshot read in order,
+    /// plus whatever follows them, or read again when they were not read in order.
+    pub(crate) fn fingerprint(&self) -> Result<u32> {
+        match (&self.file, self.crc) {
+            (None, _) => Ok(0),
+            (Some(file), Some((crc, offset))) => fingerprint_from(self.db, file, crc, offset),
+            (Some(file), None) => fingerprint_from(self.db, file, 0, 0),
+        }
     }
 
     /// Fills `buf` with the pages from `first` on, each `page_size` bytes: the WAL's
@@ -183,11 +198,17 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads pages `from..` of the database file into `buf`.
-    fn read_run(&self, from: u32, buf: &mut [u8]) -> Result<()> {
+    fn read_run(&mut self, from: u32, buf: &mut [u8]) -> Result<()> {
         let offset = u64::from(from - 1) * self.page_size as u64;
         let got = match &self.file {
             Some(f) => f.read_at(buf, offset).map_err(io_err(self.db))?,
             None => 0,
+        };
+        self.crc = match self.crc {
+            Some((crc, at)) if at == offset => {
+                Some((crc32c::crc32c_append(crc, &buf[..got]), at + got as u64))
+            }
+            _ => None,
         };
         if got < buf.len() {
             let missing = from + (got / self.page_size) as u32;
@@ -206,9 +227,12 @@ pub(crate) fn fingerprint(db: &Path) -> Result<u32> {
     let Some(file) = DbFile::open(db).map_err(io_err(db))? else {
         return Ok(0);
     };
-    let mut crc = 0;
+    fingerprint_from(db, &file, 0, 0)
+}
+
+/// The fingerprint of `file`, given `crc`, the checksum of its first `offset` bytes.
+fn fingerprint_from(db: &Path, file: &DbFile, mut crc: u32, mut offset: u64) -> Result<u32> {
     let mut buf = vec![0u8; CHUNK];
-    let mut offset = 0u64;
     loop {
         match file.read_at(&mut buf, offset).map_err(io_err(db))? {
             0 => return Ok(crc),

@@ -63,6 +63,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     log_to_stderr();
+    limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -104,6 +105,22 @@ async fn run<S: args::Store>(store: S, command: Command) -> walvault::Result<()>
         Command::Gc(a) => maintain::gc_cmd(store, a).await,
         Command::Fork(a) => maintain::fork_cmd(store, a).await,
         Command::Demo => demo::run().await,
+    }
+}
+
+/// glibc gives each thread that allocates its own arena and keeps the memory freed in it,
+/// so buffers freed on one worker thread and allocated on another add up in the
+/// resident set although the heap stays within the budget. Two arenas serve the runtime's
+/// two workers and the blocking threads without that. A `MALLOC_ARENA_MAX` the user set
+/// wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only changes the allocator's tuning; called before the runtime
+        // starts its threads.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
     }
 }
 
