@@ -144,6 +144,20 @@ async fn restore_and_check(
     );
 }
 
+/// One `replicate --once`: open, ship, close.
+async fn run_once(
+    store: &LocalStorage,
+    ns: &NamespaceName,
+    config: ReplicatorConfig,
+) -> walvault::IngestReport {
+    let mut r = Replicator::open(store.clone(), ns.clone(), config)
+        .await
+        .unwrap();
+    let report = r.run_once().await.unwrap();
+    r.close().await.unwrap();
+    report
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn snapshot_large_transaction_restore_and_compaction_stay_within_the_budget() {
     let _serial = SERIAL.lock().await;
@@ -174,15 +188,7 @@ async fn snapshot_large_transaction_restore_and_compaction_stay_within_the_budge
     };
 
     // The first run ships a snapshot of the whole database.
-    let (report, peak) = peak_of(async {
-        let mut r = Replicator::open(store.clone(), ns.clone(), config())
-            .await
-            .unwrap();
-        let report = r.run_once().await.unwrap();
-        r.close().await.unwrap();
-        report
-    })
-    .await;
+    let (report, peak) = peak_of(run_once(&store, &ns, config())).await;
     assert!(report.snapshot);
     check_under_budget("snapshot", peak);
     let first = rows(&db);
@@ -193,15 +199,7 @@ async fn snapshot_large_transaction_restore_and_compaction_stay_within_the_budge
 
     // One transaction rewrites every row: a WAL transaction ten times the budget.
     write_rows(&conn, 0..ROWS, 1);
-    let (report, peak) = peak_of(async {
-        let mut r = Replicator::open(store.clone(), ns.clone(), config())
-            .await
-            .unwrap();
-        let report = r.run_once().await.unwrap();
-        r.close().await.unwrap();
-        report
-    })
-    .await;
+    let (report, peak) = peak_of(run_once(&store, &ns, config())).await;
     assert!(!report.snapshot, "{:?}", report.snapshot_reason);
     check_under_budget("a transaction larger than the budget", peak);
     let second = rows(&db);

@@ -143,15 +143,7 @@ impl SealedSegment {
         commits: Vec<Commit>,
         index: PageIndex,
     ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                body: Body::Memory(bytes),
-                header,
-                layout,
-                commits,
-                index,
-            }),
-        }
+        Self::with_body(Body::Memory(bytes), header, layout, commits, index)
     }
 
     /// A segment a spilling builder wrote to `file`, whose parts it built.
@@ -162,9 +154,19 @@ impl SealedSegment {
         commits: Vec<Commit>,
         index: PageIndex,
     ) -> Self {
+        Self::with_body(Body::File(file), header, layout, commits, index)
+    }
+
+    fn with_body(
+        body: Body,
+        header: Header,
+        layout: Layout,
+        commits: Vec<Commit>,
+        index: PageIndex,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                body: Body::File(file),
+                body,
                 header,
                 layout,
                 commits,

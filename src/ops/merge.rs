@@ -17,7 +17,7 @@
 
 use hashbrown::HashMap;
 
-use crate::error::{Error, FormatError, InvalidInput, Part, Result};
+use crate::error::{InvalidInput, Result};
 use crate::format::{
     ms_to_datetime, Commit, NamespaceName, SealedSegment, SegmentBuilder, SegmentKey,
 };
@@ -119,7 +119,7 @@ pub(crate) async fn merge<S: Storage + ?Sized>(
             .fetch_frames_batch(ns, requests, config.clone())
             .await?;
         if fetched.len() != batch.len() {
-            return Err(changed(
+            return Err(crate::storage::frames::miscounted(
                 ns,
                 &batch[0].0,
                 "returned another number of segments",
@@ -168,11 +168,19 @@ fn append(
     frames: Vec<(u32, bytes::Bytes)>,
 ) -> Result<()> {
     if frames.len() != kept.len() {
-        return Err(changed(ns, key, "returned another number of frames"));
+        return Err(crate::storage::frames::miscounted(
+            ns,
+            key,
+            "returned another number of frames",
+        ));
     }
     for (k, (page_no, page)) in kept.iter().zip(frames) {
         if page_no != k.page_no {
-            return Err(changed(ns, key, "holds another page than when first read"));
+            return Err(crate::storage::frames::miscounted(
+                ns,
+                key,
+                "holds another page than when first read",
+            ));
         }
         builder.skip_to(k.frame_no)?;
         match k.commit {
@@ -232,9 +240,13 @@ async fn select<S: Storage + ?Sized>(
             for (offset, frame) in frames.iter().enumerate().rev() {
                 let mut retained = None;
                 if frame.size_after != 0 {
-                    commit_at = commit_at
-                        .checked_sub(1)
-                        .ok_or_else(|| changed(ns, key, "has more commit frames than commits"))?;
+                    commit_at = commit_at.checked_sub(1).ok_or_else(|| {
+                        crate::storage::frames::miscounted(
+                            ns,
+                            key,
+                            "has more commit frames than commits",
+                        )
+                    })?;
                     let c = commits[commit_at];
                     let first = i == 0 && commit_at == 0;
                     if retain.keeps(c.timestamp_ms, next_ts, first) {
@@ -264,18 +276,6 @@ async fn select<S: Storage + ?Sized>(
         sealed_at,
         lineage,
     })
-}
-
-/// A segment that read differently the second time: storage is not what it was.
-fn changed(ns: &NamespaceName, key: &SegmentKey, what: &'static str) -> Error {
-    Error::corrupt(
-        format!("segment {key} of {ns}"),
-        FormatError::Invalid {
-            part: Part::Frame(0),
-            offset: 0,
-            reason: what,
-        },
-    )
 }
 
 #[cfg(test)]

@@ -134,8 +134,9 @@ pub(crate) async fn position_of<S: Storage + ?Sized>(
     Ok(None)
 }
 
-/// A backend answered a read of frames with something else than was asked.
-fn miscounted(ns: &NamespaceName, key: &SegmentKey, what: &'static str) -> Error {
+/// A backend answered a read of frames with something else than was asked (or, read
+/// again, differently than the first time).
+pub(crate) fn miscounted(ns: &NamespaceName, key: &SegmentKey, what: &'static str) -> Error {
     Error::corrupt(
         format!("segment {key} of {ns}"),
         FormatError::Invalid {
