@@ -48,7 +48,7 @@ pub struct SegmentBuilder {
     /// The number the next frame gets: `start_frame_no + frame_count` unless
     /// [`skip_to`](Self::skip_to) left numbers out.
     next_frame_no: u64,
-    newest: HashMap<u32, u32>,
+    newest: Newest,
     commits: Vec<Commit>,
     log_id: Uuid,
     /// `Some(base)` once [`start_lineage`](Self::start_lineage) was called for this
@@ -79,7 +79,7 @@ impl SegmentBuilder {
             start_frame_no,
             frame_count: 0,
             next_frame_no: start_frame_no,
-            newest: HashMap::new(),
+            newest: Newest::default(),
             commits: Vec::new(),
             log_id: Uuid::nil(),
             lineage: None,
@@ -234,7 +234,7 @@ impl SegmentBuilder {
     /// appended since the last seal: its frame number and page. Reads the spill file if
     /// the frame is there.
     pub fn find_page(&self, page_no: u32, as_of: u64) -> Result<Option<(u64, Cow<'_, [u8]>)>> {
-        let Some(&newest) = self.newest.get(&page_no) else {
+        let Some(newest) = self.newest.get(page_no) else {
             return Ok(None);
         };
         let mut position = newest;
@@ -320,7 +320,7 @@ impl SegmentBuilder {
             start_frame_no: self.next_frame_no(),
             frame_count: 0,
             next_frame_no: self.next_frame_no(),
-            newest: HashMap::new(),
+            newest: Newest::default(),
             commits: Vec::new(),
             log_id: self.log_id,
             lineage: None,
@@ -348,9 +348,8 @@ impl SegmentBuilder {
         let commit_crc = crc32c::crc32c(&tail);
         tail.extend_from_slice(&commit_crc.to_le_bytes());
 
-        let mut pages: Vec<(u32, u32)> = self.newest.drain().collect();
-        pages.sort_unstable();
-        let index_bytes = PageIndex::encode(pages.iter().copied());
+        let page_count = self.newest.len();
+        let index_bytes = PageIndex::encode(self.newest.into_sorted());
         let index_crc = crc32c::crc32c(&index_bytes);
         tail.extend_from_slice(&index_bytes);
         tail.extend_from_slice(&index_crc.to_le_bytes());
@@ -362,7 +361,7 @@ impl SegmentBuilder {
             end_frame_no: last.frame_no,
             frame_count: self.frame_count,
             commit_count: self.commits.len() as u32,
-            page_count: pages.len() as u32,
+            page_count: page_count as u32,
             db_size: last.size_after,
             first_commit_ts: first.timestamp_ms,
             last_commit_ts: last.timestamp_ms,
@@ -373,7 +372,6 @@ impl SegmentBuilder {
             version: FORMAT_VERSION,
             lineage: self.lineage,
         };
-        drop(pages);
         let encoded_header = header.encode();
         let header_crc = le_u32(&encoded_header, super::layout::hdr::CRC);
         let frame_crcs_len = 4 * self.frame_count as usize;
@@ -510,6 +508,62 @@ impl SegmentBuilder {
         self.buf
             .shrink_to(SPILL_WRITE_CHUNK + FRAME_HEADER_LEN + self.page_size as usize);
         Ok(())
+    }
+}
+
+/// The newest position of each page. Pages 1, 2, 3, … each once (a snapshot) are kept
+/// as a plain array, 4 bytes a page; anything else moves them to a hash map.
+#[derive(Debug)]
+enum Newest {
+    Dense(Vec<u32>),
+    Sparse(HashMap<u32, u32>),
+}
+
+impl Default for Newest {
+    fn default() -> Self {
+        Newest::Dense(Vec::new())
+    }
+}
+
+impl Newest {
+    fn insert(&mut self, page_no: u32, position: u32) {
+        if let Newest::Dense(positions) = self {
+            if page_no as usize == positions.len() + 1 {
+                positions.push(position);
+                return;
+            }
+            let map = (1..).zip(positions.iter().copied()).collect();
+            *self = Newest::Sparse(map);
+        }
+        if let Newest::Sparse(map) = self {
+            map.insert(page_no, position);
+        }
+    }
+
+    fn get(&self, page_no: u32) -> Option<u32> {
+        match self {
+            Newest::Dense(positions) => positions.get((page_no as usize).checked_sub(1)?).copied(),
+            Newest::Sparse(map) => map.get(&page_no).copied(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Newest::Dense(positions) => positions.len(),
+            Newest::Sparse(map) => map.len(),
+        }
+    }
+
+    /// `(page_no, position)` pairs in page order.
+    fn into_sorted(self) -> Box<dyn Iterator<Item = (u32, u32)>> {
+        match self {
+            Newest::Dense(positions) => Box::new((1..).zip(positions)),
+            Newest::Sparse(map) => {
+                let mut pairs: Vec<(u32, u32)> = map.into_iter().collect();
+                pairs.sort_unstable();
+                Box::new(pairs.into_iter())
+            }
+        }
     }
 }
 
