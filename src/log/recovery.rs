@@ -284,11 +284,7 @@ fn check_page_size(path: &Path, recovered: &Recovered, config: &LogConfig) -> Re
 
 /// Rebuilds the segment a file's committed frames make, or `None` if it has none. The
 /// frames are read back one at a time, and the builder spills past its threshold.
-fn seal_recovered(
-    r: &Recovered,
-    path: &Path,
-    config: &LogConfig,
-) -> Result<Option<SealedSegment>> {
+fn seal_recovered(r: &Recovered, path: &Path, config: &LogConfig) -> Result<Option<SealedSegment>> {
     if r.kept == 0 {
         return Ok(None);
     }

@@ -314,8 +314,8 @@ impl Source {
     /// frames sorted by position (a batch's reads are in position order; SQLite writes
     /// a transaction's pages in page order, so a large segment's runs survive).
     fn take(&mut self, pages: &mut PageSet, count: usize) -> Needed {
-        let mut wanted = Vec::new();
         let pairs = self.index.pairs();
+        let mut wanted = Vec::with_capacity(count.min(pairs.len().saturating_sub(self.next)));
         while self.next < pairs.len() && wanted.len() < count && pages.missing > 0 {
             let (page_no, position) = pairs[self.next];
             if pages.take(page_no) {
@@ -389,7 +389,10 @@ impl<'a, S: Storage + ?Sized> Walk<'a, S> {
     /// The next older segment that holds a page still missing (none taken yet). `None`
     /// when nothing is missing or the history ends.
     async fn next_source(&mut self, pages: &PageSet) -> Result<Option<Source>> {
-        while pages.missing > 0 {
+        if pages.missing == 0 {
+            return Ok(None);
+        }
+        loop {
             if self.ahead.is_empty() {
                 self.read_ahead().await;
             }
@@ -406,7 +409,6 @@ impl<'a, S: Storage + ?Sized> Walk<'a, S> {
                 }));
             }
         }
-        Ok(None)
     }
 
     /// The next segments that supply pages, as many as fit one frame batch; empty when
