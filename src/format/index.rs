@@ -100,6 +100,12 @@ impl PageIndex {
         PageIndexIter(self.pairs.iter())
     }
 
+    /// The `(page_no, position)` pairs in page order, as a slice: a walk through a large
+    /// index resumes at an offset instead of holding a copy.
+    pub(crate) fn pairs(&self) -> &[(u32, u32)] {
+        &self.pairs
+    }
+
     /// The underlying `fst::Map`, for range queries and set operations.
     pub fn as_fst(&self) -> &fst::Map<Bytes> {
         &self.map

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::format::layout;
-use crate::storage::fsutil::{fsync_dir, read_full};
+use crate::storage::fsutil::{fsync_dir, read_full, start_writeback};
 
 const MAGIC: [u8; 8] = *b"WVOPENLG";
 const VERSION: u16 = 3;
@@ -263,43 +263,6 @@ impl SyncTarget {
         }
         Ok(())
     }
-}
-
-/// Starts writing `range` of `file` back to the disk without waiting for it, so that
-/// the next `fdatasync` finds it (mostly) done. Only a hint, and with `WRITE` alone it
-/// does not consume a writeback error the `fdatasync` would report; still, an error it
-/// returns stops the log rather than being ignored, which is the conservative choice.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, range: std::ops::Range<u64>) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (
-        i64::try_from(range.start),
-        i64::try_from(range.end.saturating_sub(range.start)),
-    ) else {
-        return Ok(());
-    };
-    if len == 0 {
-        return Ok(());
-    }
-    // SAFETY: a system call on a descriptor that `file` keeps open throughout; it reads
-    // and writes no memory of this process.
-    let rc = unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        // Not supported here (some filesystems, some sandboxes): nothing was started.
-        Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => Ok(()),
-        _ => Err(e),
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _range: std::ops::Range<u64>) -> io::Result<()> {
-    Ok(())
 }
 
 /// A frame to append, borrowing its page.

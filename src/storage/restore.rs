@@ -7,10 +7,12 @@
 //! Memory is bounded by the memory budget ([`crate::memory_budget`]), not by the size
 //! of any segment: the target commit is found from commit tables alone, and frames are
 //! fetched in batches of at most a quarter of the budget, a large segment's frames split
-//! across batches. A target commit inside its segment (not its last) is the one case the
+//! across batches (chosen from its page index as each batch is made, never listed for the
+//! whole segment). A target commit inside its segment (not its last) is the one case the
 //! index cannot serve; that segment's frames up to the commit are scanned a batch at a
-//! time. Beyond the two batches in flight (one being read, one being written), a restore
-//! holds a bit per page and the wanted positions of the segments in hand.
+//! time. Beyond the three batches in hand (two being read, so that reads flow on while
+//! one waits for its slowest part, and one being written), a restore holds a bit per page
+//! and the page indexes of the segments in hand.
 //!
 //! A long history means many segments that each supply a few pages, so the fixed cost
 //! of each read matters more than its size: indexes are read [`INDEX_BATCH`] at a time,
@@ -19,8 +21,12 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,7 +37,7 @@ use chrono::{DateTime, Utc};
 use super::{frames, FindSegmentReq, RestoreOptions, Storage};
 use crate::error::{Error, FormatError, InvalidInput, Part, Result};
 use crate::format::{ms_to_datetime, Commit, CommitTable, NamespaceName, PageIndex, SegmentKey};
-use crate::storage::fsutil::{fsync_dir, temp_path, RemoveOnDrop};
+use crate::storage::fsutil::{fsync_dir, start_writeback, temp_path, RemoveOnDrop};
 
 /// What a restore produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,23 +117,29 @@ where
         walk.found = 1;
     }
     // Segments newest first (the target itself when its last commit is the target), in
-    // batches: one batch's frames are read while the next batch is chosen (its indexes
-    // read ahead) and the previous one's pages written.
-    let mut current = Vec::new();
-    let mut batch = walk.next_batch(&mut pages, page_size).await?;
-    while !batch.is_empty() {
-        let fetch = async {
-            let (frames, following) = tokio::join!(
-                fetch_batch(storage, ns, batch, page_size, &config),
-                walk.next_batch(&mut pages, page_size),
-            );
-            Ok::<_, Error>((frames?, following?))
-        };
-        let (fetched, written) = tokio::join!(fetch, async { writer.write_all(&mut current) });
-        written?;
-        (current, batch) = fetched?;
+    // batches, [`FETCHES_AHEAD`] of them fetched at once while the one before is written:
+    // reads flow on while a batch waits for its slowest read or is being written.
+    let mut fetches = InFlight::default();
+    let mut walked = false;
+    let mut fetched: Option<Vec<(u32, Bytes)>> = None;
+    loop {
+        while !walked && fetches.len() < FETCHES_AHEAD {
+            let batch = fetches.alongside(walk.next_batch(&mut pages, page_size));
+            let batch = batch.await?;
+            walked = batch.is_empty();
+            if !walked {
+                let fetch = fetch_batch(storage, ns, batch, page_size, &config);
+                fetches.push(Box::pin(fetch));
+            }
+        }
+        if let Some(mut found) = fetched.take() {
+            writer.write_all(&mut found)?;
+        }
+        match fetches.next().await {
+            Some(found) => fetched = Some(found?),
+            None => break,
+        }
     }
-    writer.write_all(&mut current)?;
     if pages.missing > 0 {
         return Err(incomplete(ns, &pages, commit.frame_no));
     }
@@ -258,9 +270,9 @@ const INDEX_BATCH: usize = 32;
 const FRAME_BATCH_SEGMENTS: usize = 32;
 
 /// ...and at most this many bytes of frames: a segment supplying more is split across
-/// batches. Restore holds two batches at once (one being written, one being read), so
-/// each is a quarter of the memory budget, leaving the rest to the backend's reads and
-/// the bookkeeping. Scanning a target segment up to a commit inside it reads chunks of
+/// batches. Restore holds three batches at once (one being written, two being read),
+/// so each is a quarter of the memory budget, leaving the rest to the backend's reads
+/// and the bookkeeping. Scanning a target segment up to a commit inside it reads chunks of
 /// this size too.
 fn batch_bytes() -> u64 {
     if cfg!(test) {
@@ -270,28 +282,67 @@ fn batch_bytes() -> u64 {
     }
 }
 
-/// An older segment that supplies pages: the positions of its frames that do, each with
-/// its page number, sorted by position.
+/// Part of an older segment that supplies pages, one frame batch's share of it: the
+/// positions of its frames that do, each with its page number, sorted by position.
 struct Needed {
     key: SegmentKey,
     wanted: Vec<(u32, u32)>,
 }
 
 impl Needed {
-    /// The first `count` wanted frames, and the rest if there are more.
-    fn split(mut self, count: usize) -> (Needed, Option<Needed>) {
-        if self.wanted.len() <= count {
-            return (self, None);
-        }
-        let rest = self.wanted.split_off(count);
-        let key = self.key;
-        (self, Some(Needed { key, wanted: rest }))
-    }
-
     /// The bytes of its wanted pages, which is what fetching them holds in memory
     /// (see [`Storage::fetch_frames_batch`]).
     fn bytes(&self, page_size: u32) -> u64 {
         self.wanted.len() as u64 * u64::from(page_size)
+    }
+}
+
+/// An older segment that supplies pages, being taken from a batch at a time: its page
+/// index, in page order, and how far the walk has come through it. The wanted frames are
+/// chosen as the batches are made, never listed for the whole segment, so a segment of
+/// any size costs its index and nothing more. Older segments are only looked at once
+/// this one is done, so each page is still taken from the newest segment holding it.
+struct Source {
+    key: SegmentKey,
+    index: PageIndex,
+    /// The index entry (in page order) the next batch starts looking at.
+    next: usize,
+}
+
+impl Source {
+    /// Takes the next pages still missing, `count` at most, marking them taken; their
+    /// frames sorted by position (a batch's reads are in position order; SQLite writes
+    /// a transaction's pages in page order, so a large segment's runs survive).
+    fn take(&mut self, pages: &mut PageSet, count: usize) -> Needed {
+        let pairs = self.index.pairs();
+        let mut wanted = Vec::with_capacity(count.min(pairs.len().saturating_sub(self.next)));
+        while self.next < pairs.len() && wanted.len() < count && pages.missing > 0 {
+            let (page_no, position) = pairs[self.next];
+            if pages.take(page_no) {
+                wanted.push((position, page_no));
+            }
+            self.next += 1;
+        }
+        if pages.missing == 0 {
+            self.next = pairs.len();
+        }
+        wanted.sort_unstable();
+        Needed {
+            key: self.key,
+            wanted,
+        }
+    }
+
+    /// Takes every page still missing without listing them (a dry run's walk).
+    fn take_all(&mut self, pages: &mut PageSet) {
+        for &(page_no, _) in &self.index.pairs()[self.next..] {
+            pages.take(page_no);
+        }
+        self.next = self.index.len();
+    }
+
+    fn is_done(&self) -> bool {
+        self.next >= self.index.len()
     }
 }
 
@@ -306,9 +357,8 @@ struct Walk<'a, S: Storage + ?Sized> {
     before: u64,
     /// Segments looked up and their indexes read, newest first.
     ahead: VecDeque<Result<(SegmentKey, PageIndex)>>,
-    /// A segment taken from the walk, or what is left of one, that did not fit the
-    /// previous frame batch.
-    carry: Option<Needed>,
+    /// The segment being taken from, whose rest did not fit the previous frame batch.
+    current: Option<Source>,
     /// Bytes of frames one batch takes at most.
     limit: u64,
     /// Segments the walk found supplying pages (a segment split across batches counts
@@ -330,16 +380,19 @@ impl<'a, S: Storage + ?Sized> Walk<'a, S> {
             config,
             before,
             ahead: VecDeque::new(),
-            carry: None,
+            current: None,
             limit,
             found: 0,
         }
     }
 
-    /// The next older segment that holds a page still missing; those pages are marked
-    /// taken. `None` when nothing is missing or the history ends.
-    async fn next_needed(&mut self, pages: &mut PageSet) -> Result<Option<Needed>> {
-        while pages.missing > 0 {
+    /// The next older segment that holds a page still missing (none taken yet). `None`
+    /// when nothing is missing or the history ends.
+    async fn next_source(&mut self, pages: &PageSet) -> Result<Option<Source>> {
+        if pages.missing == 0 {
+            return Ok(None);
+        }
+        loop {
             if self.ahead.is_empty() {
                 self.read_ahead().await;
             }
@@ -347,41 +400,40 @@ impl<'a, S: Storage + ?Sized> Walk<'a, S> {
                 return Ok(None);
             };
             let (key, index) = entry?;
-            let mut wanted: Vec<(u32, u32)> = index
-                .iter()
-                .filter(|&(page_no, _)| pages.take(page_no))
-                .map(|(page_no, position)| (position, page_no))
-                .collect();
-            if !wanted.is_empty() {
-                wanted.sort_unstable();
+            if index.iter().any(|(page_no, _)| pages.wants(page_no)) {
                 self.found += 1;
-                return Ok(Some(Needed { key, wanted }));
+                return Ok(Some(Source {
+                    key,
+                    index,
+                    next: 0,
+                }));
             }
         }
-        Ok(None)
     }
 
     /// The next segments that supply pages, as many as fit one frame batch; empty when
     /// the walk is over. A segment that does not fit is split: the batch takes the
-    /// frames that fit (at least one), the next batch starts with the rest.
+    /// frames that fit (at least one), the next batch goes on from there.
     async fn next_batch(&mut self, pages: &mut PageSet, page_size: u32) -> Result<Vec<Needed>> {
         let mut batch = Vec::new();
         let mut bytes = 0;
         while batch.len() < FRAME_BATCH_SEGMENTS && bytes < self.limit {
-            let needed = match self.carry.take() {
-                Some(needed) => needed,
-                None => match self.next_needed(pages).await? {
-                    Some(needed) => needed,
+            let mut source = match self.current.take() {
+                Some(source) => source,
+                None => match self.next_source(pages).await? {
+                    Some(source) => source,
                     None => break,
                 },
             };
             let room = (self.limit - bytes) / u64::from(page_size).max(1);
             let fits = usize::try_from(room).unwrap_or(usize::MAX).max(1);
-            let (now, rest) = needed.split(fits);
-            bytes += now.bytes(page_size);
-            batch.push(now);
-            if rest.is_some() {
-                self.carry = rest;
+            let now = source.take(pages, fits);
+            if !now.wanted.is_empty() {
+                bytes += now.bytes(page_size);
+                batch.push(now);
+            }
+            if !source.is_done() {
+                self.current = Some(source);
                 break;
             }
         }
@@ -419,6 +471,74 @@ impl<'a, S: Storage + ?Sized> Walk<'a, S> {
             }
         }
         self.ahead.extend(failed.map(Err));
+    }
+}
+
+/// Frame batches fetched at once. With the one being written, a restore holds three
+/// batches; two in flight keep reads going while one batch waits for its slowest read.
+const FETCHES_AHEAD: usize = 2;
+
+/// A fetch of one frame batch, started and polled by [`InFlight`].
+type Fetch<'a> = Pin<Box<dyn Future<Output = Result<Vec<(u32, Bytes)>>> + Send + 'a>>;
+
+/// Frame batches being fetched, oldest first. Every one of them is polled whenever the
+/// restore waits for anything (the next batch's indexes, the oldest fetch), so all make
+/// progress together without tasks (they borrow the storage) and come out in order.
+#[derive(Default)]
+struct InFlight<'a> {
+    slots: VecDeque<Slot<'a>>,
+}
+
+enum Slot<'a> {
+    Running(Fetch<'a>),
+    Done(Result<Vec<(u32, Bytes)>>),
+}
+
+impl<'a> InFlight<'a> {
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn push(&mut self, fetch: Fetch<'a>) {
+        self.slots.push_back(Slot::Running(fetch));
+    }
+
+    /// Polls every fetch still running, keeping the results of those that end.
+    fn poll_all(&mut self, cx: &mut Context<'_>) {
+        for slot in &mut self.slots {
+            if let Slot::Running(fetch) = slot {
+                if let Poll::Ready(done) = fetch.as_mut().poll(cx) {
+                    *slot = Slot::Done(done);
+                }
+            }
+        }
+    }
+
+    /// Runs `work` to its end while the fetches go on.
+    async fn alongside<F: Future>(&mut self, work: F) -> F::Output {
+        let mut work = pin!(work);
+        poll_fn(|cx| {
+            self.poll_all(cx);
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// The oldest fetch's result once it ends (the others go on meanwhile); `None` when
+    /// none is in flight.
+    async fn next(&mut self) -> Option<Result<Vec<(u32, Bytes)>>> {
+        poll_fn(|cx| {
+            self.poll_all(cx);
+            match self.slots.front() {
+                None => Poll::Ready(None),
+                Some(Slot::Running(_)) => Poll::Pending,
+                Some(Slot::Done(_)) => match self.slots.pop_front() {
+                    Some(Slot::Done(done)) => Poll::Ready(Some(done)),
+                    _ => Poll::Pending,
+                },
+            }
+        })
+        .await
     }
 }
 
@@ -540,22 +660,21 @@ fn catalog_changed(e: &Error) -> bool {
     matches!(e, Error::Conflict { detail, .. } if detail == CATALOG_CHANGED)
 }
 
-/// Writes pages at their offsets, sorted, in runs of adjacent pages gathered into one
-/// buffer: large sequential writes instead of a seek and a write per page.
+/// Writes pages at their offsets, sorted, each run of adjacent pages in one vectored
+/// write straight from the fetched buffers: large sequential writes instead of a seek
+/// and a write per page, and no copy of the pages on the way.
 struct PageWriter<'a, W: Write + Seek> {
     out: &'a mut W,
     progress: Option<&'a RestoreProgress>,
     page_size: u64,
-    buf: Vec<u8>,
-    /// Offset in the file of `buf[0]`.
-    buf_at: u64,
     /// XOR of the page hashes written (each page is written once), for the lineage check.
     xor: u64,
     /// Whether to hash the pages at all (the target commit has a checksum).
     hash: bool,
 }
 
-const WRITE_BUFFER: usize = 1 << 20;
+/// Pages one vectored write takes at most (Linux's `IOV_MAX` is 1024).
+const PAGES_PER_WRITE: usize = 1024;
 
 impl<'a, W: Write + Seek> PageWriter<'a, W> {
     fn new(out: &'a mut W, page_size: u32, progress: Option<&'a RestoreProgress>) -> Self {
@@ -563,8 +682,6 @@ impl<'a, W: Write + Seek> PageWriter<'a, W> {
             out,
             progress,
             page_size: u64::from(page_size),
-            buf: Vec::with_capacity(WRITE_BUFFER),
-            buf_at: 0,
             xor: 0,
             hash: false,
         }
@@ -572,17 +689,24 @@ impl<'a, W: Write + Seek> PageWriter<'a, W> {
 
     fn write_all(&mut self, pages: &mut [(u32, Bytes)]) -> Result<()> {
         pages.sort_unstable_by_key(|(page_no, _)| *page_no);
-        for (page_no, data) in pages.iter() {
-            let at = u64::from(page_no - 1) * self.page_size;
-            let next = self.buf_at + self.buf.len() as u64;
-            if at != next || self.buf.len() + data.len() > WRITE_BUFFER {
-                self.flush()?;
-                self.buf_at = at;
-            }
-            self.buf.extend_from_slice(data);
-            if self.hash {
+        if self.hash {
+            for (page_no, data) in pages.iter() {
                 self.xor ^= crate::format::page_hash(*page_no, data);
             }
+        }
+        let mut rest = &pages[..];
+        while let Some(&(first, _)) = rest.first() {
+            let adjacent = rest
+                .iter()
+                .take(PAGES_PER_WRITE)
+                .zip(first..)
+                .take_while(|((page_no, _), expected)| page_no == expected)
+                .count();
+            let (run, after) = rest.split_at(adjacent);
+            let at = u64::from(first - 1) * self.page_size;
+            self.write_run(at, run)
+                .map_err(|e| Error::io("writing the restored database", e))?;
+            rest = after;
         }
         if let Some(p) = self.progress {
             p.inner
@@ -592,19 +716,23 @@ impl<'a, W: Write + Seek> PageWriter<'a, W> {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            self.out
-                .seek(SeekFrom::Start(self.buf_at))
-                .and_then(|_| self.out.write_all(&self.buf))
-                .map_err(|e| Error::io("writing the restored database", e))?;
-            self.buf.clear();
+    /// Writes the pages of `run` one after another from offset `at`.
+    fn write_run(&mut self, at: u64, run: &[(u32, Bytes)]) -> io::Result<()> {
+        self.out.seek(SeekFrom::Start(at))?;
+        let mut slices: Vec<IoSlice<'_>> = run.iter().map(|(_, d)| IoSlice::new(d)).collect();
+        let mut left = &mut slices[..];
+        while !left.is_empty() {
+            match self.out.write_vectored(left) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut left, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
 
-    fn finish(mut self) -> Result<()> {
-        self.flush()?;
+    fn finish(self) -> Result<()> {
         self.out
             .flush()
             .map_err(|e| Error::io("flushing the restored database", e))
@@ -661,8 +789,9 @@ pub async fn plan<S: Storage + ?Sized>(
         plan.segments.push(target.key);
     }
     let mut walk = Walk::new(storage, ns, &config, target.walk_from(), batch_bytes());
-    while let Some(needed) = walk.next_needed(&mut pages).await? {
-        plan.segments.push(needed.key);
+    while let Some(mut source) = walk.next_source(&pages).await? {
+        plan.segments.push(source.key);
+        source.take_all(&mut pages);
     }
     if pages.missing > 0 {
         return Err(incomplete(ns, &pages, commit.frame_no));
@@ -766,16 +895,86 @@ pub(crate) async fn restore_to_path<S: Storage + ?Sized>(
     };
     let tmp = temp_path(&dir);
     let io_err = |e| Error::io(format!("writing {}", path.display()), e);
-    let mut file = File::create_new(&tmp).map_err(io_err)?;
+    let file = File::create_new(&tmp).map_err(io_err)?;
     let tmp = RemoveOnDrop(tmp); // on error, success, and a dropped future alike
+    let mut file = WritebackFile::new(file);
     let summary = restore(storage, ns, options, &mut file, config, progress).await?;
-    file.sync_all().map_err(io_err)?;
+    file.file.sync_all().map_err(io_err)?;
     fs::hard_link(&tmp.0, path).map_err(|e| match e.kind() {
         io::ErrorKind::AlreadyExists => exists().into(),
         _ => io_err(e),
     })?;
     fsync_dir(&dir).map_err(io_err)?;
     Ok(summary)
+}
+
+/// A restored file being written, whose writeback to the disk is started every
+/// [`WRITEBACK_EVERY`] bytes: the disk works while pages are still being fetched, and
+/// the closing fsync finds little left to do (a kernel left alone starts only once a
+/// large share of memory is dirty, so a restore would otherwise fetch, then wait on the
+/// disk).
+struct WritebackFile {
+    file: File,
+    /// The file position.
+    at: u64,
+    /// The span written since the last writeback was started, and its bytes.
+    dirty: Range<u64>,
+    dirty_bytes: u64,
+}
+
+/// Bytes written between two starts of writeback.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+impl WritebackFile {
+    fn new(file: File) -> Self {
+        Self {
+            file,
+            at: 0,
+            dirty: 0..0,
+            dirty_bytes: 0,
+        }
+    }
+
+    /// Notes `n` bytes written at the position, and starts their writeback once enough
+    /// is pending.
+    fn wrote(&mut self, n: usize) -> io::Result<usize> {
+        let end = self.at + n as u64;
+        self.dirty = if self.dirty_bytes == 0 {
+            self.at..end
+        } else {
+            self.dirty.start.min(self.at)..self.dirty.end.max(end)
+        };
+        self.dirty_bytes += n as u64;
+        self.at = end;
+        if self.dirty_bytes >= WRITEBACK_EVERY {
+            start_writeback(&self.file, self.dirty.clone())?;
+            self.dirty_bytes = 0;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for WritebackFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.wrote(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.file.write_vectored(bufs)?;
+        self.wrote(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for WritebackFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.at = self.file.seek(pos)?;
+        Ok(self.at)
+    }
 }
 
 /// The target commit and the segment holding it, found from catalog lookups and commit
@@ -916,11 +1115,17 @@ impl PageSet {
         !had
     }
 
+    /// True if `page_no` is in the database and not yet written.
+    fn wants(&self, page_no: u32) -> bool {
+        if page_no == 0 || page_no > self.size {
+            return false;
+        }
+        let (word, bit) = ((page_no - 1) as usize / 64, (page_no - 1) % 64);
+        self.bits[word] & (1 << bit) == 0
+    }
+
     fn first_missing(&self) -> Option<u32> {
-        (1..=self.size).find(|&p| {
-            let (word, bit) = ((p - 1) as usize / 64, (p - 1) % 64);
-            self.bits[word] & (1 << bit) == 0
-        })
+        (1..=self.size).find(|&p| self.wants(p))
     }
 }
 

@@ -34,7 +34,7 @@ const READ_GAP_FRAMES: u32 = 8;
 /// request's fixed cost outweighs what another stream adds.
 const MIN_READ_PART: u64 = 512 << 10;
 
-/// Headers kept at most; restore needs about two batches' worth (64) at a time. When
+/// Headers kept at most; restore needs about three batches' worth (96) at a time. When
 /// full, the cache starts over, which costs a re-read, never a wrong answer.
 const HEADERS_KEPT: usize = 1024;
 
