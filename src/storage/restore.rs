@@ -271,14 +271,15 @@ const FRAME_BATCH_SEGMENTS: usize = 32;
 
 /// ...and at most this many bytes of frames: a segment supplying more is split across
 /// batches. Restore holds three batches at once (one being written, two being read),
-/// so each is a quarter of the memory budget, leaving the rest to the backend's reads
-/// and the bookkeeping. Scanning a target segment up to a commit inside it reads chunks of
+/// so each is a sixth of the memory budget, leaving the other half to the backend's
+/// reads (an object store's responses in flight, the HTTP client's buffers) and the
+/// bookkeeping. Scanning a target segment up to a commit inside it reads chunks of
 /// this size too.
 fn batch_bytes() -> u64 {
     if cfg!(test) {
         16 << 10
     } else {
-        crate::budget::share(4) as u64
+        crate::budget::share(6) as u64
     }
 }
 
