@@ -197,13 +197,23 @@ impl ObjectStorage {
         )
     }
 
-    /// One request: the byte ranges of `plan.runs[runs]`.
+    /// One request: the byte ranges of `plan.runs[runs]`. It runs as a task of its own,
+    /// so its response keeps arriving while the caller is busy (a restore writing the
+    /// previous batch to disk polls nothing meanwhile); dropping the read aborts it.
     async fn read_runs(&self, plan: &Plan<'_>, runs: &Range<usize>) -> Result<Vec<Bytes>> {
-        self.inner
-            .store
-            .get_ranges(&plan.path, &plan.ranges[runs.clone()])
-            .await
-            .map_err(|e| read_error(&plan.path, plan.key, e))
+        let store = self.inner.store.clone();
+        let path = plan.path.clone();
+        let ranges = plan.ranges[runs.clone()].to_vec();
+        let mut task = AbortOnDrop(tokio::spawn(async move {
+            store.get_ranges(&path, &ranges).await
+        }));
+        match (&mut task.0).await {
+            Ok(result) => result.map_err(|e| read_error(&plan.path, plan.key, e)),
+            Err(e) => Err(Error::io(
+                format!("reading {}", plan.path),
+                std::io::Error::other(e),
+            )),
+        }
     }
 
     /// The size the catalog records for segment `key`, if the namespace is loaded and
@@ -403,5 +413,14 @@ mod tests {
         assert_eq!(group(&ranges, 40), vec![0..3, 3..4, 4..5]);
         assert_eq!(group(&ranges, 1_000), vec![0..5]);
         assert!(group(&[], 10).is_empty());
+    }
+}
+
+/// A spawned task aborted when its handle is dropped (a read whose caller went away).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
