@@ -387,6 +387,15 @@ fn group(ranges: &[Range<u64>], part: u64) -> Vec<Range<usize>> {
     groups
 }
 
+/// A spawned task aborted when its handle is dropped (a read whose caller went away).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,14 +422,5 @@ mod tests {
         assert_eq!(group(&ranges, 40), vec![0..3, 3..4, 4..5]);
         assert_eq!(group(&ranges, 1_000), vec![0..5]);
         assert!(group(&[], 10).is_empty());
-    }
-}
-
-/// A spawned task aborted when its handle is dropped (a read whose caller went away).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
