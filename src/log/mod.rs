@@ -325,8 +325,9 @@ impl<S: Storage + Clone> LogWriter<S> {
     /// spills to a file in [`LogConfig::dir`] past its share. What was open is sealed
     /// first, as for [`append_snapshot`](Self::append_snapshot).
     ///
-    /// An error from `read` once pages were appended latches the log (the transaction is
-    /// torn); an error before that leaves it usable.
+    /// An error from `read` latches the log: the transaction's frame numbers and the
+    /// page sums it starts from are taken before the first page is read. The log must
+    /// be opened again to go on.
     pub fn append_snapshot_with(
         &mut self,
         db_size: u32,

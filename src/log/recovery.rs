@@ -229,6 +229,7 @@ fn recover_files(config: &LogConfig, durable: u64, allocator: &FrameAllocator) -
         last_commit_ms: 0,
     };
     let mut previous_end: Option<u64> = None;
+    let mut in_memory = 0u64;
     let mut files = wal_files(&config.dir)?.into_iter();
     for path in files.by_ref() {
         let Some(recovered) = wal::recover(&path)? else {
@@ -247,11 +248,19 @@ fn recover_files(config: &LogConfig, durable: u64, allocator: &FrameAllocator) -
         if recovered.dropped > 0 {
             tracing::warn!(file = %path.display(), frames = recovered.dropped, "dropped a torn transaction");
         }
-        let Some(segment) = seal_recovered(&recovered, &path, config)? else {
+        let Some(mut segment) = seal_recovered(&recovered, &path, config)? else {
             wal::remove(&path);
             previous_end = Some(recovered.start - 1);
             continue;
         };
+        // As in `rotate`: a backlog past a quarter of the budget waits in spill files.
+        if segment.is_in_memory() {
+            in_memory += segment.encoded_len();
+        }
+        if segment.is_in_memory() && in_memory > super::spill_threshold() as u64 {
+            in_memory -= segment.encoded_len();
+            segment = segment.spill_to(&config.dir)?;
+        }
         previous_end = Some(segment.end_frame_no());
         found.recovered.push(segment.clone());
         found.last_frame = found.last_frame.max(segment.end_frame_no());

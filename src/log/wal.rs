@@ -341,7 +341,7 @@ impl Recovered {
         let mut skip = [0u8; HEADER_LEN];
         reader.read_exact(&mut skip).map_err(io_err)?;
         let mut head = [0u8; RECORD_HEAD_LEN];
-        for _ in 0..self.kept {
+        for position in 0..self.kept {
             let mut page = vec![0u8; self.page_size as usize];
             reader
                 .read_exact(&mut head)
@@ -351,7 +351,7 @@ impl Recovered {
             let crc = frame_crc(frame.frame_no, frame.page_no, frame.size_after, &frame.page);
             if head[RECORD_CRC_AT..RECORD_CHAIN_AT] != crc.to_le_bytes() {
                 let reason = crate::FormatError::Checksum {
-                    part: crate::Part::Frame((frame.frame_no - self.start) as u32),
+                    part: crate::Part::Frame(u32::try_from(position).unwrap_or(u32::MAX)),
                     offset: 0,
                 };
                 return Err(Error::corrupt(path.display(), reason));

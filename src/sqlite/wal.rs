@@ -136,6 +136,8 @@ pub(crate) struct FrameLoc {
     /// The frame's 0-based index in the WAL.
     pub index: u32,
     pub page_no: u32,
+    /// The cumulative checksum before the frame (the previous frame's, or the header's).
+    pub seed: (u32, u32),
     /// The cumulative checksum stored in (and proved for) the frame.
     pub checksum: (u32, u32),
 }
@@ -153,16 +155,23 @@ pub(crate) fn read_located(
 ) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let page_size = header.page_size as usize;
-    let mut head = [0u8; FRAME_HEADER_LEN];
+    let mut frame = vec![0u8; FRAME_HEADER_LEN + page_size];
     for loc in frames {
-        let at = header.frame_offset(loc.index);
-        let start = data.len();
-        data.resize(start + page_size, 0);
-        file.read_exact_at(&mut head, at)
-            .and_then(|()| file.read_exact_at(&mut data[start..], at + FRAME_HEADER_LEN as u64))
+        file.read_exact_at(&mut frame, header.frame_offset(loc.index))
             .map_err(|e| io_error(path, e))?;
-        let fh = FrameHeader::parse(&head);
-        if fh.salt != header.salt || fh.page_no != loc.page_no || fh.checksum != loc.checksum {
+        let (head, page) = frame.split_at(FRAME_HEADER_LEN);
+        let mut fixed = [0u8; FRAME_HEADER_LEN];
+        fixed.copy_from_slice(head);
+        let fh = FrameHeader::parse(&fixed);
+        // The checksum is recomputed over what was read, from the proved seed: the bytes
+        // are the frame the scan proved, or the read is refused (a WAL restarted since).
+        let sum = checksum(header.big_endian, loc.seed, &head[..F_CHECKSUMMED]);
+        let sum = checksum(header.big_endian, sum, page);
+        if fh.salt != header.salt
+            || fh.page_no != loc.page_no
+            || fh.checksum != loc.checksum
+            || sum != loc.checksum
+        {
             let detail = format!(
                 "frame {} of SQLite WAL {} changed while it was being shipped",
                 loc.index + 1,
@@ -170,6 +179,7 @@ pub(crate) fn read_located(
             );
             return Err(Error::io("re-reading the WAL", io::Error::other(detail)));
         }
+        data.extend_from_slice(page);
         page_nos.push(loc.page_no);
     }
     Ok(())
@@ -377,6 +387,7 @@ fn read_transactions(
         locs.push(FrameLoc {
             index: pos.frames,
             page_no: frame.page_no,
+            seed: pos.checksum,
             checksum: frame.end.checksum,
         });
         pos = frame.end;
@@ -1263,5 +1274,69 @@ mod tests {
                 let _ = scan_bytes_with(&bad, start, check);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod located_tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    /// A transaction's frames read back by location are the ones the scan proved; a
+    /// page changed since (a WAL restarted and written over) is refused, not shipped.
+    #[test]
+    fn frames_read_back_by_location_are_proved_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+             INSERT INTO t VALUES (1, zeroblob(20000));",
+        )
+        .unwrap();
+        let wal = dir.path().join("db-wal");
+        let mut txns = Vec::new();
+        scan(&wal, None, Check::LastFrame, |txn| {
+            txns.push(txn);
+            Ok(())
+        })
+        .unwrap();
+        let txn = txns.last().unwrap();
+        let file = File::open(&wal).unwrap();
+        let (mut page_nos, mut data) = (Vec::new(), Vec::new());
+        read_located(
+            &file,
+            &wal,
+            &txn.located.header,
+            &txn.located.frames,
+            &mut page_nos,
+            &mut data,
+        )
+        .unwrap();
+        let held: Vec<u32> = txn.pages.iter().map(|(p, _)| *p).collect();
+        assert_eq!(page_nos, held);
+        let bytes: Vec<u8> = txn.pages.iter().flat_map(|(_, d)| d.clone()).collect();
+        assert_eq!(data, bytes);
+        // Change one byte of the last frame's page, leaving its header as it was.
+        let last = txn.located.frames.last().unwrap();
+        let at = txn.located.header.frame_offset(last.index) + FRAME_HEADER_LEN as u64 + 100;
+        let writer = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
+        writer.write_all_at(&[0xAB], at).unwrap();
+        let err = read_located(
+            &file,
+            &wal,
+            &txn.located.header,
+            &txn.located.frames,
+            &mut page_nos,
+            &mut data,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("changed while it was being shipped"),
+            "{err}"
+        );
     }
 }
