@@ -346,12 +346,14 @@ impl SealedSegment {
         };
         let mut position = newest;
         loop {
-            let [frame] = <[Frame; 1]>::try_from(self.read_frames(&[position])?)
-                .map_err(|_| Error::io("reading a segment", std::io::ErrorKind::Other.into()))?;
+            // One position asked, one frame read.
+            let Some(frame) = self.read_frames(&[position])?.pop() else {
+                return Ok(None);
+            };
             if frame.frame_no <= as_of && frame.page_no == page_no {
                 return Ok(Some(frame));
             }
-            if position == 0 || frame.frame_no < self.start_frame_no() {
+            if position == 0 {
                 return Ok(None);
             }
             position -= 1;

@@ -404,6 +404,7 @@ impl<S: Storage + Clone> LogWriter<S> {
                     .copied()
                     .zip(chunk.data.chunks_exact(page_size))
                     .collect();
+                self.check_pages(&pages)?;
                 self.write_chunk(&mut txn, &pages)
             });
             if let Err(e) = written {
@@ -468,8 +469,8 @@ impl<S: Storage + Clone> LogWriter<S> {
     }
 
     /// Appends the next pages of `txn`; the chunk that reaches its last frame commits it.
+    /// The pages were checked (`check_pages`) by the caller.
     fn write_chunk(&mut self, txn: &mut OpenTxn, pages: &[(u32, &[u8])]) -> Result<()> {
-        self.check_pages(pages)?;
         let end = txn.next + pages.len() as u64;
         if pages.is_empty() || end > txn.frames.end {
             return Err(InvalidInput::Commit {
