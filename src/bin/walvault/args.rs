@@ -24,6 +24,7 @@ impl Store for ObjectStorage {
 }
 
 /// The store `--store` names.
+#[derive(Clone)]
 pub enum Opened {
     Local(LocalStorage),
     Object(ObjectStorage),

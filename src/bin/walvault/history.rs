@@ -17,7 +17,7 @@ use crate::inspect::known;
 pub struct LogArgs {
     /// The namespace.
     #[arg(long)]
-    namespace: String,
+    pub(crate) namespace: String,
     /// List only commits at or after this time (RFC 3339, like 2026-11-21T10:00:00Z).
     #[arg(long, value_parser = args::time)]
     since: Option<DateTime<Utc>>,

@@ -20,7 +20,7 @@ use crate::args;
 pub struct LsArgs {
     /// List this namespace's segments instead of the namespaces.
     #[arg(long)]
-    namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// Print JSON (a stable, documented shape).
     #[arg(long)]
     json: bool,
@@ -30,7 +30,7 @@ pub struct LsArgs {
 pub struct InfoArgs {
     /// The namespace.
     #[arg(long)]
-    namespace: String,
+    pub(crate) namespace: String,
     /// Print JSON (a stable, documented shape).
     #[arg(long)]
     json: bool,
@@ -40,7 +40,7 @@ pub struct InfoArgs {
 pub struct VerifyArgs {
     /// The namespace.
     #[arg(long)]
-    namespace: String,
+    pub(crate) namespace: String,
 }
 
 pub async fn ls<S: Store>(store: S, a: LsArgs) -> Result<()> {

@@ -1,13 +1,15 @@
 //! `walvault`: the command line. Thin: parses arguments and calls the public library API.
 //! Errors print one line (`walvault: error: ...`) and exit with status 1; bad arguments
 //! exit with status 2. The library's warnings (a store outage and its recovery, a slow
-//! checkpoint) go to stderr as timestamped lines; `WALVAULT_LOG` (a `tracing` filter such
-//! as `info` or `walvault=debug`) shows more.
+//! checkpoint) go to stderr as timestamped log lines (`logging.rs`: `--log-level`,
+//! `--log-format`, `RUST_LOG`).
 
 mod args;
+mod config;
 mod demo;
 mod history;
 mod inspect;
+mod logging;
 mod maintain;
 mod replicate;
 mod restore;
@@ -22,9 +24,20 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// Where segments are kept: a directory path, a file:// URL, or s3://bucket/prefix,
     /// gs://bucket/prefix, az://container/prefix (credentials from AWS_*, GOOGLE_*,
-    /// AZURE_* environment variables).
-    #[arg(long, global = true, default_value = "./walvault-store")]
-    store: String,
+    /// AZURE_* environment variables). Default: the config file's store, else
+    /// WALVAULT_STORE, else ./walvault-store.
+    #[arg(long, global = true)]
+    store: Option<String>,
+    /// The config file (default: WALVAULT_CONFIG, else ./walvault.toml if it exists).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<std::path::PathBuf>,
+    /// What to log on stderr: error, warn (the default), info, debug, trace, or a
+    /// filter such as `walvault=debug`. RUST_LOG is used when this is not given.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// How log lines look: text (the default) or json (one object per line).
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<config::LogFormat>,
     /// Heap for the data buffers of any command (snapshot, shipping, restore, follow,
     /// compaction): 64MiB by default, at least 1MiB. Memory does not grow with the
     /// database beyond this and a few bytes per page.
@@ -60,9 +73,43 @@ enum Command {
     Demo,
 }
 
+/// What every command needs besides its own arguments: the store flag and the config
+/// file.
+pub struct Context {
+    pub store_flag: Option<String>,
+    pub config: Option<config::Config>,
+}
+
+/// The store when nothing names one.
+const DEFAULT_STORE: &str = "./walvault-store";
+
+impl Context {
+    /// The store to use (for `namespace`, when known): `--store`, else the config file's
+    /// (the store of the database replicating into `namespace`, else its default store),
+    /// else `WALVAULT_STORE`, else `./walvault-store`.
+    pub fn store_url(&self, namespace: Option<&str>) -> String {
+        let env = || {
+            std::env::var("WALVAULT_STORE")
+                .ok()
+                .filter(|s| !s.is_empty())
+        };
+        self.store_flag
+            .clone()
+            .or_else(|| self.config.as_ref().and_then(|c| c.store_for(namespace)))
+            .or_else(env)
+            .unwrap_or_else(|| DEFAULT_STORE.to_string())
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    log_to_stderr();
+    let config = match config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if let Err(e) = logging::init(cli.log_level.as_deref(), cli.log_format, config.as_ref()) {
+        return fail(&e.to_string());
+    }
     limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -72,29 +119,40 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("starting the async runtime: {e}")),
     };
-    if let Some(bytes) = cli.memory_budget {
+    let budget = cli
+        .memory_budget
+        .or(config.as_ref().and_then(|c| c.memory_budget));
+    if let Some(bytes) = budget {
         if let Err(e) = walvault::set_memory_budget(bytes) {
             return fail(&e.to_string());
         }
     }
+    let context = Context {
+        store_flag: cli.store,
+        config,
+    };
     let result = runtime.block_on(async {
-        if let Command::Demo = cli.command {
-            return demo::run().await;
-        }
-        match args::open_store(&cli.store)? {
-            args::Opened::Local(store) => run(store, cli.command).await,
-            args::Opened::Object(store) => run(store, cli.command).await,
+        match cli.command {
+            Command::Demo => demo::run().await.map(|()| ExitCode::SUCCESS),
+            Command::Replicate(a) => replicate::run(&context, a).await,
+            command => {
+                let url = context.store_url(command.namespace());
+                match args::open_store(&url)? {
+                    args::Opened::Local(store) => run(store, command).await,
+                    args::Opened::Object(store) => run(store, command).await,
+                }
+                .map(|()| ExitCode::SUCCESS)
+            }
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => fail(&e.to_string()),
     }
 }
 
 async fn run<S: args::Store>(store: S, command: Command) -> walvault::Result<()> {
     match command {
-        Command::Replicate(a) => replicate::run(store, a).await,
         Command::Restore(a) => restore::run(store, a).await,
         Command::Ls(a) => inspect::ls(store, a).await,
         Command::Info(a) => inspect::info(store, a).await,
@@ -104,7 +162,28 @@ async fn run<S: args::Store>(store: S, command: Command) -> walvault::Result<()>
         Command::Compact(a) => maintain::compact_cmd(store, a).await,
         Command::Gc(a) => maintain::gc_cmd(store, a).await,
         Command::Fork(a) => maintain::fork_cmd(store, a).await,
-        Command::Demo => demo::run().await,
+        Command::Replicate(_) | Command::Demo => Err(walvault::Error::from(
+            walvault::InvalidInput::Config("this command does not open one store".into()),
+        )),
+    }
+}
+
+impl Command {
+    /// The namespace the command works on, if it names one: its store may be the
+    /// config file's store for that database.
+    fn namespace(&self) -> Option<&str> {
+        match self {
+            Command::Restore(a) => Some(&a.namespace),
+            Command::Ls(a) => a.namespace.as_deref(),
+            Command::Info(a) => Some(&a.namespace),
+            Command::Log(a) => Some(&a.namespace),
+            Command::Verify(a) => Some(&a.namespace),
+            Command::Follow(a) => Some(&a.namespace),
+            Command::Compact(a) => Some(&a.namespace),
+            Command::Gc(a) => Some(&a.namespace),
+            Command::Fork(a) => Some(&a.namespace),
+            Command::Replicate(_) | Command::Demo => None,
+        }
     }
 }
 
@@ -122,18 +201,6 @@ fn limit_malloc_arenas() {
             libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
-}
-
-/// Prints `tracing` events at `WALVAULT_LOG`'s level (default: warnings) on stderr.
-fn log_to_stderr() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WALVAULT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(false)
-        .try_init();
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -21,7 +21,7 @@ use crate::inspect::known;
 pub struct CompactArgs {
     /// The namespace to compact.
     #[arg(long)]
-    namespace: String,
+    pub(crate) namespace: String,
     /// Print the merges the policy asks for and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -44,7 +44,7 @@ pub struct CompactArgs {
 pub struct GcArgs {
     /// The namespace to collect.
     #[arg(long)]
-    namespace: String,
+    pub(crate) namespace: String,
     /// Keep every moment of this window restorable (such as 7d or 12h); history before
     /// it is dropped. Without it only unreferenced segments are deleted.
     #[arg(long, value_parser = args::duration)]
@@ -62,7 +62,7 @@ pub struct GcArgs {
 pub struct ForkArgs {
     /// The namespace to fork.
     #[arg(long)]
-    namespace: String,
+    pub(crate) namespace: String,
     /// The new namespace.
     #[arg(long)]
     to: String,

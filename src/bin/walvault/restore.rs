@@ -19,7 +19,7 @@ use crate::args;
 pub struct Args {
     /// The namespace to restore.
     #[arg(long)]
-    namespace: String,
+    pub(crate) namespace: String,
     /// Restore the last commit at or before this time (RFC 3339).
     #[arg(long, value_parser = args::time, conflicts_with = "frame")]
     at: Option<DateTime<Utc>>,
@@ -215,7 +215,7 @@ impl Drop for ClearOnDrop {
 pub struct FollowArgs {
     /// The namespace to follow.
     #[arg(long)]
-    namespace: String,
+    pub(crate) namespace: String,
     /// The local database file kept in step.
     #[arg(long)]
     output: PathBuf,

@@ -1,0 +1,406 @@
+//! One database's life in the daemon: restore on boot, waiting for the database to be
+//! created, opening against a store that may not answer yet, the poll loop
+//! (`shipping.rs`) and the stop. [`start_all`] runs every database on a task of its own;
+//! [`once_all`] is `--once`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use walvault::{
+    Error, InstallOptions, InvalidInput, Replicator, ReplicatorConfig, RestoreOptions, Result,
+};
+
+use super::shipping::{follow, snapshot_note, stop_replicator};
+use super::{Spec, Stop};
+use crate::args::{self, Store};
+
+/// Starts background maintenance (tiered compaction, retention, garbage collection)
+/// on the writer's own store handle; None with `--no-compact` and nothing else to do.
+fn maintain<S: Store>(
+    store: &S,
+    namespace: &walvault::NamespaceName,
+    a: &Spec,
+) -> Result<Option<walvault::MaintainerHandle>> {
+    let mut config = walvault::MaintenanceConfig {
+        retain: a.retain,
+        grace: a.grace,
+        ..Default::default()
+    };
+    if let Some(every) = a.maintain_every {
+        config.collect_every = every;
+        if let Some(fast) = config.tiers.first_mut() {
+            fast.every = every;
+        }
+    }
+    if !a.compact {
+        if a.maintain_every.is_none() && a.retain.is_none() {
+            return Ok(None);
+        }
+        config.tiers.clear();
+    }
+    let clock = std::sync::Arc::new(walvault::SystemClock);
+    let maintainer = walvault::Maintainer::new(store.clone(), namespace.clone(), config, clock)?;
+    // The fast tier merges every few seconds: only the slower tiers and collection say so.
+    let label = a.label.clone();
+    Ok(Some(maintainer.spawn(move |r| {
+        if r.changed() && r.task != walvault::Task::Compact(0) {
+            println!(
+                "{label}maintenance: {} merges of {} segments{}; deleted {} segments",
+                r.merges,
+                r.segments_merged,
+                if r.history_dropped {
+                    ", old history dropped"
+                } else {
+                    ""
+                },
+                r.deleted
+            );
+        }
+    })))
+}
+
+/// How long `--once` keeps retrying a store that does not answer.
+const ONCE_GIVE_UP: Duration = Duration::from_secs(30);
+/// The longest backoff between attempts to start while the store does not answer.
+const START_BACKOFF: Duration = Duration::from_secs(30);
+/// How often to look for a database that does not exist yet.
+const CREATION_POLL: Duration = Duration::from_millis(200);
+
+/// The databases' tasks.
+pub struct Running {
+    tasks: JoinSet<bool>,
+    /// One per database: resolves (or is dropped) once it has shipped what was there.
+    ready: Vec<oneshot::Receiver<()>>,
+    failed: usize,
+}
+
+/// Starts a task per database.
+pub fn start_all(specs: Vec<Spec>, stop: Stop) -> Result<Running> {
+    let mut stores = std::collections::HashMap::new();
+    let mut running = Running {
+        tasks: JoinSet::new(),
+        ready: Vec::new(),
+        failed: 0,
+    };
+    for spec in specs {
+        let opened = match stores.get(&spec.store) {
+            Some(opened) => Clone::clone(opened),
+            None => {
+                let opened = args::open_store(&spec.store)?;
+                stores.insert(spec.store.clone(), Clone::clone(&opened));
+                opened
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        running.ready.push(rx);
+        let stop = stop.clone();
+        match opened {
+            args::Opened::Local(store) => running.tasks.spawn(task(store, spec, stop, tx)),
+            args::Opened::Object(store) => running.tasks.spawn(task(store, spec, stop, tx)),
+        };
+    }
+    Ok(running)
+}
+
+impl Running {
+    /// Waits until every database has shipped what was there, or has failed; false if
+    /// a stop signal came first.
+    pub async fn ready(&mut self, signals: &mut super::exec::Signals) -> bool {
+        let all = all_ready(std::mem::take(&mut self.ready));
+        tokio::select! {
+            () = all => true,
+            _ = signals.received() => false,
+        }
+    }
+
+    /// Resolves once every database task has ended (each failed: they only end on a
+    /// stop otherwise).
+    pub async fn ended(&mut self) {
+        while let Some(joined) = self.tasks.join_next().await {
+            self.count(joined);
+        }
+    }
+
+    /// Asks every database to stop and waits until they have.
+    pub async fn stop(&mut self, stop: &tokio::sync::watch::Sender<bool>) {
+        let _ = stop.send(true);
+        self.ended().await;
+    }
+
+    fn count(&mut self, joined: std::result::Result<bool, tokio::task::JoinError>) {
+        match joined {
+            Ok(true) => {}
+            Ok(false) => self.failed += 1,
+            Err(e) => {
+                eprintln!("walvault: error: a database task ended abnormally: {e}");
+                self.failed += 1;
+            }
+        }
+    }
+
+    /// The process's status: the application's if it ran and failed, else 1 if a
+    /// database failed, else 0.
+    pub fn exit_code(&self, application: Option<u8>) -> std::process::ExitCode {
+        match application {
+            Some(code) if code != 0 => code.into(),
+            _ if self.failed > 0 => std::process::ExitCode::FAILURE,
+            _ => std::process::ExitCode::SUCCESS,
+        }
+    }
+}
+
+/// Waits for every receiver (a dropped sender counts: its task ended).
+async fn all_ready(ready: Vec<oneshot::Receiver<()>>) {
+    for rx in ready {
+        let _ = rx.await;
+    }
+}
+
+/// One database until the stop: true if it ended well. Its error is printed here, as it
+/// happens, not when the whole daemon ends.
+async fn task<S: Store + Send + Sync + 'static>(
+    store: S,
+    spec: Spec,
+    mut stop: Stop,
+    ready: oneshot::Sender<()>,
+) -> bool {
+    match replicate(store, &spec, &mut stop, ready).await {
+        Ok(()) => true,
+        Err(e) => {
+            let message = e.to_string().replace('\n', " ");
+            eprintln!("walvault: error: {}{message}", spec.label);
+            false
+        }
+    }
+}
+
+async fn replicate<S: Store>(
+    store: S,
+    spec: &Spec,
+    stop: &mut Stop,
+    ready: oneshot::Sender<()>,
+) -> Result<()> {
+    if spec.restore_if_missing && !restore_if_missing(&store, spec, stop).await? {
+        return Ok(());
+    }
+    let mut ready = Some(ready);
+    let mut config = ReplicatorConfig::new(&spec.db);
+    config.max_lag = spec.max_lag;
+    config.log.seal_age = spec.seal_age.unwrap_or(spec.max_lag);
+    let dir = config.log.dir.clone();
+    let Some(replicator) = open(&store, spec, config, stop, &mut ready).await? else {
+        println!(
+            "{}stopped before the database could be opened; nothing was shipped",
+            spec.label
+        );
+        return Ok(());
+    };
+    let maintainer = maintain(&store, &spec.namespace, spec)?;
+    let outcome = follow(spec, replicator, stop, || {
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
+    })
+    .await;
+    if let Some(maintainer) = maintainer {
+        maintainer.stop().await;
+    }
+    stop_replicator(outcome, spec, &dir).await
+}
+
+/// `--restore-if-missing`: when the database file does not exist, restores it from the
+/// store's latest commit, if the store has one. A store that does not answer is waited
+/// for: starting the application on an empty database while its history is out of
+/// reach would fork that history. False if a stop came first.
+async fn restore_if_missing<S: Store>(store: &S, spec: &Spec, stop: &mut Stop) -> Result<bool> {
+    if spec.db.exists() {
+        return Ok(true);
+    }
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match restore_latest(store, spec).await {
+            Ok(()) => return Ok(true),
+            Err(e) if e.is_transient() => {
+                eprintln!(
+                    "walvault: warning: {}cannot restore {} yet ({e}); trying again in {wait:?}",
+                    spec.label,
+                    spec.db.display()
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.received() => return Ok(false),
+        }
+        wait = (wait * 2).min(START_BACKOFF);
+    }
+}
+
+async fn restore_latest<S: Store>(store: &S, spec: &Spec) -> Result<()> {
+    let durable = store.durable_frame_no(&spec.namespace, None).await?;
+    if durable == 0 {
+        println!(
+            "{}{} does not exist and namespace {} has no commits in {}: starting without a restore",
+            spec.label,
+            spec.db.display(),
+            spec.namespace,
+            spec.store
+        );
+        return Ok(());
+    }
+    let install = InstallOptions {
+        integrity_check: true,
+        ..InstallOptions::default()
+    };
+    let summary = walvault::restore_database(
+        store,
+        &spec.namespace,
+        RestoreOptions::Latest,
+        &spec.db,
+        install,
+        None,
+    )
+    .await?;
+    println!(
+        "{}restored {} from namespace {} at frame {} ({}), integrity_check ok",
+        spec.label,
+        spec.db.display(),
+        spec.namespace,
+        summary.frame_no,
+        summary
+            .timestamp
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    Ok(())
+}
+
+/// Opens the replicator: waits for a database that does not exist yet (the application
+/// creates it; `ready` is sent meanwhile, so `--exec` starts the application) and for a
+/// store that does not answer yet. None if a stop came first.
+async fn open<S: Store>(
+    store: &S,
+    spec: &Spec,
+    config: ReplicatorConfig,
+    stop: &mut Stop,
+    ready: &mut Option<oneshot::Sender<()>>,
+) -> Result<Option<Replicator<S>>> {
+    let mut created_late = false;
+    let mut said = None;
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let pause = match not_ready(&spec.db, created_late) {
+            Some(why) => {
+                created_late = true;
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(());
+                }
+                if said.as_deref() != Some(why.as_str()) {
+                    println!("{}waiting: {why}", spec.label);
+                    said = Some(why);
+                }
+                CREATION_POLL
+            }
+            None => {
+                let opened =
+                    Replicator::open(store.clone(), spec.namespace.clone(), config.clone()).await;
+                match opened {
+                    Ok(replicator) => return Ok(Some(replicator)),
+                    Err(e) if e.is_transient() => {
+                        eprintln!(
+                            "walvault: warning: {}cannot start yet ({e}); trying again in {wait:?}",
+                            spec.label
+                        );
+                    }
+                    Err(e) => return Err(e),
+                }
+                let pause = wait;
+                wait = (wait * 2).min(START_BACKOFF);
+                pause
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.received() => return Ok(None),
+        }
+    }
+}
+
+/// Why the database cannot be opened yet, if it cannot: it does not exist, or (when it
+/// did not exist at the start, so the application is creating it) it has no header
+/// yet or is not in WAL mode yet.
+fn not_ready(db: &Path, created_late: bool) -> Option<String> {
+    if !db.exists() {
+        return Some(format!("{} does not exist yet", db.display()));
+    }
+    if !created_late {
+        return None;
+    }
+    let mut header = [0u8; 20];
+    let read = std::fs::File::open(db).and_then(|mut f| {
+        use std::io::Read;
+        f.read_exact(&mut header)
+    });
+    match read {
+        // Bytes 18 and 19 are the file format's read and write versions: 2 in WAL mode.
+        Ok(()) if header[18] == 2 && header[19] == 2 => None,
+        Ok(()) => Some(format!("{} is not in WAL mode yet", db.display())),
+        Err(_) => Some(format!("{} has no SQLite header yet", db.display())),
+    }
+}
+
+/// `--once`: ships each database, waits until it is durable (giving up after
+/// [`ONCE_GIVE_UP`] of store failures), reports.
+pub async fn once_all(specs: Vec<Spec>) -> Result<()> {
+    for spec in specs {
+        match args::open_store(&spec.store)? {
+            args::Opened::Local(store) => once(store, &spec).await?,
+            args::Opened::Object(store) => once(store, &spec).await?,
+        }
+    }
+    Ok(())
+}
+
+async fn once<S: Store>(store: S, spec: &Spec) -> Result<()> {
+    if spec.restore_if_missing {
+        let mut never = never_stop();
+        restore_if_missing(&store, spec, &mut never).await?;
+    }
+    let mut config = ReplicatorConfig::new(&spec.db);
+    config.max_lag = spec.max_lag;
+    config.log.seal_age = spec.seal_age.unwrap_or(spec.max_lag);
+    config.log.store_retry.give_up_after = Some(ONCE_GIVE_UP);
+    let mut replicator = Replicator::open(store.clone(), spec.namespace.clone(), config).await?;
+    let report = replicator.run_once().await?;
+    replicator.close().await?;
+    let durable = walvault::Storage::durable_frame_no(&store, &spec.namespace, None).await?;
+    println!(
+        "{}replicated {}: {} transactions, {} frames{}; durable frame {durable}",
+        spec.label,
+        spec.db.display(),
+        report.transactions,
+        report.frames,
+        snapshot_note(&report),
+    );
+    Ok(())
+}
+
+/// A stop that never comes (for `--once`, which a signal simply ends).
+fn never_stop() -> Stop {
+    Stop(None)
+}
+
+/// The database file's stem, as the default namespace.
+pub fn stem(db: &std::path::Path) -> Result<String> {
+    db.file_stem()
+        .and_then(|s| s.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::from(InvalidInput::Config(format!(
+                "cannot name a namespace after {}; pass --namespace",
+                db.display()
+            )))
+        })
+}

@@ -1,0 +1,147 @@
+//! `replicate --exec CMD`: the application runs as the daemon's child, so that its
+//! supervisor (systemd, a container runtime) stops both together and the daemon gets
+//! the chance to make the last commits durable after the application has made them.
+//!
+//! The command runs through `sh -c`, as the user would type it, with the daemon's
+//! standard input, output and error. SIGINT and SIGTERM are passed on to it, not acted on:
+//! the daemon stops only once the application has exited (it may still commit while it
+//! shuts down).
+
+use std::process::ExitStatus;
+
+use walvault::{Error, Result};
+
+use super::database::Running;
+
+/// SIGINT and SIGTERM, listened for from creation on (a signal that arrives while the
+/// daemon is busy is kept, not lost).
+pub struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+/// A received signal's number (SIGINT on systems without signal numbers).
+pub type SignalNo = i32;
+
+const SIGINT: SignalNo = 2;
+#[cfg(unix)]
+const SIGTERM: SignalNo = 15;
+
+impl Signals {
+    /// Starts listening. Must be called inside the tokio runtime.
+    pub fn listen() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind| signal(kind).map_err(|e| Error::io("listening for signals", e));
+            Ok(Self {
+                int: listen(SignalKind::interrupt())?,
+                term: listen(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next signal.
+    pub async fn received(&mut self) -> SignalNo {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => SIGINT,
+                _ = self.term.recv() => SIGTERM,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            SIGINT
+        }
+    }
+}
+
+/// The application.
+pub struct Child {
+    process: tokio::process::Child,
+    command: String,
+}
+
+impl Child {
+    /// Starts `command` with `sh -c`.
+    pub fn spawn(command: &str) -> Result<Self> {
+        let process = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .spawn()
+            .map_err(|e| Error::io(format!("starting the application `{command}`"), e))?;
+        println!(
+            "started the application (pid {}): {command}",
+            process.id().unwrap_or_default()
+        );
+        Ok(Self {
+            process,
+            command: command.to_string(),
+        })
+    }
+
+    /// Passes signal `signal` on to the application.
+    fn forward(&mut self, signal: SignalNo) {
+        println!("passing signal {signal} on to the application; stopping once it exits");
+        #[cfg(unix)]
+        if let Some(pid) = self.process.id().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill only sends a signal; pid is our own child, not yet reaped
+            // (`id` is None once it was).
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = self.process.start_kill();
+    }
+}
+
+/// Runs until the daemon should stop: with an application, until it exits (its status
+/// is returned); without one, until a signal, or until every database has failed.
+pub async fn supervise(
+    child: Option<Child>,
+    signals: &mut Signals,
+    running: &mut Running,
+) -> Result<Option<u8>> {
+    let Some(mut child) = child else {
+        tokio::select! {
+            _ = signals.received() => {}
+            () = running.ended() => {}
+        }
+        return Ok(None);
+    };
+    loop {
+        tokio::select! {
+            signal = signals.received() => child.forward(signal),
+            status = child.process.wait() => {
+                let status = status.map_err(|e| {
+                    Error::io(format!("waiting for the application `{}`", child.command), e)
+                })?;
+                let code = exit_code(status);
+                println!("the application exited with status {code}; making everything durable");
+                return Ok(Some(code));
+            }
+        }
+    }
+}
+
+/// The status a shell would report: the exit code, or 128 + the signal that ended it.
+fn exit_code(status: ExitStatus) -> u8 {
+    if let Some(code) = status.code() {
+        return (code & 0xff) as u8;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return (128 + signal).clamp(0, 255) as u8;
+        }
+    }
+    1
+}
