@@ -3,7 +3,7 @@
 //! the chance to make the last commits durable after the application has made them.
 //!
 //! The command runs through `sh -c`, as the user would type it, with the daemon's
-//! standard input, output and error. SIGINT and SIGTERM are passed on to it, not acted on:
+//! standard input, output and error, in a process group of its own. SIGINT and SIGTERM are passed on to it, not acted on:
 //! the daemon stops only once the application has exited (it may still commit while it
 //! shuts down).
 
@@ -71,9 +71,14 @@ pub struct Child {
 impl Child {
     /// Starts `command` with `sh -c`.
     pub fn spawn(command: &str) -> Result<Self> {
-        let process = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(command)
+        let mut shell = tokio::process::Command::new("sh");
+        shell.arg("-c").arg(command);
+        // A process group of its own, so a signal reaches every process of the command
+        // (the shell may fork it rather than exec it), and a Ctrl-C at the terminal
+        // reaches the application only through the daemon, once.
+        #[cfg(unix)]
+        shell.process_group(0);
+        let process = shell
             .spawn()
             .map_err(|e| Error::io(format!("starting the application `{command}`"), e))?;
         println!(
@@ -86,15 +91,16 @@ impl Child {
         })
     }
 
-    /// Passes signal `signal` on to the application.
+    /// Passes signal `signal` on to the application's process group.
     fn forward(&mut self, signal: SignalNo) {
         println!("passing signal {signal} on to the application; stopping once it exits");
         #[cfg(unix)]
         if let Some(pid) = self.process.id().and_then(|p| i32::try_from(p).ok()) {
-            // SAFETY: kill only sends a signal; pid is our own child, not yet reaped
-            // (`id` is None once it was).
+            // SAFETY: kill only sends a signal. The group is our child's own (its pid is
+            // the group id) and the child is not reaped yet (`id` is None once it is),
+            // so the id cannot have been reused.
             unsafe {
-                libc::kill(pid, signal);
+                libc::kill(-pid, signal);
             }
         }
         #[cfg(not(unix))]

@@ -1,0 +1,348 @@
+//! The daemon's operations features driven as users run them: a `walvault.toml` listing
+//! three databases, `--exec` running the application under the daemon (its exit status
+//! passed on, its signals forwarded, its last commit made durable), and the boot flow of
+//! a machine that starts with an empty disk (`--restore-if-missing`). The binary runs as
+//! a subprocess from a temp working directory with relative paths; the application is a
+//! real writer process (`tests/support/writer.py`) recording every state it commits, and
+//! every commit frame in the store is checked against that record (`daemon/harness.rs`).
+
+#![cfg(target_os = "linux")]
+
+#[path = "daemon/harness.rs"]
+mod harness;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use harness::{check_history_in, content_hash, Reader, StoreArg, Writer, PYTHON};
+
+const RUN: Duration = Duration::from_secs(180);
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The shell command that runs the writer on `db` (recording to `record`).
+fn writer_cmd(db: &str, record: &str, args: &str) -> String {
+    format!(
+        "{PYTHON} {} --db {db} --record {record} {args}",
+        harness::writer_script().display()
+    )
+}
+
+/// Every commit frame `ns` holds in the local store `store` (relative to `dir`) is a
+/// state the writer recorded in `record`, and the latest is its last.
+fn check(dir: &Path, store: &str, ns: &str, record: &str) {
+    let history = harness::History::read(&dir.join(record));
+    let reader = Reader::Local(dir.join(store));
+    let checked = check_history_in(
+        dir,
+        &reader,
+        &StoreArg::local(store),
+        ns,
+        &history,
+        200,
+        &String::new,
+    );
+    assert!(checked.written > 1, "{ns}: the writer committed nothing");
+}
+
+#[test]
+fn three_databases_from_a_config_file_under_exec() {
+    let _serial = harness::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir(d.join("data")).unwrap();
+    fs::write(
+        d.join("walvault.toml"),
+        r#"# three databases, one process
+store = "${BACKUPS}"
+
+[[db]]
+path = "a.db"
+max_lag = "200ms"
+
+[[db]]
+path = "b.db"
+interval = "1.5s"
+
+[[db]]
+path = "data/c.db"
+namespace = "cee"
+store = "${OTHER_STORE:-other}"
+"#,
+    )
+    .unwrap();
+    let a = Writer::new(d, "a.db", "a.rec");
+    a.init();
+    let b = Writer::new(d, "b.db", "b.rec");
+    b.init();
+    // c.db does not exist yet: the application creates it after the daemon started.
+    let app = format!(
+        "{} && {} && {} && {}; exit 3",
+        writer_cmd("a.db", "a.rec", "--txns 15"),
+        writer_cmd("b.db", "b.rec", "--txns 15 --checkpoint-every 5"),
+        writer_cmd("data/c.db", "c.rec", "--init"),
+        writer_cmd("data/c.db", "c.rec", "--txns 15"),
+    );
+    let env = [("BACKUPS".to_string(), "backups".to_string())];
+    let out = harness::walvault(d, &env, &["replicate", "--exec", &app], RUN);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    for label in ["[a.db] ", "[b.db] ", "[data/c.db] "] {
+        assert!(
+            text.contains(&format!("{label}stopped; everything shipped is durable")),
+            "{label}: {text}"
+        );
+    }
+    assert!(
+        text.contains("[data/c.db] waiting: data/c.db does not exist yet"),
+        "{text}"
+    );
+    assert!(d.join("backups").is_dir() && d.join("other").is_dir());
+    check(d, "backups", "a", "a.rec");
+    check(d, "backups", "b", "b.rec");
+    check(d, "other", "cee", "c.rec");
+
+    // Commands other than replicate find each namespace's store through the config.
+    let env = [("BACKUPS".to_string(), "backups".to_string())];
+    let out = harness::walvault(
+        d,
+        &env,
+        &["restore", "--namespace", "cee", "--output", "c-again.db"],
+        RUN,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        content_hash(&d.join("c-again.db")).unwrap(),
+        content_hash(&d.join("data/c.db")).unwrap()
+    );
+}
+
+#[test]
+fn exec_passes_sigterm_on_and_ships_the_last_commit_the_application_makes() {
+    let _serial = harness::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let app = Writer::new(d, "app.db", "app.rec");
+    app.init();
+    // An application that commits one more transaction when told to stop.
+    fs::write(
+        d.join("app.py"),
+        r#"
+import signal, sqlite3, sys, time
+def stop(signum, frame):
+    con = sqlite3.connect("app.db", isolation_level=None)
+    con.execute("INSERT INTO t(v, pad) VALUES ('bye', zeroblob(10))")
+    con.close()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+con = sqlite3.connect("app.db", isolation_level=None)
+con.execute("INSERT INTO t(v, pad) VALUES ('hello', zeroblob(10))")
+con.close()
+open("ready", "w").close()
+while True:
+    time.sleep(0.05)
+"#,
+    )
+    .unwrap();
+    let mut daemon = Command::new(harness::bin())
+        .current_dir(d)
+        .args([
+            "--store",
+            "store",
+            "replicate",
+            "--db",
+            "app.db",
+            "--exec",
+            &format!("{PYTHON} app.py"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + RUN;
+    while !d.join("ready").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the application never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = i32::try_from(daemon.id()).unwrap();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = harness::wait_timeout(&mut daemon, RUN).expect("the daemon did not stop");
+    let out = daemon.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("passing signal 15 on to the application"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stopped; everything shipped is durable"),
+        "{text}"
+    );
+    let out = harness::walvault(
+        d,
+        &[],
+        &[
+            "--store",
+            "store",
+            "restore",
+            "--namespace",
+            "app",
+            "--output",
+            "r.db",
+        ],
+        RUN,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    walvault::integrity_check(&d.join("r.db")).unwrap();
+    let conn = rusqlite::Connection::open(d.join("r.db")).unwrap();
+    let last: String = conn
+        .query_row("SELECT v FROM t ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        last, "bye",
+        "the commit made after the signal was not shipped"
+    );
+    assert_eq!(
+        content_hash(&d.join("r.db")).unwrap(),
+        content_hash(&d.join("app.db")).unwrap()
+    );
+}
+
+#[test]
+fn a_fresh_machine_boots_from_an_empty_then_a_populated_store() {
+    let _serial = harness::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for m in ["m1", "m2", "m3"] {
+        fs::create_dir(d.join(m)).unwrap();
+    }
+    let store = ["--store", "../store"];
+    let boot = ["replicate", "--db", "app.db", "--restore-if-missing"];
+
+    // Machine 1, empty store: nothing to restore; the application creates the database.
+    let app = format!(
+        "{} && {}",
+        writer_cmd("app.db", "../app.rec", "--init"),
+        writer_cmd("app.db", "../app.rec", "--txns 20")
+    );
+    let args = [&store[..], &boot[..], &["--exec", &app]].concat();
+    let out = harness::walvault(&d.join("m1"), &[], &args, RUN);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("has no commits in ../store: starting without a restore"));
+
+    // Machine 2 starts with an empty disk: the database comes back as machine 1 left it.
+    let args = [&store[..], &boot[..], &["--once"]].concat();
+    let out = harness::walvault(&d.join("m2"), &[], &args, RUN);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("restored app.db from namespace app"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        content_hash(&d.join("m2/app.db")).unwrap(),
+        content_hash(&d.join("m1/app.db")).unwrap()
+    );
+
+    // Machine 3 boots the same way under the daemon, and the application goes on from
+    // there, writing the same history.
+    let app = writer_cmd("app.db", "../app.rec", "--txns 20 --checkpoint-every 7");
+    let args = [&store[..], &boot[..], &["--exec", &app]].concat();
+    let out = harness::walvault(&d.join("m3"), &[], &args, RUN);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    check(d, "store", "app", "app.rec");
+}
+
+#[test]
+fn a_bad_config_is_one_error_naming_the_file_the_line_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir(d.join("conf")).unwrap();
+    fs::write(
+        d.join("conf/w.toml"),
+        "store = \"s\"\n\n[[db]]\npath = \"a.db\"\nretain = \"a week\"\n",
+    )
+    .unwrap();
+    let out = harness::walvault(d, &[], &["--config", "conf/w.toml", "replicate"], RUN);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("conf/w.toml, line 5") && err.contains("retain"),
+        "{err}"
+    );
+
+    let env = [("WALVAULT_CONFIG".to_string(), "missing.toml".to_string())];
+    let out = harness::walvault(d, &env, &["ls"], RUN);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("reading the config file missing.toml"));
+
+    // No database named anywhere: say how to name one.
+    let out = harness::walvault(d, &[], &["replicate"], RUN);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--db app.db, or a config file"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = harness::walvault(d, &[], &["--log-level", "loud", "ls"], RUN);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--log-level"), "{}", stderr(&out));
+}
+
+#[test]
+fn log_lines_are_json_with_timestamps_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let app = Writer::new(d, "app.db", "app.rec");
+    app.init();
+    for _ in 0..12 {
+        app.run(&["--txns", "1"], RUN);
+        let out = harness::walvault(d, &[], &["replicate", "--db", "app.db", "--once"], RUN);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let env = [("WALVAULT_STORE".to_string(), "./walvault-store".to_string())];
+    let args = [
+        "--log-level",
+        "info",
+        "--log-format",
+        "json",
+        "compact",
+        "--namespace",
+        "app",
+    ];
+    let out = harness::walvault(d, &env, &args, RUN);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let compacted = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "compacted segments")
+        .unwrap_or_else(|| panic!("no compaction event in {lines:?}"));
+    assert!(compacted["timestamp"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(compacted["level"], "INFO");
+}
