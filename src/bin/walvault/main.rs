@@ -3,12 +3,16 @@
 //! exit with status 2. The library's warnings (a store outage and its recovery, a slow
 //! checkpoint) go to stderr as timestamped lines; `WALVAULT_LOG` (a `tracing` filter such
 //! as `info` or `walvault=debug`) shows more.
+//!
+//! Results go to stdout through [`output::Output`] (lines, or JSON with the global
+//! `--json`), which never panics when the reader of stdout went away.
 
 mod args;
 mod demo;
 mod history;
 mod inspect;
 mod maintain;
+mod output;
 mod replicate;
 mod restore;
 
@@ -22,9 +26,15 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// Where segments are kept: a directory path, a file:// URL, or s3://bucket/prefix,
     /// gs://bucket/prefix, az://container/prefix (credentials from AWS_*, GOOGLE_*,
-    /// AZURE_* environment variables).
-    #[arg(long, global = true, default_value = "./walvault-store")]
-    store: String,
+    /// AZURE_* environment variables). Default: $WALVAULT_STORE, else ./walvault-store.
+    /// Only `replicate` creates a local store directory; other commands refuse one that
+    /// does not exist.
+    #[arg(long, global = true)]
+    store: Option<String>,
+    /// Print results as JSON (a stable, documented shape per command; fields are only
+    /// ever added). Long-running commands print one JSON object per line per event.
+    #[arg(long, global = true)]
+    json: bool,
     /// Heap for the data buffers of any command (snapshot, shipping, restore, follow,
     /// compaction): 64MiB by default, at least 1MiB. Memory does not grow with the
     /// database beyond this and a few bytes per page.
@@ -56,7 +66,8 @@ enum Command {
     Gc(maintain::GcArgs),
     /// Start a new namespace from another's history at a moment, sharing its segments.
     Fork(maintain::ForkArgs),
-    /// Replicate a demo database in phases, restore each phase by time and check it.
+    /// Replicate a demo database in phases, restore each phase by time and check it
+    /// (under ./walvault-demo, its store there unless --store is given).
     Demo,
 }
 
@@ -77,13 +88,25 @@ fn main() -> ExitCode {
             return fail(&e.to_string());
         }
     }
+    let out = output::Output::new(cli.json);
     let result = runtime.block_on(async {
         if let Command::Demo = cli.command {
-            return demo::run().await;
+            return demo::run(cli.store.as_deref(), out).await;
         }
-        match args::open_store(&cli.store)? {
-            args::Opened::Local(store) => run(store, cli.command).await,
-            args::Opened::Object(store) => run(store, cli.command).await,
+        let url = args::store_url(cli.store.as_deref());
+        // Only replicate creates a store; the others refuse a local one that is missing
+        // (restore --if-replica-exists takes that as "no replica").
+        let opened = match &cli.command {
+            Command::Replicate(_) => args::open_store(&url)?,
+            Command::Restore(a) => match restore::without_store(a, &url, out) {
+                Some(done) => return done,
+                None => args::open_store_existing(&url)?,
+            },
+            _ => args::open_store_existing(&url)?,
+        };
+        match opened {
+            args::Opened::Local(store) => run(store, cli.command, out).await,
+            args::Opened::Object(store) => run(store, cli.command, out).await,
         }
     });
     match result {
@@ -92,19 +115,23 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run<S: args::Store>(store: S, command: Command) -> walvault::Result<()> {
+async fn run<S: args::Store>(
+    store: S,
+    command: Command,
+    out: output::Output,
+) -> walvault::Result<()> {
     match command {
         Command::Replicate(a) => replicate::run(store, a).await,
-        Command::Restore(a) => restore::run(store, a).await,
-        Command::Ls(a) => inspect::ls(store, a).await,
-        Command::Info(a) => inspect::info(store, a).await,
-        Command::Log(a) => history::log(store, a).await,
-        Command::Verify(a) => inspect::verify(store, a).await,
-        Command::Follow(a) => restore::follow(store, a).await,
-        Command::Compact(a) => maintain::compact_cmd(store, a).await,
-        Command::Gc(a) => maintain::gc_cmd(store, a).await,
-        Command::Fork(a) => maintain::fork_cmd(store, a).await,
-        Command::Demo => demo::run().await,
+        Command::Restore(a) => restore::run(store, a, out).await,
+        Command::Ls(a) => inspect::ls(store, a, out).await,
+        Command::Info(a) => inspect::info(store, a, out).await,
+        Command::Log(a) => history::log(store, a, out).await,
+        Command::Verify(a) => inspect::verify(store, a, out).await,
+        Command::Follow(a) => restore::follow(store, a, out).await,
+        Command::Compact(a) => maintain::compact_cmd(store, a, out).await,
+        Command::Gc(a) => maintain::gc_cmd(store, a, out).await,
+        Command::Fork(a) => maintain::fork_cmd(store, a, out).await,
+        Command::Demo => demo::run(None, out).await,
     }
 }
 
