@@ -529,7 +529,7 @@ fn compact_and_gc_shrink_the_history_and_restores_stay_exact() {
     fails_with(
         &walvault(d, &["gc", "--namespace", "shop", "--retain", "7x"]),
         2,
-        "unknown unit",
+        "unknown time unit",
     );
     fails_with(
         &walvault(d, &["compact", "--namespace", "nobody"]),

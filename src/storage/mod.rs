@@ -79,7 +79,7 @@ impl fmt::Display for FindSegmentReq {
                 write!(f, "segment ending at or before frame {n}")
             }
             FindSegmentReq::Timestamp(t) => {
-                write!(f, "segment with a commit at or before {}", t.to_rfc3339())
+                write!(f, "segment with a commit at or before {}", stamp(*t))
             }
         }
     }
@@ -518,20 +518,128 @@ pub(crate) fn find_in(
         .ok_or_else(|| not_found(&catalog, namespace, req))
 }
 
-/// The error for a lookup that found nothing.
+/// The error for a lookup that found nothing: for a frame or time before the history,
+/// says so and names where the history starts (its first commit's time), rather than
+/// "no segment ending at or before frame 1 ... history spans frames 1..=2", which reads
+/// as a contradiction.
 pub(crate) fn not_found(
     catalog: &Catalog,
     namespace: &NamespaceName,
     req: FindSegmentReq,
 ) -> crate::Error {
-    let history = match (catalog.entries().first(), catalog.entries().last()) {
-        (Some(first), Some(last)) => format!(
-            "its history spans frames {}..={} from {}",
-            first.key.start_frame_no,
-            last.key.end_frame_no,
-            first.key.timestamp().to_rfc3339()
-        ),
-        _ => "it has no segments".to_string(),
+    let entries = catalog.entries();
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return crate::Error::NotFound(format!(
+            "no {req} in namespace {namespace}; it has no segments"
+        ));
     };
-    crate::Error::NotFound(format!("no {req} in namespace {namespace}; {history}"))
+    let (start, first_end) = (first.key.start_frame_no, first.key.end_frame_no);
+    let first_commit = stamp(first.key.timestamp());
+    let message = match req {
+        FindSegmentReq::Containing(n) | FindSegmentReq::EndFrameNoLessThan(n) if n < start => {
+            format!(
+                "frame {n} is before the history of namespace {namespace}, which starts at \
+                 frame {start} (first commit at {first_commit})"
+            )
+        }
+        FindSegmentReq::EndFrameNoLessThan(n) if n < first_end => format!(
+            "frame {n} is before the first restorable commit of namespace {namespace}: its \
+             first segment holds frames {start}..={first_end}, its first commit at {first_commit}"
+        ),
+        FindSegmentReq::Timestamp(t) if t < first.key.timestamp() => format!(
+            "{} is before the first restorable commit of namespace {namespace}, at \
+             {first_commit} (in frames {start}..={first_end})",
+            stamp(t)
+        ),
+        _ => format!(
+            "no {req} in namespace {namespace}; its history spans frames {start}..={} from \
+             {first_commit}",
+            last.key.end_frame_no
+        ),
+    };
+    crate::Error::NotFound(message)
+}
+
+/// A time in messages: RFC 3339 in UTC with milliseconds, as commits are stamped (and as
+/// the CLI prints times).
+pub(crate) fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod not_found_tests {
+    use super::*;
+    use catalog::CatalogEntry;
+
+    fn catalog(spans: &[(u64, u64, u64)]) -> Catalog {
+        let mut c = Catalog::default();
+        for &(start, end, ts) in spans {
+            c.push(CatalogEntry {
+                key: SegmentKey {
+                    start_frame_no: start,
+                    end_frame_no: end,
+                    timestamp: ts,
+                },
+                size: 100,
+                last_commit_ts: ts,
+                base_checksum: 0,
+                end_checksum: 0,
+            });
+        }
+        c
+    }
+
+    fn message(c: &Catalog, req: FindSegmentReq) -> String {
+        let ns = NamespaceName::new("app").unwrap();
+        match not_found(c, &ns, req) {
+            crate::Error::NotFound(m) => m,
+            other => panic!("not a NotFound: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_frame_before_the_first_commit_names_it() {
+        let c = catalog(&[(1, 2, 1_000), (3, 5, 2_000)]);
+        let m = message(&c, FindSegmentReq::EndFrameNoLessThan(1));
+        assert!(
+            m.starts_with("frame 1 is before the first restorable commit of namespace app"),
+            "{m}"
+        );
+        assert!(
+            m.contains("frames 1..=2") && m.contains("1970-01-01T00:00:01.000Z"),
+            "{m}"
+        );
+        assert!(!m.contains("no segment ending"), "{m}");
+    }
+
+    #[test]
+    fn a_frame_below_a_forked_history_names_where_it_starts() {
+        let c = catalog(&[(10, 12, 1_000)]);
+        let m = message(&c, FindSegmentReq::Containing(3));
+        assert!(
+            m.contains("frame 3 is before the history of namespace app, which starts at frame 10"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_time_before_the_history_names_the_first_commit_time() {
+        let c = catalog(&[(1, 2, 5_000)]);
+        let t = DateTime::<Utc>::from_timestamp_millis(4_000).unwrap();
+        let m = message(&c, FindSegmentReq::Timestamp(t));
+        assert_eq!(
+            m,
+            "1970-01-01T00:00:04.000Z is before the first restorable commit of namespace app, \
+             at 1970-01-01T00:00:05.000Z (in frames 1..=2)"
+        );
+    }
+
+    #[test]
+    fn other_misses_and_an_empty_namespace_say_what_there_is() {
+        let c = catalog(&[(1, 2, 1_000)]);
+        let m = message(&c, FindSegmentReq::Containing(9));
+        assert!(m.contains("its history spans frames 1..=2"), "{m}");
+        let m = message(&Catalog::default(), FindSegmentReq::EndFrameNoLessThan(0));
+        assert!(m.ends_with("it has no segments"), "{m}");
+    }
 }

@@ -1023,21 +1023,43 @@ pub(crate) async fn locate_target<S: Storage + ?Sized>(
         RestoreOptions::FrameNo(n) => {
             // The segment containing `n` holds the target if it has a commit at or before
             // `n`; otherwise the target is the last commit of the segment before.
+            let mut first_commit = None;
             if let Ok(key) = storage
                 .find_segment(ns, FindSegmentReq::Containing(n), config.clone())
                 .await
             {
                 let table = storage.fetch_commit_table(ns, &key, config.clone()).await?;
-                if table.commits().first().is_some_and(|c| c.frame_no <= n) {
-                    return target_in(ns, key, table, options);
+                match table.commits().first() {
+                    Some(c) if c.frame_no <= n => return target_in(ns, key, table, options),
+                    first => first_commit = first.copied(),
                 }
             }
-            FindSegmentReq::EndFrameNoLessThan(n)
+            let req = FindSegmentReq::EndFrameNoLessThan(n);
+            let key = match storage.find_segment(ns, req, config.clone()).await {
+                Ok(key) => key,
+                // No segment ends at or before `n`, so the one containing it is the
+                // first: its first commit is the first restorable one, and is named.
+                Err(e) if e.is_not_found() => {
+                    return Err(first_commit.map_or(e, |c| before_first_commit(ns, n, &c)))
+                }
+                Err(e) => return Err(e),
+            };
+            let table = storage.fetch_commit_table(ns, &key, config.clone()).await?;
+            return target_in(ns, key, table, options);
         }
     };
     let key = storage.find_segment(ns, req, config.clone()).await?;
     let table = storage.fetch_commit_table(ns, &key, config.clone()).await?;
     target_in(ns, key, table, options)
+}
+
+/// The error for a frame number below the first commit of a namespace's history.
+fn before_first_commit(ns: &NamespaceName, n: u64, first: &Commit) -> Error {
+    Error::NotFound(format!(
+        "frame {n} is before the first restorable commit of namespace {ns}: frame {} at {}",
+        first.frame_no,
+        super::stamp(ms_to_datetime(first.timestamp_ms))
+    ))
 }
 
 /// The last commit of `table` within the target. Lookups only return segments whose

@@ -6,12 +6,13 @@
 //! [{"frame_no", "time", "timestamp_ms", "db_size_pages", "pages_changed",
 //! "new_lineage"}, ...]}`, oldest first, `time` in RFC 3339 with milliseconds.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use walvault::{CommitEntry, Result};
 
 use crate::args::{self, Store};
 use crate::inspect::known;
+use crate::output::Output;
 
 #[derive(Debug, clap::Args)]
 pub struct LogArgs {
@@ -24,22 +25,16 @@ pub struct LogArgs {
     /// List only commits at or before this time (RFC 3339).
     #[arg(long, value_parser = args::time)]
     until: Option<DateTime<Utc>>,
-    /// Print JSON (a stable, documented shape).
-    #[arg(long)]
-    json: bool,
 }
 
-pub async fn log<S: Store>(store: S, a: LogArgs) -> Result<()> {
+pub async fn log<S: Store>(store: S, a: LogArgs, out: Output) -> Result<()> {
     let namespace = known(&store, &a.namespace).await?;
     let commits = walvault::commit_log(&store, &namespace, a.since, a.until).await?;
-    if a.json {
+    if out.is_json() {
         let list: Vec<_> = commits.iter().map(to_json).collect();
-        println!(
-            "{}",
-            json!({ "namespace": namespace.as_str(), "commits": list })
-        );
+        out.json(&json!({ "namespace": namespace.as_str(), "commits": list }));
     } else {
-        print_table(&commits);
+        print_table(&commits, out);
     }
     Ok(())
 }
@@ -58,16 +53,16 @@ fn to_json(c: &CommitEntry) -> serde_json::Value {
 /// RFC 3339 with milliseconds, in UTC: exactly the stored stamp, and what `restore --at`
 /// takes to return this commit.
 fn time(c: &CommitEntry) -> String {
-    c.timestamp().to_rfc3339_opts(SecondsFormat::Millis, true)
+    args::rfc3339(c.timestamp())
 }
 
-fn print_table(commits: &[CommitEntry]) {
+fn print_table(commits: &[CommitEntry], out: Output) {
     let widest = commits.iter().map(|c| c.frame_no).max().unwrap_or(0);
     let w = widest.to_string().len().max("FRAME".len());
-    println!(
+    out.line(format!(
         "{:>w$}  {:<24}  {:>8}  {:>7}  NOTE",
         "FRAME", "TIME", "DB PAGES", "CHANGED"
-    );
+    ));
     for c in commits {
         let line = format!(
             "{:>w$}  {:<24}  {:>8}  {:>7}  {}",
@@ -77,9 +72,9 @@ fn print_table(commits: &[CommitEntry]) {
             c.pages_changed,
             if c.new_lineage { "snapshot" } else { "" }
         );
-        println!("{}", line.trim_end());
+        out.line(line.trim_end());
     }
-    println!("{}", summary(commits));
+    out.line(summary(commits));
 }
 
 fn summary(commits: &[CommitEntry]) -> String {

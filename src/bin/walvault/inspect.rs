@@ -1,12 +1,15 @@
 //! `walvault ls`, `info` and `verify`: read-only looks at the store.
 //!
-//! `--json` output is stable: fields are only ever added.
+//! `--json` output is stable: fields are only ever added. Times are RFC 3339 in UTC with
+//! milliseconds (`2026-11-21T10:00:00.123Z`).
 //! * `ls --json`: `{"namespaces": ["name", ...]}`
 //! * `ls --namespace N --json`: `{"namespace": N, "segments": [{"key", "start_frame_no",
-//!   "end_frame_no", "first_commit", "last_commit", "size"}, ...]}` newest first, times
-//!   in RFC 3339.
+//!   "end_frame_no", "first_commit", "last_commit", "size"}, ...]}` newest first.
 //! * `info --json`: `{"namespace", "durable_frame_no", "segments", "bytes",
 //!   "first_commit", "last_commit"}` (times null when there are no segments).
+//! * `verify --json`: `{"namespace", "segments", "commits_proved", "commits_unchecked",
+//!   "sound", "problems": [{"key", "problem"}, ...]}`; printed also when unsound (the
+//!   exit status is then 1, with the error on stderr).
 
 use crate::args::Store;
 use chrono::{DateTime, TimeZone, Utc};
@@ -15,15 +18,13 @@ use tokio_stream::StreamExt;
 use walvault::{Error, NamespaceName, Result, SegmentInfo};
 
 use crate::args;
+use crate::output::Output;
 
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
     /// List this namespace's segments instead of the namespaces.
     #[arg(long)]
     pub(crate) namespace: Option<String>,
-    /// Print JSON (a stable, documented shape).
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -31,9 +32,6 @@ pub struct InfoArgs {
     /// The namespace.
     #[arg(long)]
     pub(crate) namespace: String,
-    /// Print JSON (a stable, documented shape).
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -43,20 +41,17 @@ pub struct VerifyArgs {
     pub(crate) namespace: String,
 }
 
-pub async fn ls<S: Store>(store: S, a: LsArgs) -> Result<()> {
+pub async fn ls<S: Store>(store: S, a: LsArgs, out: Output) -> Result<()> {
     let Some(name) = a.namespace else {
         let names = store.namespaces().await?;
-        if a.json {
-            let names: Vec<&str> = names.iter().map(NamespaceName::as_str).collect();
-            println!("{}", json!({ "namespaces": names }));
-        } else {
-            names.iter().for_each(|n| println!("{n}"));
-        }
+        let names: Vec<&str> = names.iter().map(NamespaceName::as_str).collect();
+        out.json(&json!({ "namespaces": names }));
+        names.iter().for_each(|n| out.line(n));
         return Ok(());
     };
     let namespace = known(&store, &name).await?;
     let segments = segments(&store, &namespace).await?;
-    if a.json {
+    if out.is_json() {
         let list: Vec<_> = segments
             .iter()
             .map(|s| {
@@ -64,44 +59,41 @@ pub async fn ls<S: Store>(store: S, a: LsArgs) -> Result<()> {
                     "key": s.key.to_string(),
                     "start_frame_no": s.key.start_frame_no,
                     "end_frame_no": s.key.end_frame_no,
-                    "first_commit": s.key.timestamp().to_rfc3339(),
-                    "last_commit": ms(s.last_commit_ts).to_rfc3339(),
+                    "first_commit": args::rfc3339(s.key.timestamp()),
+                    "last_commit": args::rfc3339(ms(s.last_commit_ts)),
                     "size": s.size,
                 })
             })
             .collect();
-        println!(
-            "{}",
-            json!({ "namespace": namespace.as_str(), "segments": list })
-        );
+        out.json(&json!({ "namespace": namespace.as_str(), "segments": list }));
         return Ok(());
     }
-    println!(
+    out.line(format!(
         "{:<62} {:>21} {:>25} {:>10}",
         "KEY", "FRAMES", "LAST COMMIT", "BYTES"
-    );
+    ));
     for s in &segments {
-        println!(
+        out.line(format!(
             "{:<62} {:>21} {:>25} {:>10}",
             s.key.to_string(),
             format!("{}-{}", s.key.start_frame_no, s.key.end_frame_no),
-            ms(s.last_commit_ts)
-                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-                .to_string(),
+            args::rfc3339(ms(s.last_commit_ts)),
             s.size
-        );
+        ));
     }
     Ok(())
 }
 
-pub async fn info<S: Store>(store: S, a: InfoArgs) -> Result<()> {
+pub async fn info<S: Store>(store: S, a: InfoArgs, out: Output) -> Result<()> {
     let namespace = known(&store, &a.namespace).await?;
     let durable = store.durable_frame_no(&namespace, None).await?;
     let segments = segments(&store, &namespace).await?;
     let bytes: u64 = segments.iter().map(|s| s.size).sum();
-    let first = segments.last().map(|s| s.key.timestamp().to_rfc3339());
-    let last = segments.first().map(|s| ms(s.last_commit_ts).to_rfc3339());
-    if a.json {
+    let first = segments.last().map(|s| args::rfc3339(s.key.timestamp()));
+    let last = segments
+        .first()
+        .map(|s| args::rfc3339(ms(s.last_commit_ts)));
+    if out.is_json() {
         let value = json!({
             "namespace": namespace.as_str(),
             "durable_frame_no": durable,
@@ -110,26 +102,45 @@ pub async fn info<S: Store>(store: S, a: InfoArgs) -> Result<()> {
             "first_commit": first,
             "last_commit": last,
         });
-        println!("{value}");
+        out.json(&value);
         return Ok(());
     }
-    println!("namespace         {namespace}");
-    println!("durable frame     {durable}");
-    println!("segments          {}", segments.len());
-    println!("bytes             {bytes}");
-    println!("first commit      {}", first.as_deref().unwrap_or("-"));
-    println!("last commit       {}", last.as_deref().unwrap_or("-"));
+    out.line(format!("namespace         {namespace}"));
+    out.line(format!("durable frame     {durable}"));
+    out.line(format!("segments          {}", segments.len()));
+    out.line(format!("bytes             {bytes}"));
+    out.line(format!(
+        "first commit      {}",
+        first.as_deref().unwrap_or("-")
+    ));
+    out.line(format!(
+        "last commit       {}",
+        last.as_deref().unwrap_or("-")
+    ));
     Ok(())
 }
 
-pub async fn verify<S: Store>(store: S, a: VerifyArgs) -> Result<()> {
+pub async fn verify<S: Store>(store: S, a: VerifyArgs, out: Output) -> Result<()> {
     let namespace = known(&store, &a.namespace).await?;
     let report = walvault::verify_history(&store, &namespace).await?;
+    let problems: Vec<_> = report
+        .problems
+        .iter()
+        .map(|(key, why)| json!({ "key": key.to_string(), "problem": why.to_string() }))
+        .collect();
+    out.json(&json!({
+        "namespace": namespace.as_str(),
+        "segments": report.segments,
+        "commits_proved": report.commits_proved,
+        "commits_unchecked": report.commits_unchecked,
+        "sound": report.is_sound(),
+        "problems": problems,
+    }));
     for (key, why) in &report.problems {
-        println!("BAD {key}: {why}");
+        out.line(format!("BAD {key}: {why}"));
     }
     if report.is_sound() {
-        println!(
+        out.line(format!(
             "{namespace}: {} segments verified, every checksum matches; {} commits proved by \
              replaying the lineage chain{}",
             report.segments,
@@ -138,7 +149,7 @@ pub async fn verify<S: Store>(store: S, a: VerifyArgs) -> Result<()> {
                 0 => String::new(),
                 n => format!(" ({n} older commits carry no lineage checksum)"),
             }
-        );
+        ));
         Ok(())
     } else {
         Err(Error::NotFound(format!(
@@ -153,12 +164,34 @@ pub async fn verify<S: Store>(store: S, a: VerifyArgs) -> Result<()> {
 /// The namespace, if the store has it: an unknown one is an error, not an empty listing.
 pub async fn known<S: Store>(store: &S, name: &str) -> Result<NamespaceName> {
     let namespace = args::namespace(name)?;
-    if !store.namespaces().await?.contains(&namespace) {
-        return Err(Error::NotFound(format!(
-            "namespace {namespace} in the store"
-        )));
+    let names = store.namespaces().await?;
+    if !names.contains(&namespace) {
+        return Err(unknown(&namespace, &names));
     }
     Ok(namespace)
+}
+
+/// The error for a namespace the store does not have, listing those it has (a typo is
+/// then plain to see).
+pub fn unknown(namespace: &NamespaceName, names: &[NamespaceName]) -> Error {
+    const SHOWN: usize = 20;
+    let has = match names.len() {
+        0 => "the store is empty".to_string(),
+        n => {
+            let list: Vec<&str> = names
+                .iter()
+                .take(SHOWN)
+                .map(NamespaceName::as_str)
+                .collect();
+            let more = if n > SHOWN {
+                format!(" and {} more", n - SHOWN)
+            } else {
+                String::new()
+            };
+            format!("it has {}{more}", list.join(", "))
+        }
+    };
+    Error::NotFound(format!("namespace {namespace} is not in the store; {has}"))
 }
 
 async fn segments<S: Store>(store: &S, namespace: &NamespaceName) -> Result<Vec<SegmentInfo>> {

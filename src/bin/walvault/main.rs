@@ -3,6 +3,9 @@
 //! exit with status 2. The library's warnings (a store outage and its recovery, a slow
 //! checkpoint) go to stderr as timestamped log lines (`logging.rs`: `--log-level`,
 //! `--log-format`, `RUST_LOG`).
+//!
+//! Results go to stdout through [`output::Output`] (lines, or JSON with the global
+//! `--json`), which never panics when the reader of stdout went away.
 
 mod args;
 mod config;
@@ -11,6 +14,7 @@ mod history;
 mod inspect;
 mod logging;
 mod maintain;
+mod output;
 mod replicate;
 mod restore;
 
@@ -25,9 +29,14 @@ struct Cli {
     /// Where segments are kept: a directory path, a file:// URL, or s3://bucket/prefix,
     /// gs://bucket/prefix, az://container/prefix (credentials from AWS_*, GOOGLE_*,
     /// AZURE_* environment variables). Default: the config file's store, else
-    /// WALVAULT_STORE, else ./walvault-store.
+    /// WALVAULT_STORE, else ./walvault-store. Only `replicate` creates a local store
+    /// directory; other commands refuse one that does not exist.
     #[arg(long, global = true)]
     store: Option<String>,
+    /// Print results as JSON (a stable, documented shape per command; fields are only
+    /// ever added). Long-running commands print one JSON object per line per event.
+    #[arg(long, global = true)]
+    json: bool,
     /// The config file (default: WALVAULT_CONFIG, else ./walvault.toml if it exists).
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<std::path::PathBuf>,
@@ -69,7 +78,8 @@ enum Command {
     Gc(maintain::GcArgs),
     /// Start a new namespace from another's history at a moment, sharing its segments.
     Fork(maintain::ForkArgs),
-    /// Replicate a demo database in phases, restore each phase by time and check it.
+    /// Replicate a demo database in phases, restore each phase by time and check it
+    /// (under ./walvault-demo, its store there unless --store is given).
     Demo,
 }
 
@@ -80,24 +90,16 @@ pub struct Context {
     pub config: Option<config::Config>,
 }
 
-/// The store when nothing names one.
-const DEFAULT_STORE: &str = "./walvault-store";
-
 impl Context {
     /// The store to use (for `namespace`, when known): `--store`, else the config file's
     /// (the store of the database replicating into `namespace`, else its default store),
-    /// else `WALVAULT_STORE`, else `./walvault-store`.
+    /// else `WALVAULT_STORE`, else `./walvault-store` (see [`args::store_url`]).
     pub fn store_url(&self, namespace: Option<&str>) -> String {
-        let env = || {
-            std::env::var("WALVAULT_STORE")
-                .ok()
-                .filter(|s| !s.is_empty())
-        };
-        self.store_flag
+        let named = self
+            .store_flag
             .clone()
-            .or_else(|| self.config.as_ref().and_then(|c| c.store_for(namespace)))
-            .or_else(env)
-            .unwrap_or_else(|| DEFAULT_STORE.to_string())
+            .or_else(|| self.config.as_ref().and_then(|c| c.store_for(namespace)));
+        args::store_url(named.as_deref())
     }
 }
 
@@ -127,23 +129,36 @@ fn main() -> ExitCode {
             return fail(&e.to_string());
         }
     }
+    let out = output::Output::new(cli.json);
     let context = Context {
         store_flag: cli.store,
         config,
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Demo => demo::run().await.map(|()| ExitCode::SUCCESS),
-            Command::Replicate(a) => replicate::run(&context, a).await,
-            command => {
-                let url = context.store_url(command.namespace());
-                match args::open_store(&url)? {
-                    args::Opened::Local(store) => run(store, command).await,
-                    args::Opened::Object(store) => run(store, command).await,
-                }
-                .map(|()| ExitCode::SUCCESS)
+        let command = match cli.command {
+            Command::Demo => {
+                return demo::run(context.store_flag.as_deref(), out)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
             }
+            Command::Replicate(a) => return replicate::run(&context, a, out).await,
+            command => command,
+        };
+        let url = context.store_url(command.namespace());
+        // Only replicate creates a store; the others refuse a local one that is missing
+        // (restore --if-replica-exists takes that as "no replica").
+        let opened = match &command {
+            Command::Restore(a) => match restore::without_store(a, &url, out) {
+                Some(done) => return done.map(|()| ExitCode::SUCCESS),
+                None => args::open_store_existing(&url)?,
+            },
+            _ => args::open_store_existing(&url)?,
+        };
+        match opened {
+            args::Opened::Local(store) => run(store, command, out).await,
+            args::Opened::Object(store) => run(store, command, out).await,
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     match result {
         Ok(code) => code,
@@ -151,17 +166,21 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run<S: args::Store>(store: S, command: Command) -> walvault::Result<()> {
+async fn run<S: args::Store>(
+    store: S,
+    command: Command,
+    out: output::Output,
+) -> walvault::Result<()> {
     match command {
-        Command::Restore(a) => restore::run(store, a).await,
-        Command::Ls(a) => inspect::ls(store, a).await,
-        Command::Info(a) => inspect::info(store, a).await,
-        Command::Log(a) => history::log(store, a).await,
-        Command::Verify(a) => inspect::verify(store, a).await,
-        Command::Follow(a) => restore::follow(store, a).await,
-        Command::Compact(a) => maintain::compact_cmd(store, a).await,
-        Command::Gc(a) => maintain::gc_cmd(store, a).await,
-        Command::Fork(a) => maintain::fork_cmd(store, a).await,
+        Command::Restore(a) => restore::run(store, a, out).await,
+        Command::Ls(a) => inspect::ls(store, a, out).await,
+        Command::Info(a) => inspect::info(store, a, out).await,
+        Command::Log(a) => history::log(store, a, out).await,
+        Command::Verify(a) => inspect::verify(store, a, out).await,
+        Command::Follow(a) => restore::follow(store, a, out).await,
+        Command::Compact(a) => maintain::compact_cmd(store, a, out).await,
+        Command::Gc(a) => maintain::gc_cmd(store, a, out).await,
+        Command::Fork(a) => maintain::fork_cmd(store, a, out).await,
         Command::Replicate(_) | Command::Demo => Err(walvault::Error::from(
             walvault::InvalidInput::Config("this command does not open one store".into()),
         )),

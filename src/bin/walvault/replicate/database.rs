@@ -6,15 +6,15 @@
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
-use walvault::{
-    Error, InstallOptions, InvalidInput, Replicator, ReplicatorConfig, RestoreOptions, Result,
-};
+use walvault::{Error, InvalidInput, Replicator, ReplicatorConfig, Result};
 
 use super::shipping::{follow, snapshot_note, stop_replicator};
 use super::{Spec, Stop};
 use crate::args::{self, Store};
+use crate::restore;
 
 /// Starts background maintenance (tiered compaction, retention, garbage collection)
 /// on the writer's own store handle; None with `--no-compact` and nothing else to do.
@@ -43,19 +43,24 @@ fn maintain<S: Store>(
     let clock = std::sync::Arc::new(walvault::SystemClock);
     let maintainer = walvault::Maintainer::new(store.clone(), namespace.clone(), config, clock)?;
     // The fast tier merges every few seconds: only the slower tiers and collection say so.
-    let label = a.label.clone();
+    let spec = a.clone();
     Ok(Some(maintainer.spawn(move |r| {
         if r.changed() && r.task != walvault::Task::Compact(0) {
-            println!(
-                "{label}maintenance: {} merges of {} segments{}; deleted {} segments",
-                r.merges,
-                r.segments_merged,
-                if r.history_dropped {
-                    ", old history dropped"
-                } else {
-                    ""
+            let dropped = if r.history_dropped {
+                ", old history dropped"
+            } else {
+                ""
+            };
+            spec.say(
+                "maintenance",
+                || {
+                    format!(
+                        "maintenance: {} merges of {} segments{dropped}; deleted {} segments",
+                        r.merges, r.segments_merged, r.deleted
+                    )
                 },
-                r.deleted
+                json!({ "merges": r.merges, "segments_merged": r.segments_merged,
+                        "history_dropped": r.history_dropped, "deleted": r.deleted }),
             );
         }
     })))
@@ -191,9 +196,10 @@ async fn replicate<S: Store>(
     config.log.seal_age = spec.seal_age.unwrap_or(spec.max_lag);
     let dir = config.log.dir.clone();
     let Some(replicator) = open(&store, spec, config, stop, &mut ready).await? else {
-        println!(
-            "{}stopped before the database could be opened; nothing was shipped",
-            spec.label
+        spec.say(
+            "stopped",
+            || "stopped before the database could be opened; nothing was shipped".into(),
+            json!({ "shipped": false }),
         );
         return Ok(());
     };
@@ -240,40 +246,37 @@ async fn restore_if_missing<S: Store>(store: &S, spec: &Spec, stop: &mut Stop) -
 }
 
 async fn restore_latest<S: Store>(store: &S, spec: &Spec) -> Result<()> {
-    let durable = store.durable_frame_no(&spec.namespace, None).await?;
-    if durable == 0 {
-        println!(
-            "{}{} does not exist and namespace {} has no commits in {}: starting without a restore",
-            spec.label,
-            spec.db.display(),
-            spec.namespace,
-            spec.store
+    if restore::boot_plan(store, &spec.namespace, &spec.db).await? == restore::Boot::NoReplica {
+        spec.say(
+            "no_replica",
+            || {
+                format!(
+                    "{} does not exist and namespace {} has no commits in {}: starting \
+                     without a restore",
+                    spec.db.display(),
+                    spec.namespace,
+                    spec.store
+                )
+            },
+            json!({ "store": spec.store }),
         );
         return Ok(());
     }
-    let install = InstallOptions {
-        integrity_check: true,
-        ..InstallOptions::default()
-    };
-    let summary = walvault::restore_database(
-        store,
-        &spec.namespace,
-        RestoreOptions::Latest,
-        &spec.db,
-        install,
-        None,
-    )
-    .await?;
-    println!(
-        "{}restored {} from namespace {} at frame {} ({}), integrity_check ok",
-        spec.label,
-        spec.db.display(),
-        spec.namespace,
-        summary.frame_no,
-        summary
-            .timestamp
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    );
+    if let Some(summary) = restore::restore_if_missing(store, &spec.namespace, &spec.db).await? {
+        let at = args::rfc3339(summary.timestamp);
+        spec.say(
+            "restored",
+            || {
+                format!(
+                    "restored {} from namespace {} at frame {} ({at})",
+                    spec.db.display(),
+                    spec.namespace,
+                    summary.frame_no,
+                )
+            },
+            json!({ "frame_no": summary.frame_no, "timestamp": at }),
+        );
+    }
     Ok(())
 }
 
@@ -298,7 +301,11 @@ async fn open<S: Store>(
                     let _ = tx.send(());
                 }
                 if said.as_deref() != Some(why.as_str()) {
-                    println!("{}waiting: {why}", spec.label);
+                    spec.say(
+                        "waiting",
+                        || format!("waiting: {why}"),
+                        json!({ "why": why }),
+                    );
                     said = Some(why);
                 }
                 CREATION_POLL
@@ -376,13 +383,24 @@ async fn once<S: Store>(store: S, spec: &Spec) -> Result<()> {
     let report = replicator.run_once().await?;
     replicator.close().await?;
     let durable = walvault::Storage::durable_frame_no(&store, &spec.namespace, None).await?;
-    println!(
-        "{}replicated {}: {} transactions, {} frames{}; durable frame {durable}",
-        spec.label,
-        spec.db.display(),
-        report.transactions,
-        report.frames,
-        snapshot_note(&report),
+    spec.say(
+        "replicated",
+        || {
+            format!(
+                "replicated {}: {} transactions, {} frames{}; durable frame {durable}",
+                spec.db.display(),
+                report.transactions,
+                report.frames,
+                snapshot_note(&report),
+            )
+        },
+        json!({
+            "transactions": report.transactions,
+            "frames": report.frames,
+            "snapshot": report.snapshot,
+            "snapshot_reason": report.snapshot_reason.map(|r| r.to_string()),
+            "durable_frame_no": durable,
+        }),
     );
     Ok(())
 }

@@ -9,7 +9,10 @@
 
 use std::process::ExitStatus;
 
+use serde_json::json;
 use walvault::{Error, Result};
+
+use crate::output::Output;
 
 use super::database::Running;
 
@@ -66,11 +69,12 @@ impl Signals {
 pub struct Child {
     process: tokio::process::Child,
     command: String,
+    out: Output,
 }
 
 impl Child {
     /// Starts `command` with `sh -c`.
-    pub fn spawn(command: &str) -> Result<Self> {
+    pub fn spawn(command: &str, out: Output) -> Result<Self> {
         let mut shell = tokio::process::Command::new("sh");
         shell.arg("-c").arg(command);
         // A process group of its own, so a signal reaches every process of the command
@@ -81,19 +85,24 @@ impl Child {
         let process = shell
             .spawn()
             .map_err(|e| Error::io(format!("starting the application `{command}`"), e))?;
-        println!(
-            "started the application (pid {}): {command}",
-            process.id().unwrap_or_default()
+        let pid = process.id().unwrap_or_default();
+        out.emit(
+            || format!("started the application (pid {pid}): {command}"),
+            || json!({ "event": "application_started", "pid": pid, "command": command }),
         );
         Ok(Self {
             process,
             command: command.to_string(),
+            out,
         })
     }
 
     /// Passes signal `signal` on to the application's process group.
     fn forward(&mut self, signal: SignalNo) {
-        println!("passing signal {signal} on to the application; stopping once it exits");
+        self.out.emit(
+            || format!("passing signal {signal} on to the application; stopping once it exits"),
+            || json!({ "event": "signal_forwarded", "signal": signal }),
+        );
         #[cfg(unix)]
         if let Some(pid) = self.process.id().and_then(|p| i32::try_from(p).ok()) {
             // SAFETY: kill only sends a signal. The group is our child's own (its pid is
@@ -114,6 +123,7 @@ pub async fn supervise(
     child: Option<Child>,
     signals: &mut Signals,
     running: &mut Running,
+    out: Output,
 ) -> Result<Option<u8>> {
     let Some(mut child) = child else {
         tokio::select! {
@@ -130,7 +140,10 @@ pub async fn supervise(
                     Error::io(format!("waiting for the application `{}`", child.command), e)
                 })?;
                 let code = exit_code(status);
-                println!("the application exited with status {code}; making everything durable");
+                out.emit(
+                    || format!("the application exited with status {code}; making everything durable"),
+                    || json!({ "event": "application_exited", "status": code }),
+                );
                 return Ok(Some(code));
             }
         }

@@ -28,6 +28,7 @@ use walvault::{Error, InvalidInput, NamespaceName, Result};
 
 use crate::args;
 use crate::config::{Config, DbOptions};
+use crate::output::Output;
 use crate::Context;
 
 pub use database::stem;
@@ -104,6 +105,30 @@ pub struct Spec {
     /// What the database's lines start with: empty with one database, `[app.db] `
     /// with several.
     pub label: String,
+    pub out: Output,
+}
+
+impl Spec {
+    /// Reports one event on stdout: a line for people (after the label), or with
+    /// `--json` one object `{"event", "db", "namespace", ...fields}`.
+    pub fn say(&self, event: &str, human: impl FnOnce() -> String, fields: serde_json::Value) {
+        self.out.emit(
+            || format!("{}{}", self.label, human()),
+            || {
+                let mut value = serde_json::json!({
+                    "event": event,
+                    "db": self.db.display().to_string(),
+                    "namespace": self.namespace.as_str(),
+                });
+                if let (Some(all), serde_json::Value::Object(more)) =
+                    (value.as_object_mut(), fields)
+                {
+                    all.extend(more);
+                }
+                value
+            },
+        );
+    }
 }
 
 /// A lag or interval of at least 10 ms: shorter ones would have the daemon spin.
@@ -115,8 +140,8 @@ fn at_least_10ms(text: &str) -> std::result::Result<Duration, String> {
     }
 }
 
-pub async fn run(context: &Context, a: Args) -> Result<ExitCode> {
-    let specs = specs(context, &a)?;
+pub async fn run(context: &Context, a: Args, out: Output) -> Result<ExitCode> {
+    let specs = specs(context, &a, out)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     if a.once {
         return database::once_all(specs).await.map(|()| ExitCode::SUCCESS);
@@ -128,19 +153,25 @@ pub async fn run(context: &Context, a: Args) -> Result<ExitCode> {
     if let Some(command) = &a.exec {
         if !running.ready(&mut signals).await {
             running.stop(&stop_tx).await;
-            println!("stopped before the databases were ready; the application was not started");
+            out.emit(
+                || {
+                    "stopped before the databases were ready; the application was not started"
+                        .into()
+                },
+                || serde_json::json!({ "event": "stopped", "application_started": false }),
+            );
             return Ok(running.exit_code(None));
         }
-        child = Some(exec::Child::spawn(command)?);
+        child = Some(exec::Child::spawn(command, out)?);
     }
-    let status = exec::supervise(child, &mut signals, &mut running).await?;
+    let status = exec::supervise(child, &mut signals, &mut running, out).await?;
     running.stop(&stop_tx).await;
     Ok(running.exit_code(status))
 }
 
 /// Every database to replicate: `--db`, or the config file's `[[db]]` tables (with the
 /// flags given overriding the file's options).
-fn specs(context: &Context, a: &Args) -> Result<Vec<Spec>> {
+fn specs(context: &Context, a: &Args, out: Output) -> Result<Vec<Spec>> {
     let flags = DbOptions {
         max_lag: a.max_lag,
         interval: a.interval,
@@ -157,7 +188,14 @@ fn specs(context: &Context, a: &Args) -> Result<Vec<Spec>> {
             None => stem(db)?,
         };
         let store = context.store_url(Some(&name));
-        return Ok(vec![spec(db.clone(), &name, store, &flags, String::new())?]);
+        return Ok(vec![spec(
+            db.clone(),
+            &name,
+            store,
+            &flags,
+            String::new(),
+            out,
+        )?]);
     }
     let Some(config) = &context.config else {
         return Err(InvalidInput::Config(format!(
@@ -167,10 +205,15 @@ fn specs(context: &Context, a: &Args) -> Result<Vec<Spec>> {
         ))
         .into());
     };
-    from_config(context, config, &flags)
+    from_config(context, config, &flags, out)
 }
 
-fn from_config(context: &Context, config: &Config, flags: &DbOptions) -> Result<Vec<Spec>> {
+fn from_config(
+    context: &Context,
+    config: &Config,
+    flags: &DbOptions,
+    out: Output,
+) -> Result<Vec<Spec>> {
     if config.dbs.is_empty() {
         return Err(InvalidInput::Config(format!(
             "{} lists no databases: add a [[db]] table with a path",
@@ -197,12 +240,19 @@ fn from_config(context: &Context, config: &Config, flags: &DbOptions) -> Result<
                 String::new()
             };
             let options = db.options.overridden_by(flags);
-            spec(db.path.clone(), &name, store, &options, label)
+            spec(db.path.clone(), &name, store, &options, label, out)
         })
         .collect()
 }
 
-fn spec(db: PathBuf, namespace: &str, store: String, o: &DbOptions, label: String) -> Result<Spec> {
+fn spec(
+    db: PathBuf,
+    namespace: &str,
+    store: String,
+    o: &DbOptions,
+    label: String,
+    out: Output,
+) -> Result<Spec> {
     let namespace = args::namespace(namespace).map_err(|e| {
         Error::from(InvalidInput::Config(format!(
             "{}: {e}; pass a namespace (--namespace, or namespace = \"...\" in the config)",
@@ -222,6 +272,7 @@ fn spec(db: PathBuf, namespace: &str, store: String, o: &DbOptions, label: Strin
         grace: o.grace.unwrap_or(Duration::from_secs(3600)),
         restore_if_missing: o.restore_if_missing.unwrap_or(false),
         label,
+        out,
     })
 }
 

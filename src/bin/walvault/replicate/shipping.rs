@@ -94,9 +94,8 @@ impl Wake {
 /// What the daemon prints about ordinary shipping: a line at the first, then at most one
 /// every [`SUMMARY_EVERY`] adding up what was shipped since (a snapshot is always
 /// reported at once).
-#[derive(Default)]
 struct Shipped {
-    label: String,
+    spec: Spec,
     transactions: u64,
     frames: u64,
     printed: Option<tokio::time::Instant>,
@@ -111,14 +110,28 @@ impl Shipped {
         self.frames += report.frames;
         let due = self.printed.is_none_or(|at| at.elapsed() >= SUMMARY_EVERY);
         if report.snapshot || (due && self.transactions > 0) {
-            self.print(snapshot_note(report));
+            self.print(report);
         }
     }
 
-    fn print(&mut self, note: String) {
-        println!(
-            "{}shipped {} transactions, {} frames{note}",
-            self.label, self.transactions, self.frames
+    /// Prints what was shipped since the last line (`last`: the step that ends it, for
+    /// its snapshot).
+    fn print(&mut self, last: &walvault::IngestReport) {
+        let (transactions, frames) = (self.transactions, self.frames);
+        self.spec.say(
+            "shipped",
+            || {
+                format!(
+                    "shipped {transactions} transactions, {frames} frames{}",
+                    snapshot_note(last)
+                )
+            },
+            serde_json::json!({
+                "transactions": transactions,
+                "frames": frames,
+                "snapshot": last.snapshot,
+                "snapshot_reason": last.snapshot_reason.map(|r| r.to_string()),
+            }),
         );
         self.transactions = 0;
         self.frames = 0;
@@ -136,21 +149,29 @@ pub async fn follow<S: Store>(
     stop: &mut Stop,
     mut ready: impl FnMut(),
 ) -> (Replicator<S>, Result<()>) {
-    let mut wake = Wake::new(a);
-    println!(
-        "{}replicating {} into namespace {} of {}, {}, lag at most {:?} plus the store's; \
-         Ctrl-C or SIGTERM stops",
-        a.label,
-        a.db.display(),
-        a.namespace,
-        a.store,
-        wake.describe(),
-        a.max_lag,
+    let wake = Wake::new(a);
+    a.say(
+        "replicating",
+        || {
+            format!(
+                "replicating {} into namespace {} of {}, {}, lag at most {:?} plus the \
+                 store's; Ctrl-C or SIGTERM stops",
+                a.db.display(),
+                a.namespace,
+                a.store,
+                wake.describe(),
+                a.max_lag,
+            )
+        },
+        serde_json::json!({ "store": a.store, "max_lag_ms": a.max_lag.as_millis() as u64 }),
     );
+    let mut wake = wake;
     let mut warned: Option<tokio::time::Instant> = None;
     let mut shipped = Shipped {
-        label: a.label.clone(),
-        ..Shipped::default()
+        spec: a.clone(),
+        transactions: 0,
+        frames: 0,
+        printed: None,
     };
     loop {
         let polled = replicator.poll().await;
@@ -201,7 +222,7 @@ pub async fn follow<S: Store>(
                 shipped.add(report);
             }
             if shipped.transactions > 0 {
-                shipped.print(String::new());
+                shipped.print(&walvault::IngestReport::default());
             }
             return (replicator, last.map(drop));
         }
@@ -224,7 +245,11 @@ pub async fn stop_replicator<S: Store>(
     outcome?;
     match closed {
         Ok(Ok(())) => {
-            println!("{}stopped; everything shipped is durable", a.label);
+            a.say(
+                "stopped",
+                || "stopped; everything shipped is durable".into(),
+                serde_json::json!({ "durable": true }),
+            );
             Ok(())
         }
         Ok(Err(e)) => Err(e),
