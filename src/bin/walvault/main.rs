@@ -9,6 +9,7 @@ mod demo;
 mod history;
 mod inspect;
 mod maintain;
+mod monitor;
 mod replicate;
 mod restore;
 
@@ -58,10 +59,16 @@ enum Command {
     Fork(maintain::ForkArgs),
     /// Replicate a demo database in phases, restore each phase by time and check it.
     Demo,
+    /// What the running `replicate` daemons are doing for each database (exit status 3
+    /// when one has none).
+    Status(monitor::status::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Status(a) = &cli.command {
+        return monitor::status::run(a); // asks local sockets: no store, no runtime
+    }
     log_to_stderr();
     limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -82,8 +89,8 @@ fn main() -> ExitCode {
             return demo::run().await;
         }
         match args::open_store(&cli.store)? {
-            args::Opened::Local(store) => run(store, cli.command).await,
-            args::Opened::Object(store) => run(store, cli.command).await,
+            args::Opened::Local(store) => run(store, cli.command, &cli.store).await,
+            args::Opened::Object(store) => run(store, cli.command, &cli.store).await,
         }
     });
     match result {
@@ -92,9 +99,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run<S: args::Store>(store: S, command: Command) -> walvault::Result<()> {
+async fn run<S: args::Store>(store: S, command: Command, url: &str) -> walvault::Result<()> {
     match command {
-        Command::Replicate(a) => replicate::run(store, a).await,
+        Command::Replicate(a) => replicate::run(store, a, url).await,
         Command::Restore(a) => restore::run(store, a).await,
         Command::Ls(a) => inspect::ls(store, a).await,
         Command::Info(a) => inspect::info(store, a).await,
@@ -105,6 +112,7 @@ async fn run<S: args::Store>(store: S, command: Command) -> walvault::Result<()>
         Command::Gc(a) => maintain::gc_cmd(store, a).await,
         Command::Fork(a) => maintain::fork_cmd(store, a).await,
         Command::Demo => demo::run().await,
+        Command::Status(_) => Ok(()), // answered in main, before a store is opened
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use walvault::{Durability, Error, InvalidInput, Replicator, ReplicatorConfig, Result};
 
 use crate::args;
+use crate::monitor::{DbHandle, DbInfo, Monitor};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -47,6 +48,9 @@ pub struct Args {
     /// Delete merged-away segments only after this long.
     #[arg(long, value_parser = args::duration, default_value = "1h")]
     grace: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090).
+    #[arg(long, value_name = "ADDR", conflicts_with = "once")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Starts background maintenance (tiered compaction, retention, garbage collection)
@@ -111,7 +115,7 @@ const START_BACKOFF: Duration = Duration::from_secs(30);
 /// At most one warning this often about a poll that failed.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
+pub async fn run<S: Store>(store: S, a: Args, store_url: &str) -> Result<()> {
     let name = match &a.namespace {
         Some(n) => n.clone(),
         None => stem(&a.db)?,
@@ -129,10 +133,15 @@ pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
     }
     let mut stop = args::StopSignal::listen()?;
     let dir = config.log.dir.clone();
+    let monitor = Monitor::new();
+    if let Some(addr) = a.metrics_addr {
+        monitor.serve_metrics(addr).await?;
+    }
     let Some(replicator) = open(&store, &namespace, config, &mut stop).await? else {
         println!("stopped before the store answered; nothing was shipped");
         return Ok(());
     };
+    let db = monitor.register(DbInfo::of(&replicator, &namespace, store_url));
     let wake = Wake::new(&a);
     println!(
         "replicating {} into namespace {namespace}, {}, lag at most {:?} plus the store's; \
@@ -142,11 +151,13 @@ pub async fn run<S: Store>(store: S, a: Args) -> Result<()> {
         a.max_lag,
     );
     let maintainer = maintain(&store, &namespace, &a)?;
-    let outcome = follow(&a, replicator, wake, &mut stop).await;
+    let outcome = follow(&a, replicator, wake, &mut stop, &db).await;
     if let Some(maintainer) = maintainer {
         maintainer.stop().await;
     }
-    stop_replicator(outcome, &dir).await
+    let stopped = stop_replicator(outcome, &dir).await;
+    db.stopped();
+    stopped
 }
 
 /// `--once`: ship, wait until it is durable (giving up after [`ONCE_GIVE_UP`] of store
@@ -316,11 +327,13 @@ async fn follow<S: Store>(
     mut replicator: Replicator<S>,
     mut wake: Wake,
     stop: &mut args::StopSignal,
+    db: &DbHandle,
 ) -> (Replicator<S>, Result<()>) {
     let mut warned: Option<tokio::time::Instant> = None;
     let mut shipped = Shipped::default();
     loop {
         let polled = replicator.poll().await;
+        db.polled(&polled);
         let failed = polled.is_err();
         match polled {
             Ok(report) => {
@@ -363,6 +376,7 @@ async fn follow<S: Store>(
             // Commits made since the last poll are shipped too, so a stop right after
             // a commit does not leave it for the next start.
             let last = replicator.run_once().await;
+            db.polled(&last);
             if let Ok(report) = &last {
                 shipped.add(report);
             }
