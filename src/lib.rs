@@ -73,7 +73,7 @@ pub use crate::format::{
     page_hash, Commit, CommitTable, Frame, FrameRef, NamespaceName, PageIndex, PageIndexIter,
     PageSums, SealedSegment, SegmentBuilder, SegmentKey, CHECKSUM_FLAG,
 };
-pub use crate::log::{Appended, LogConfig, LogWriter, RetryPolicy};
+pub use crate::log::{Appended, LogConfig, LogStats, LogWriter, RetryPolicy};
 pub use crate::ops::{
     apply_retention, commit_log, compact, plan_compaction, verify_history, CommitEntry,
     CompactionPolicy, CompactionReport, Maintainer, MaintainerHandle, MaintenanceConfig, Merge,

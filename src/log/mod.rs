@@ -18,6 +18,7 @@
 mod recovery;
 mod retry;
 mod shared;
+mod stats;
 mod sums;
 mod wal;
 
@@ -33,6 +34,7 @@ use uuid::Uuid;
 
 pub use self::retry::RetryPolicy;
 use self::shared::{Sealed, Shared};
+pub use self::stats::LogStats;
 use self::wal::{WalFile, WalFrameRef};
 pub use crate::clock::{Clock, SystemClock};
 use crate::durability::{Durability, DurabilityTracker, FrameAllocator, DEFAULT_BLOCK_SIZE};
@@ -197,6 +199,13 @@ impl<S: Storage + Clone> LogWriter<S> {
     /// The watermarks of this log.
     pub fn tracker(&self) -> &DurabilityTracker {
         &self.shared.tracker
+    }
+
+    /// What this log has shipped (segments, bytes, failed and retried uploads), when the
+    /// store last answered, and the replication lag: a handle to clone and read from any
+    /// task while the log runs.
+    pub fn stats(&self) -> &LogStats {
+        &self.shared.stats
     }
 
     /// The frame number the next transaction's first frame will get.
@@ -507,6 +516,9 @@ impl<S: Storage + Clone> LogWriter<S> {
             self.shared.clear_diverged();
         }
         self.last_commit_ms = txn.commit_ms;
+        self.shared
+            .stats
+            .committed(txn.frames.end - 1, txn.commit_ms);
         self.opened_at.get_or_insert(ms_to_datetime(txn.now_ms));
         self.shared
             .tracker
@@ -734,6 +746,7 @@ impl<S: Storage + Clone> LogWriter<S> {
         // directory entry now, while appends go on, rather than in a waiter's fsync.
         self.shared.write_requested.notify_one();
         self.opened_at = None;
+        self.shared.stats.sealed();
         self.shared.push_sealed(Sealed {
             segment: segment.clone(),
             path: previous.path().to_path_buf(),

@@ -10,6 +10,7 @@ use tokio_stream::StreamExt;
 use uuid::Uuid;
 
 use super::shared::{run_submitter, run_syncer, Sealed, Shared};
+use super::stats::LogStats;
 use super::sums::{self, Stamped};
 use super::wal::{self, Recovered, WalFile};
 use super::{LogConfig, LogWriter};
@@ -79,7 +80,16 @@ pub(super) async fn open<S: Storage + Clone>(
         salt,
         file_base,
     )?;
-    let shared = Arc::new(Shared::new(tracker, config.dir.clone()));
+    let stats = LogStats::new(config.clock.clone());
+    // Asked for the durable frame number above, the store answered.
+    stats.store_answered();
+    for sealed in &found.resubmit {
+        let s = &sealed.segment;
+        if !s.commits().is_empty() {
+            stats.recovered(s.end_frame_no(), s.first_commit_timestamp());
+        }
+    }
+    let shared = Arc::new(Shared::new(tracker, config.dir.clone(), stats));
     shared.on_stored(durable);
     shared.rotate_sync_target(wal.sync_target(), None);
     let (submit, segments) = mpsc::unbounded_channel();

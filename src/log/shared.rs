@@ -28,6 +28,7 @@ use crate::durability::{Durability, DurabilityTracker};
 use crate::error::Error;
 use crate::format::{NamespaceName, PageSums, SealedSegment};
 use crate::log::retry::{Backlog, Retrier, RetryPolicy, Stop};
+use crate::log::stats::LogStats;
 use crate::log::wal::{self, SyncTarget};
 use crate::storage::{on_store, Storage};
 
@@ -41,6 +42,8 @@ pub(crate) struct Sealed {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub tracker: DurabilityTracker,
+    /// What the submitter shipped, for monitoring.
+    pub stats: LogStats,
     pub sealed: Mutex<Vec<Sealed>>,
     /// The files the syncer must fsync, under one lock so that a seal can never slip
     /// between its taking the sealed files and the open one.
@@ -78,9 +81,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(tracker: DurabilityTracker, dir: PathBuf) -> Self {
+    pub(crate) fn new(tracker: DurabilityTracker, dir: PathBuf, stats: LogStats) -> Self {
         Self {
             tracker,
+            stats,
             sealed: Mutex::new(Vec::new()),
             targets: Mutex::new(SyncTargets::default()),
             stored: Mutex::new(0),
@@ -185,6 +189,8 @@ impl Shared {
                 tracing::debug!(error = %e, "durable watermark not advanced");
             }
         }
+        self.stats
+            .durable(self.tracker.watermark(Durability::Durable));
         let mut sealed = lock(&self.sealed);
         sealed.retain(|s| {
             let keep = s.segment.end_frame_no() > durable;
@@ -360,7 +366,11 @@ async fn submit<S: Storage + Clone>(
                 retry.stored(shared.backlog());
                 return Ok(());
             }
-            Err(e) => retry.failed(e, shared.backlog()).await?,
+            Err(e) => {
+                shared.stats.upload_failed();
+                retry.failed(e, shared.backlog()).await?;
+                shared.stats.upload_retried();
+            }
         }
     }
 }
@@ -393,9 +403,11 @@ async fn store_once<S: Storage + Clone>(
     segment: SealedSegment,
 ) -> crate::error::Result<()> {
     let key = segment.key();
+    let bytes = segment.encoded_len();
     let (stored, outcome) = oneshot::channel();
     let reporter = shared.clone();
     let callback = on_store(move |durable| async move {
+        reporter.stats.shipped(bytes);
         // Storage can vouch only for frames this log wrote: a storage that keeps
         // nothing reports u64::MAX, which must not lift the local watermarks.
         reporter.on_stored(durable.min(key.end_frame_no));

@@ -14,6 +14,7 @@ mod history;
 mod inspect;
 mod logging;
 mod maintain;
+mod monitor;
 mod output;
 mod replicate;
 mod restore;
@@ -81,6 +82,9 @@ enum Command {
     /// Replicate a demo database in phases, restore each phase by time and check it
     /// (under ./walvault-demo, its store there unless --store is given).
     Demo,
+    /// What the running `replicate` daemons are doing for each database (exit status 3
+    /// when one has none).
+    Status(monitor::status::Args),
 }
 
 /// What every command needs besides its own arguments: the store flag and the config
@@ -111,6 +115,10 @@ fn main() -> ExitCode {
     };
     if let Err(e) = logging::init(cli.log_level.as_deref(), cli.log_format, config.as_ref()) {
         return fail(&e.to_string());
+    }
+    if let Command::Status(a) = &cli.command {
+        // Asks local sockets: no store, no runtime.
+        return monitor::status::run(a, config.as_ref(), output::Output::new(cli.json));
     }
     limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -181,7 +189,7 @@ async fn run<S: args::Store>(
         Command::Compact(a) => maintain::compact_cmd(store, a, out).await,
         Command::Gc(a) => maintain::gc_cmd(store, a, out).await,
         Command::Fork(a) => maintain::fork_cmd(store, a, out).await,
-        Command::Replicate(_) | Command::Demo => Err(walvault::Error::from(
+        Command::Replicate(_) | Command::Demo | Command::Status(_) => Err(walvault::Error::from(
             walvault::InvalidInput::Config("this command does not open one store".into()),
         )),
     }
@@ -201,7 +209,7 @@ impl Command {
             Command::Compact(a) => Some(&a.namespace),
             Command::Gc(a) => Some(&a.namespace),
             Command::Fork(a) => Some(&a.namespace),
-            Command::Replicate(_) | Command::Demo => None,
+            Command::Replicate(_) | Command::Demo | Command::Status(_) => None,
         }
     }
 }

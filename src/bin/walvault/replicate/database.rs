@@ -14,6 +14,7 @@ use walvault::{Error, InvalidInput, Replicator, ReplicatorConfig, Result};
 use super::shipping::{follow, snapshot_note, stop_replicator};
 use super::{Spec, Stop};
 use crate::args::{self, Store};
+use crate::monitor::{DbInfo, Monitor};
 use crate::restore;
 
 /// Starts background maintenance (tiered compaction, retention, garbage collection)
@@ -82,7 +83,7 @@ pub struct Running {
 }
 
 /// Starts a task per database.
-pub fn start_all(specs: Vec<Spec>, stop: Stop) -> Result<Running> {
+pub fn start_all(specs: Vec<Spec>, stop: Stop, monitor: &Monitor) -> Result<Running> {
     let mut stores = std::collections::HashMap::new();
     let mut running = Running {
         tasks: JoinSet::new(),
@@ -100,10 +101,10 @@ pub fn start_all(specs: Vec<Spec>, stop: Stop) -> Result<Running> {
         };
         let (tx, rx) = oneshot::channel();
         running.ready.push(rx);
-        let stop = stop.clone();
+        let (stop, monitor) = (stop.clone(), monitor.clone());
         match opened {
-            args::Opened::Local(store) => running.tasks.spawn(task(store, spec, stop, tx)),
-            args::Opened::Object(store) => running.tasks.spawn(task(store, spec, stop, tx)),
+            args::Opened::Local(s) => running.tasks.spawn(task(s, spec, stop, tx, monitor)),
+            args::Opened::Object(s) => running.tasks.spawn(task(s, spec, stop, tx, monitor)),
         };
     }
     Ok(running)
@@ -170,8 +171,9 @@ async fn task<S: Store + Send + Sync + 'static>(
     spec: Spec,
     mut stop: Stop,
     ready: oneshot::Sender<()>,
+    monitor: Monitor,
 ) -> bool {
-    match replicate(store, &spec, &mut stop, ready).await {
+    match replicate(store, &spec, &mut stop, ready, &monitor).await {
         Ok(()) => true,
         Err(e) => {
             let message = e.to_string().replace('\n', " ");
@@ -186,6 +188,7 @@ async fn replicate<S: Store>(
     spec: &Spec,
     stop: &mut Stop,
     ready: oneshot::Sender<()>,
+    monitor: &Monitor,
 ) -> Result<()> {
     if spec.restore_if_missing && !restore_if_missing(&store, spec, stop).await? {
         return Ok(());
@@ -203,8 +206,9 @@ async fn replicate<S: Store>(
         );
         return Ok(());
     };
+    let db = monitor.register(DbInfo::of(&replicator, &spec.namespace, &spec.store));
     let maintainer = maintain(&store, &spec.namespace, spec)?;
-    let outcome = follow(spec, replicator, stop, || {
+    let outcome = follow(spec, replicator, stop, &db, || {
         if let Some(ready) = ready.take() {
             let _ = ready.send(());
         }
@@ -213,7 +217,9 @@ async fn replicate<S: Store>(
     if let Some(maintainer) = maintainer {
         maintainer.stop().await;
     }
-    stop_replicator(outcome, spec, &dir).await
+    let stopped = stop_replicator(outcome, spec, &dir).await;
+    db.stopped();
+    stopped
 }
 
 /// `--restore-if-missing`: when the database file does not exist, restores it from the

@@ -28,6 +28,7 @@ use walvault::{Error, InvalidInput, NamespaceName, Result};
 
 use crate::args;
 use crate::config::{Config, DbOptions};
+use crate::monitor::Monitor;
 use crate::output::Output;
 use crate::Context;
 
@@ -83,8 +84,9 @@ pub struct Args {
     /// with its status.
     #[arg(long, value_name = "CMD")]
     exec: Option<String>,
-    /// Serve Prometheus metrics on this address (for example 127.0.0.1:9090).
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9090;
+    /// config: `metrics`).
+    #[arg(long, value_name = "ADDR", conflicts_with = "once")]
     metrics_addr: Option<SocketAddr>,
 }
 
@@ -147,7 +149,14 @@ pub async fn run(context: &Context, a: Args, out: Output) -> Result<ExitCode> {
         return database::once_all(specs).await.map(|()| ExitCode::SUCCESS);
     }
     let mut signals = exec::Signals::listen()?;
-    let mut running = database::start_all(specs, Stop(Some(stop_rx)))?;
+    let monitor = Monitor::new();
+    let metrics = a
+        .metrics_addr
+        .or(context.config.as_ref().and_then(|c| c.metrics));
+    if let Some(addr) = metrics {
+        monitor.serve_metrics(addr).await?;
+    }
+    let mut running = database::start_all(specs, Stop(Some(stop_rx)), &monitor)?;
     // The application starts once every database has shipped what was there.
     let mut child = None;
     if let Some(command) = &a.exec {

@@ -7,6 +7,7 @@ use walvault::{Durability, Error, Replicator, Result};
 
 use super::{Spec, Stop};
 use crate::args::Store;
+use crate::monitor::DbHandle;
 
 /// After a stop, how long the store gets to take what was shipped.
 const STOP_WAIT: Duration = Duration::from_secs(10);
@@ -147,6 +148,7 @@ pub async fn follow<S: Store>(
     a: &Spec,
     mut replicator: Replicator<S>,
     stop: &mut Stop,
+    db: &DbHandle,
     mut ready: impl FnMut(),
 ) -> (Replicator<S>, Result<()>) {
     let wake = Wake::new(a);
@@ -175,6 +177,7 @@ pub async fn follow<S: Store>(
     };
     loop {
         let polled = replicator.poll().await;
+        db.polled(&polled);
         ready();
         let failed = polled.is_err();
         match polled {
@@ -218,6 +221,7 @@ pub async fn follow<S: Store>(
             // Commits made since the last poll are shipped too, so a stop right after
             // a commit does not leave it for the next start.
             let last = replicator.run_once().await;
+            db.polled(&last);
             if let Ok(report) = &last {
                 shipped.add(report);
             }
