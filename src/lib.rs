@@ -57,6 +57,7 @@ mod log;
 mod ops;
 mod random;
 mod replica;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 mod storage;
 
@@ -79,7 +80,10 @@ pub use crate::ops::{
     CompactionPolicy, CompactionReport, Maintainer, MaintainerHandle, MaintenanceConfig, Merge,
     RetentionReport, Schedule, Task, TaskReport, Tier, VerifyReport,
 };
-pub use crate::replica::{durable_frames, transactions, Follower, Transaction};
+#[cfg(feature = "sqlite")]
+pub use crate::replica::Follower;
+pub use crate::replica::{durable_frames, transactions, Transaction};
+#[cfg(feature = "sqlite")]
 pub use crate::sqlite::{
     integrity_check, restore_database, IngestReport, InstallOptions, Replicator, ReplicatorConfig,
     SnapshotReason, WalWatcher, DEFAULT_MAX_LAG, MIN_MAX_LAG,

@@ -37,19 +37,16 @@ fn writer_cmd(db: &str, record: &str, args: &str) -> String {
 }
 
 /// Every commit frame `ns` holds in the local store `store` (relative to `dir`) is a
-/// state the writer recorded in `record`, and the latest is its last.
-fn check(dir: &Path, store: &str, ns: &str, record: &str) {
+/// state the writer recorded in `record`, and the latest is its last. `envs`: for the
+/// binary (the config file's variables).
+fn check(dir: &Path, store: &str, envs: &[(String, String)], ns: &str, record: &str) {
     let history = harness::History::read(&dir.join(record));
     let reader = Reader::Local(dir.join(store));
-    let checked = check_history_in(
-        dir,
-        &reader,
-        &StoreArg::local(store),
-        ns,
-        &history,
-        200,
-        &String::new,
-    );
+    let arg = StoreArg {
+        envs: envs.to_vec(),
+        ..StoreArg::local(store)
+    };
+    let checked = check_history_in(dir, &reader, &arg, ns, &history, 200, &String::new);
     assert!(checked.written > 1, "{ns}: the writer committed nothing");
 }
 
@@ -85,7 +82,7 @@ store = "${OTHER_STORE:-other}"
     b.init();
     // c.db does not exist yet: the application creates it after the daemon started.
     let app = format!(
-        "{} && {} && {} && {}; exit 3",
+        "sh -c '{} && {} && {} && {}; exit 3'",
         writer_cmd("a.db", "a.rec", "--txns 15"),
         writer_cmd("b.db", "b.rec", "--txns 15 --checkpoint-every 5"),
         writer_cmd("data/c.db", "c.rec", "--init"),
@@ -112,9 +109,9 @@ store = "${OTHER_STORE:-other}"
         "{text}"
     );
     assert!(d.join("backups").is_dir() && d.join("other").is_dir());
-    check(d, "backups", "a", "a.rec");
-    check(d, "backups", "b", "b.rec");
-    check(d, "other", "cee", "c.rec");
+    check(d, "backups", &env, "a", "a.rec");
+    check(d, "backups", &env, "b", "b.rec");
+    check(d, "other", &env, "cee", "c.rec");
 
     // Commands other than replicate find each namespace's store through the config.
     let env = [("BACKUPS".to_string(), "backups".to_string())];
@@ -240,7 +237,7 @@ fn a_fresh_machine_boots_from_an_empty_then_a_populated_store() {
 
     // Machine 1, empty store: nothing to restore; the application creates the database.
     let app = format!(
-        "{} && {}",
+        "sh -c '{} && {}'",
         writer_cmd("app.db", "../app.rec", "--init"),
         writer_cmd("app.db", "../app.rec", "--txns 20")
     );
@@ -269,7 +266,7 @@ fn a_fresh_machine_boots_from_an_empty_then_a_populated_store() {
     let args = [&store[..], &boot[..], &["--exec", &app]].concat();
     let out = harness::walvault(&d.join("m3"), &[], &args, RUN);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-    check(d, "store", "app", "app.rec");
+    check(d, "store", &[], "app", "app.rec");
 }
 
 #[test]
@@ -307,7 +304,19 @@ fn a_bad_config_is_one_error_naming_the_file_the_line_and_the_field() {
 
     let out = harness::walvault(d, &[], &["--log-level", "loud", "ls"], RUN);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--log-level"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not a level"), "{}", stderr(&out));
+    let out = harness::walvault(
+        d,
+        &[],
+        &["replicate", "--db", "a.db", "--exec", "'unclosed"],
+        RUN,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a command line"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -368,6 +368,8 @@ impl<S: Storage + Clone> LogWriter<S> {
     /// chunk at a time by `next` (each call fills an empty chunk with at least one page,
     /// in order), so a transaction of any size is appended in bounded memory. An error
     /// once pages were appended latches the log.
+    // Used by the SQLite integration only.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn append_chunked_at(
         &mut self,
         count: u64,

@@ -6,6 +6,7 @@
 //! [`Storage::durable_frame_no`]: one `stat`, and a manifest read only when it changed),
 //! never a listing of segment files or objects.
 
+#[cfg(feature = "sqlite")]
 mod follower;
 
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::format::{Commit, CommitTable, NamespaceName, SegmentKey};
 use crate::storage::frames::RunReader;
 use crate::storage::{FindSegmentReq, Storage};
 
+#[cfg(feature = "sqlite")]
 pub use follower::Follower;
 
 /// One committed transaction read back from the store.
@@ -258,6 +260,8 @@ impl<'a, S: Storage + ?Sized> SegmentTxns<'a, S> {
     }
 
     /// The segment's page size.
+    // Used by the SQLite integration only.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn page_size(&self) -> u32 {
         self.table.page_size()
     }

@@ -376,11 +376,9 @@ fn address<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Socket
 
 fn log_level<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
     let text = String::deserialize(d)?;
-    tracing_subscriber::EnvFilter::try_new(&text)
+    crate::logging::parse_filter(&text)
         .map(|_| Some(text.clone()))
-        .map_err(|e| {
-            serde::de::Error::custom(format!("{text:?} is not a log level or filter: {e}"))
-        })
+        .map_err(|e| serde::de::Error::custom(format!("log_level {text:?} {e}")))
 }
 
 #[cfg(test)]

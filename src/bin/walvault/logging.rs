@@ -16,11 +16,10 @@ use crate::config::{Config, LogFormat};
 /// Installs the subscriber. A filter that does not parse is an error naming where it
 /// came from.
 pub fn init(level: Option<&str>, format: Option<LogFormat>, config: Option<&Config>) -> Result<()> {
-    let (filter, source) = choose_filter(level, config);
-    let filter = EnvFilter::try_new(&filter).map_err(|e| {
+    let (text, source) = choose_filter(level, config);
+    let filter = parse_filter(&text).map_err(|e| {
         Error::from(InvalidInput::Config(format!(
-            "log level {filter:?} ({source}) is not a level (error, warn, info, debug, \
-             trace) or a filter like walvault=debug: {e}"
+            "log level {text:?} ({source}) {e}"
         )))
     })?;
     let format = format
@@ -36,6 +35,22 @@ pub fn init(level: Option<&str>, format: Option<LogFormat>, config: Option<&Conf
         LogFormat::Json => builder.json().try_init(),
     };
     Ok(())
+}
+
+/// The levels a bare word may name. A bare word that is none of them would be taken by
+/// `EnvFilter` as a target's name and silently log everything of that target: refused.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Parses a level or a filter (`walvault=debug,object_store=warn`); the error says what
+/// is accepted.
+pub fn parse_filter(text: &str) -> std::result::Result<EnvFilter, String> {
+    let bare = !text.contains(['=', ',', '[', ':']);
+    let accepted = "is not a level (error, warn, info, debug, trace, off) or a filter like \
+                    walvault=debug";
+    if bare && !LEVELS.contains(&text.trim().to_ascii_lowercase().as_str()) {
+        return Err(accepted.to_string());
+    }
+    EnvFilter::try_new(text).map_err(|e| format!("{accepted}: {e}"))
 }
 
 /// The filter text and where it came from.

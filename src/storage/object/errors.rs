@@ -17,6 +17,7 @@
 use std::error::Error as StdError;
 use std::sync::Arc;
 
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
 use object_store::client::HttpError;
 
 use crate::error::{io_kind, Error, ErrorKind};
@@ -86,6 +87,8 @@ fn classify(e: &object_store::Error) -> (ErrorKind, &'static str) {
 fn chain_kind(source: &(dyn StdError + 'static)) -> ErrorKind {
     let mut next = Some(source);
     while let Some(e) = next {
+        // (Only cloud backends speak HTTP; a build without them has no such errors.)
+        #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
         if e.downcast_ref::<HttpError>().is_some() {
             // Every transport failure may pass: a refused or dropped connection, a
             // timeout, a response cut short or garbled (by a proxy in trouble, say).

@@ -201,7 +201,7 @@ async fn replicate<S: Store>(
     let Some(replicator) = open(&store, spec, config, stop, &mut ready).await? else {
         spec.say(
             "stopped",
-            || "stopped before the database could be opened; nothing was shipped".into(),
+            || "stopped before the database was created; nothing to ship".into(),
             json!({ "shipped": false }),
         );
         return Ok(());
@@ -336,7 +336,17 @@ async fn open<S: Store>(
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stop.received() => return Ok(None),
+            _ = stop.received() => {
+                // The application may have created the database and committed since the
+                // last look (and then exited, which is why the stop came), or the store
+                // may answer now: one last try, so the commits are shipped before the
+                // daemon exits, or its error says they were not.
+                if not_ready(&spec.db, created_late).is_some() {
+                    return Ok(None);
+                }
+                let opened = Replicator::open(store.clone(), spec.namespace.clone(), config).await;
+                return opened.map(Some);
+            }
         }
     }
 }

@@ -2,10 +2,15 @@
 //! supervisor (systemd, a container runtime) stops both together and the daemon gets
 //! the chance to make the last commits durable after the application has made them.
 //!
-//! The command runs through `sh -c`, as the user would type it, with the daemon's
-//! standard input, output and error, in a process group of its own. SIGINT and SIGTERM are passed on to it, not acted on:
-//! the daemon stops only once the application has exited (it may still commit while it
-//! shuts down).
+//! The command is split into words as a shell would (quotes and backslashes, through
+//! `shell-words`) and run directly, without a shell, so the daemon's child is the
+//! application itself: its exit status is the application's, and a signal reaches it
+//! rather than a shell that would die of it while the application goes on. Write
+//! `sh -c '...'` for pipes, `&&` or variables. The child gets the daemon's standard
+//! input, output and error and a process group of its own: SIGINT and SIGTERM are passed
+//! on to that group, not acted on, and the daemon stops only once the application has
+//! exited and every process of its group is gone (they may still commit while they shut
+//! down).
 
 use std::process::ExitStatus;
 
@@ -65,24 +70,43 @@ impl Signals {
     }
 }
 
+/// The words of `command`, as a shell splits them (checked before anything starts).
+pub fn words(command: &str) -> Result<Vec<String>> {
+    let words = shell_words::split(command).map_err(|e| {
+        Error::from(walvault::InvalidInput::Config(format!(
+            "--exec {command:?} is not a command line: {e}"
+        )))
+    })?;
+    if words.is_empty() {
+        return Err(walvault::InvalidInput::Config("--exec names no command".into()).into());
+    }
+    Ok(words)
+}
+
 /// The application.
 pub struct Child {
     process: tokio::process::Child,
+    /// The process group (the child's pid), while known.
+    #[cfg(unix)]
+    group: Option<i32>,
     command: String,
     out: Output,
 }
 
 impl Child {
-    /// Starts `command` with `sh -c`.
+    /// Starts `command` (split into words; see the module docs).
     pub fn spawn(command: &str, out: Output) -> Result<Self> {
-        let mut shell = tokio::process::Command::new("sh");
-        shell.arg("-c").arg(command);
-        // A process group of its own, so a signal reaches every process of the command
-        // (the shell may fork it rather than exec it), and a Ctrl-C at the terminal
-        // reaches the application only through the daemon, once.
+        let words = words(command)?;
+        let Some((program, arguments)) = words.split_first() else {
+            return Err(walvault::InvalidInput::Config("--exec names no command".into()).into());
+        };
+        let mut child = tokio::process::Command::new(program);
+        child.args(arguments);
+        // A process group of its own, so a signal reaches every process the application
+        // started, and a Ctrl-C at the terminal reaches it only through the daemon, once.
         #[cfg(unix)]
-        shell.process_group(0);
-        let process = shell
+        child.process_group(0);
+        let process = child
             .spawn()
             .map_err(|e| Error::io(format!("starting the application `{command}`"), e))?;
         let pid = process.id().unwrap_or_default();
@@ -91,6 +115,8 @@ impl Child {
             || json!({ "event": "application_started", "pid": pid, "command": command }),
         );
         Ok(Self {
+            #[cfg(unix)]
+            group: process.id().and_then(|p| i32::try_from(p).ok()),
             process,
             command: command.to_string(),
             out,
@@ -117,6 +143,34 @@ impl Child {
     }
 }
 
+impl Child {
+    /// Waits (at most [`GROUP_WAIT`]) until no process of the application's group is
+    /// left: one the application started may still be committing.
+    async fn wait_for_group(&self) {
+        #[cfg(unix)]
+        {
+            let Some(group) = self.group else { return };
+            let deadline = tokio::time::Instant::now() + GROUP_WAIT;
+            // SAFETY: signal 0 only checks that some process of the group exists. The
+            // group's id is not given to a new process while the group has members.
+            while unsafe { libc::kill(-group, 0) } == 0 {
+                if tokio::time::Instant::now() >= deadline {
+                    eprintln!(
+                        "walvault: warning: processes the application started are still \
+                         running after {GROUP_WAIT:?}; not waiting for them"
+                    );
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// How long to wait for what is left of the application's process group.
+#[cfg(unix)]
+const GROUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs until the daemon should stop: with an application, until it exits (its status
 /// is returned); without one, until a signal, or until every database has failed.
 pub async fn supervise(
@@ -140,6 +194,7 @@ pub async fn supervise(
                     Error::io(format!("waiting for the application `{}`", child.command), e)
                 })?;
                 let code = exit_code(status);
+                child.wait_for_group().await;
                 out.emit(
                     || format!("the application exited with status {code}; making everything durable"),
                     || json!({ "event": "application_exited", "status": code }),

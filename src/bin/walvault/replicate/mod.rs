@@ -79,7 +79,8 @@ pub struct Args {
     /// start with an empty disk.
     #[arg(long)]
     restore_if_missing: bool,
-    /// Start this command (with `sh -c`) once every database has been shipped, forward
+    /// Start this command once every database has been shipped (split into words as a
+    /// shell would, run without a shell: write `sh -c '...'` for pipes or `&&`), forward
     /// SIGINT and SIGTERM to it, and when it exits make everything durable and exit
     /// with its status.
     #[arg(long, value_name = "CMD")]
@@ -144,6 +145,9 @@ fn at_least_10ms(text: &str) -> std::result::Result<Duration, String> {
 
 pub async fn run(context: &Context, a: Args, out: Output) -> Result<ExitCode> {
     let specs = specs(context, &a, out)?;
+    if let Some(command) = &a.exec {
+        exec::words(command)?;
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     if a.once {
         return database::once_all(specs).await.map(|()| ExitCode::SUCCESS);
