@@ -21,6 +21,12 @@ fn walvault(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// [`walvault`] with the arguments of one command line as a person types it (words
+/// separated by spaces, none quoted).
+fn walvault_line(dir: &Path, line: &str) -> Output {
+    walvault(dir, &line.split_whitespace().collect::<Vec<_>>())
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -207,20 +213,9 @@ fn a_time_after_the_latest_commit_restores_it_and_says_so() {
     let dir = replicated();
     let d = dir.path();
     let (frame, time) = commits(d).pop().unwrap();
-    let out = walvault(
+    let out = walvault_line(
         d,
-        &[
-            "--store",
-            "store",
-            "restore",
-            "--namespace",
-            "app",
-            "--at",
-            "2999-01-01T00:00:00Z",
-            "--output",
-            "r.db",
-            "--json",
-        ],
+        "--store store restore --namespace app --at 2999-01-01T00:00:00Z --output r.db --json",
     );
     let report = json(&out);
     let err = stderr(&out);
@@ -299,18 +294,7 @@ fn an_unknown_namespace_is_named_with_those_the_store_has() {
     }
     // An empty store says so.
     std::fs::create_dir(d.join("empty")).unwrap();
-    let out = walvault(
-        d,
-        &[
-            "--store",
-            "empty",
-            "restore",
-            "--namespace",
-            "app",
-            "--output",
-            "x.db",
-        ],
-    );
+    let out = walvault_line(d, "--store empty restore --namespace app --output x.db");
     fails_with(
         &out,
         1,
@@ -327,19 +311,9 @@ fn a_frame_or_time_before_the_history_names_the_first_commit() {
         first_frame > 1,
         "the first commit is at frame {first_frame}"
     );
-    let out = walvault(
+    let out = walvault_line(
         d,
-        &[
-            "--store",
-            "store",
-            "restore",
-            "--namespace",
-            "app",
-            "--frame",
-            "1",
-            "--output",
-            "x.db",
-        ],
+        "--store store restore --namespace app --frame 1 --output x.db",
     );
     let first = format!("frame {first_frame} at {first_time}");
     fails_with(
@@ -352,19 +326,9 @@ fn a_frame_or_time_before_the_history_names_the_first_commit() {
         "{}",
         stderr(&out)
     );
-    let out = walvault(
+    let out = walvault_line(
         d,
-        &[
-            "--store",
-            "store",
-            "restore",
-            "--namespace",
-            "app",
-            "--at",
-            "2000-01-01T00:00:00Z",
-            "--output",
-            "x.db",
-        ],
+        "--store store restore --namespace app --at 2000-01-01T00:00:00Z --output x.db",
     );
     fails_with(
         &out,
@@ -397,19 +361,7 @@ fn durations_take_humantime_and_zero_intervals_are_refused() {
         );
         ok(&out);
     }
-    let out = walvault(
-        d,
-        &[
-            "--store",
-            "store",
-            "gc",
-            "--namespace",
-            "app",
-            "--grace",
-            "10",
-            "--dry-run",
-        ],
-    );
+    let out = walvault_line(d, "--store store gc --namespace app --grace 10 --dry-run");
     fails_with(&out, 2, &["duration \"10\""]);
     for zero in ["0s", "0ms", "0"] {
         let out = walvault(
@@ -428,20 +380,9 @@ fn durations_take_humantime_and_zero_intervals_are_refused() {
         );
         fails_with(&out, 2, &["--interval", "too short"]);
     }
-    let out = walvault(
+    let out = walvault_line(
         d,
-        &[
-            "--store",
-            "store",
-            "follow",
-            "--namespace",
-            "app",
-            "--output",
-            "f.db",
-            "--interval",
-            "1.5s",
-            "--once",
-        ],
+        "--store store follow --namespace app --output f.db --interval 1.5s --once",
     );
     ok(&out);
     assert_eq!(rows(&d.join("f.db")), rows(&d.join("app.db")));
@@ -451,17 +392,7 @@ fn durations_take_humantime_and_zero_intervals_are_refused() {
 fn a_dry_run_needs_no_output_and_a_restore_needs_one() {
     let dir = replicated();
     let d = dir.path();
-    let out = walvault(
-        d,
-        &[
-            "--store",
-            "store",
-            "restore",
-            "--namespace",
-            "app",
-            "--dry-run",
-        ],
-    );
+    let out = walvault_line(d, "--store store restore --namespace app --dry-run");
     let text = ok(&out);
     assert!(text.starts_with("plan: commit at frame"), "{text}");
     let out = walvault(d, &["--store", "store", "restore", "--namespace", "app"]);
@@ -497,48 +428,20 @@ fn an_existing_output_is_refused_before_any_plan() {
     let dir = replicated();
     let d = dir.path();
     std::fs::write(d.join("taken.db"), b"mine").unwrap();
-    let out = walvault(
-        d,
-        &[
-            "--store",
-            "store",
-            "restore",
-            "--namespace",
-            "app",
-            "--output",
-            "taken.db",
-        ],
-    );
+    let out = walvault_line(d, "--store store restore --namespace app --output taken.db");
     fails_with(&out, 1, &["taken.db exists", "--force"]);
     assert!(stdout(&out).is_empty(), "printed {:?}", stdout(&out));
     assert_eq!(std::fs::read(d.join("taken.db")).unwrap(), b"mine");
-    let out = walvault(
+    let out = walvault_line(
         d,
-        &[
-            "--store",
-            "store",
-            "restore",
-            "--namespace",
-            "app",
-            "--output",
-            "nodir/x.db",
-        ],
+        "--store store restore --namespace app --output nodir/x.db",
     );
     fails_with(&out, 1, &["nodir", "does not exist"]);
     assert!(stdout(&out).is_empty());
     // With --force it is replaced.
-    let out = walvault(
+    let out = walvault_line(
         d,
-        &[
-            "--store",
-            "store",
-            "restore",
-            "--namespace",
-            "app",
-            "--output",
-            "taken.db",
-            "--force",
-        ],
+        "--store store restore --namespace app --output taken.db --force",
     );
     ok(&out);
     assert_eq!(rows(&d.join("taken.db")), rows(&d.join("app.db")));
@@ -571,16 +474,9 @@ fn times_print_in_one_format() {
         rfc_ms_z(seg["first_commit"].as_str().unwrap())
             && rfc_ms_z(seg["last_commit"].as_str().unwrap())
     );
-    let plan = ok(&walvault(
+    let plan = ok(&walvault_line(
         d,
-        &[
-            "--store",
-            "store",
-            "restore",
-            "--namespace",
-            "app",
-            "--dry-run",
-        ],
+        "--store store restore --namespace app --dry-run",
     ));
     assert!(!plan.contains("+00:00") && plan.contains("Z)"), "{plan}");
 }
@@ -698,18 +594,7 @@ fn the_boot_flow_restores_once_and_otherwise_does_nothing() {
     }
     assert!(!d.join("nostore").exists());
     // Without the flags the same cases fail.
-    let out = walvault(
-        d,
-        &[
-            "--store",
-            "store",
-            "restore",
-            "--namespace",
-            "other",
-            "--output",
-            "o.db",
-        ],
-    );
+    let out = walvault_line(d, "--store store restore --namespace other --output o.db");
     fails_with(&out, 1, &["namespace other is not in the store"]);
     // The shell line a boot script runs.
     let script = format!(

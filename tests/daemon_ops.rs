@@ -229,7 +229,7 @@ fn a_fresh_machine_boots_from_an_empty_then_a_populated_store() {
     let _serial = harness::serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    for m in ["m1", "m2", "m3"] {
+    for m in ["m1", "m2", "m3", "m4"] {
         fs::create_dir(d.join(m)).unwrap();
     }
     let store = ["--store", "../store"];
@@ -267,6 +267,76 @@ fn a_fresh_machine_boots_from_an_empty_then_a_populated_store() {
     let out = harness::walvault(&d.join("m3"), &[], &args, RUN);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     check(d, "store", &[], "app", "app.rec");
+
+    // A history that cannot be restored (every segment damaged): the application is not
+    // started on an empty database, and the daemon fails.
+    copy_dir(&d.join("store"), &d.join("damaged"));
+    let mut damaged = 0;
+    for entry in walk(&d.join("damaged")) {
+        let mut bytes = fs::read(&entry).unwrap();
+        if entry.extension().is_some_and(|e| e == "seg") {
+            // One byte in every kilobyte: every frame, whichever the restore reads.
+            for i in (100..bytes.len()).step_by(1000) {
+                bytes[i] ^= 0xff;
+            }
+            fs::write(&entry, bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "no segment files found to damage");
+    let args = [
+        "--store",
+        "../damaged",
+        "replicate",
+        "--db",
+        "app.db",
+        "--restore-if-missing",
+    ];
+    let args = [&args[..], &["--exec", "touch started"]].concat();
+    let out = harness::walvault(&d.join("m4"), &[], &args, RUN);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        !d.join("m4/started").exists(),
+        "the application was started"
+    );
+    assert!(!d.join("m4/app.db").exists());
+    assert!(
+        stdout(&out).contains("the application was not started"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 #[test]

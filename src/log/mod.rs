@@ -15,6 +15,7 @@
 //! is dropped, and the frame numbers the allocator had reserved but not used are recorded
 //! as a gap.
 
+mod dirlock;
 mod recovery;
 mod retry;
 mod shared;
@@ -141,6 +142,8 @@ pub struct LogWriter<S: Storage + Clone> {
     sums: Option<PageSums>,
     /// The lineage base the open-segment file was created with.
     file_base: u64,
+    /// One writer per log directory (see `dirlock.rs`); dropped last.
+    _dir_lock: dirlock::DirLock,
 }
 
 impl<S: Storage + Clone> LogWriter<S> {

@@ -40,6 +40,7 @@ pub(super) async fn open<S: Storage + Clone>(
     SegmentBuilder::new(1, config.page_size)?;
     create_dir_durable(&config.dir)
         .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
+    let dir_lock = super::dirlock::DirLock::take(&config.dir, &namespace)?;
     crate::format::spill::remove_leftovers(&config.dir);
     bind_namespace(&storage, &config.dir, &namespace).await?;
     let mut allocator = FrameAllocator::open(&config.dir, config.allocator_block)?.reserve_ahead();
@@ -123,6 +124,7 @@ pub(super) async fn open<S: Storage + Clone>(
         failed: None,
         sums,
         file_base,
+        _dir_lock: dir_lock,
     })
 }
 

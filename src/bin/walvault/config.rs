@@ -161,6 +161,19 @@ pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
         bad(file, line, &expanded, e.message())
     })?;
     let base = file.parent().unwrap_or(Path::new(""));
+    if raw.store.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        // An empty store would quietly mean this file's directory.
+        let line = expanded
+            .lines()
+            .position(|l| l.trim_start().starts_with("store"))
+            .map_or(0, |i| i + 1);
+        return Err(bad(
+            file,
+            line,
+            &expanded,
+            "store is empty (an unset variable?)",
+        ));
+    }
     let mut dbs = Vec::with_capacity(raw.db.len());
     let mut seen_paths = HashSet::new();
     let mut seen_names = HashSet::new();
@@ -188,9 +201,19 @@ pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
             }
             None => None,
         };
+        if db.store.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err(bad(
+                file,
+                line,
+                &expanded,
+                "db.store is empty (an unset variable?)",
+            ));
+        }
         let store = db.store.map(|s| store_relative_to(base, &s));
         let key = (
-            store.clone().or(raw.store.clone()),
+            store
+                .clone()
+                .or(raw.store.as_deref().map(|s| store_relative_to(base, s))),
             namespace.clone().unwrap_or_else(|| stem_of(&path)),
         );
         if !seen_names.insert(key.clone()) {
@@ -512,7 +535,19 @@ restore_if_missing = true
         assert!(e.contains("listed twice"), "{e}");
 
         let e = parse_err("log_level = \"loud=?\"\n");
-        assert!(e.contains("line 1") && e.contains("log level"), "{e}");
+        assert!(e.contains("line 1") && e.contains("not a level"), "{e}");
+        let e = parse_err("log_level = \"loud\"\n");
+        assert!(e.contains("line 1") && e.contains("not a level"), "{e}");
+
+        let env = |_: &str| Some(String::new());
+        let e = parse(Path::new("w.toml"), "store = \"${S}\"\n", &env).unwrap_err();
+        assert!(e.to_string().contains("store is empty"), "{e}");
+
+        // One store named two ways is one store.
+        let e = parse_err(
+            "store = \"s\"\n[[db]]\npath = \"a.db\"\n[[db]]\npath = \"x/a.db\"\nstore = \"s\"\n",
+        );
+        assert!(e.contains("namespace a"), "{e}");
 
         let e = parse_err("store = \n");
         assert!(e.contains("line 1"), "{e}");

@@ -13,15 +13,23 @@ use walvault::{Error, InvalidInput, Result};
 
 use crate::config::{Config, LogFormat};
 
-/// Installs the subscriber. A filter that does not parse is an error naming where it
-/// came from.
+/// Installs the subscriber. A filter from `--log-level` or the config file that does not
+/// parse is an error naming where it came from; one from the environment is a warning.
 pub fn init(level: Option<&str>, format: Option<LogFormat>, config: Option<&Config>) -> Result<()> {
     let (text, source) = choose_filter(level, config);
-    let filter = parse_filter(&text).map_err(|e| {
-        Error::from(InvalidInput::Config(format!(
-            "log level {text:?} ({source}) {e}"
-        )))
-    })?;
+    let filter = match parse_filter(&text) {
+        Ok(filter) => filter,
+        // The environment may be the application's (under --exec, RUST_LOG often is):
+        // a filter walvault cannot use there is not worth refusing to start.
+        Err(e) if source.ends_with("LOG") => {
+            eprintln!("walvault: warning: ignoring {source}={text:?}, which {e}; logging warnings");
+            EnvFilter::new("warn")
+        }
+        Err(e) => {
+            let what = format!("log level {text:?} ({source}) {e}");
+            return Err(Error::from(InvalidInput::Config(what)));
+        }
+    };
     let format = format
         .or(config.and_then(|c| c.log_format))
         .unwrap_or(LogFormat::Text);

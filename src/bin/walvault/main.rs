@@ -111,6 +111,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match config::load(cli.config.as_deref()) {
         Ok(config) => config,
+        // A command told its store needs nothing from the file: a file that does not
+        // load (a variable set only for the daemon, say) is then a warning.
+        Err(e) if cli.store.is_some() && cli.config.is_none() && cli.command.store_only() => {
+            eprintln!("walvault: warning: not using the config file: {e}");
+            None
+        }
         Err(e) => return fail(&e.to_string()),
     };
     if let Err(e) = logging::init(cli.log_level.as_deref(), cli.log_format, config.as_ref()) {
@@ -196,6 +202,12 @@ async fn run<S: args::Store>(
 }
 
 impl Command {
+    /// Whether the command needs nothing from the config file but a store (which
+    /// `--store` may give instead).
+    fn store_only(&self) -> bool {
+        !matches!(self, Command::Replicate(_) | Command::Status(_))
+    }
+
     /// The namespace the command works on, if it names one: its store may be the
     /// config file's store for that database.
     fn namespace(&self) -> Option<&str> {

@@ -42,6 +42,7 @@ pub fn run(a: &Args, config: Option<&crate::config::Config>, out: Output) -> Exi
         }
     };
     let mut answered = Vec::new();
+    let mut absent = Vec::new();
     let mut missing = false;
     for db in &dbs {
         match status_of(db) {
@@ -49,6 +50,8 @@ pub fn run(a: &Args, config: Option<&crate::config::Config>, out: Output) -> Exi
             Ok(None) => {
                 eprintln!("no walvault replicate running for {}", db.display());
                 missing = true;
+                absent
+                    .push(serde_json::json!({ "running": false, "db": db.display().to_string() }));
             }
             Err(e) => {
                 eprintln!("walvault: error: {}", e.to_string().replace('\n', " "));
@@ -57,7 +60,7 @@ pub fn run(a: &Args, config: Option<&crate::config::Config>, out: Output) -> Exi
         }
     }
     if out.is_json() {
-        for doc in &answered {
+        for doc in answered.iter().chain(&absent) {
             out.json(doc);
         }
     } else if !answered.is_empty() {

@@ -111,12 +111,14 @@ pub fn start_all(specs: Vec<Spec>, stop: Stop, monitor: &Monitor) -> Result<Runn
 }
 
 impl Running {
-    /// Waits until every database has shipped what was there, or has failed; false if
-    /// a stop signal came first.
+    /// Waits until every database has shipped what was there (or is waiting for the
+    /// application to create it): true. False if one failed first (a boot restore that
+    /// could not be done: the application must not start on an empty database while
+    /// its history exists), or a stop signal came first.
     pub async fn ready(&mut self, signals: &mut super::exec::Signals) -> bool {
         let all = all_ready(std::mem::take(&mut self.ready));
         tokio::select! {
-            () = all => true,
+            ok = all => ok,
             _ = signals.received() => false,
         }
     }
@@ -133,6 +135,28 @@ impl Running {
     pub async fn stop(&mut self, stop: &tokio::sync::watch::Sender<bool>) {
         let _ = stop.send(true);
         self.ended().await;
+    }
+
+    /// [`stop`](Self::stop), unless another signal comes first: then the daemon does not
+    /// wait any longer (false). What was not shipped is safe in each database's local
+    /// log and its WAL, and the next `walvault replicate` ships it.
+    pub async fn stop_or_quit(
+        &mut self,
+        stop: &tokio::sync::watch::Sender<bool>,
+        signals: &mut super::exec::Signals,
+    ) -> bool {
+        tokio::select! {
+            () = self.stop(stop) => true,
+            _ = signals.received() => {
+                eprintln!(
+                    "walvault: error: a second signal: exiting without waiting for the \
+                     store; what was not shipped stays in the local logs and the next \
+                     `walvault replicate` ships it"
+                );
+                self.tasks.abort_all();
+                false
+            }
+        }
     }
 
     fn count(&mut self, joined: std::result::Result<bool, tokio::task::JoinError>) {
@@ -157,11 +181,15 @@ impl Running {
     }
 }
 
-/// Waits for every receiver (a dropped sender counts: its task ended).
-async fn all_ready(ready: Vec<oneshot::Receiver<()>>) {
+/// Waits for every receiver; false as soon as one's sender is dropped unsent (its task
+/// failed before it was ready).
+async fn all_ready(ready: Vec<oneshot::Receiver<()>>) -> bool {
     for rx in ready {
-        let _ = rx.await;
+        if rx.await.is_err() {
+            return false;
+        }
     }
+    true
 }
 
 /// One database until the stop: true if it ended well. Its error is printed here, as it
@@ -190,13 +218,11 @@ async fn replicate<S: Store>(
     ready: oneshot::Sender<()>,
     monitor: &Monitor,
 ) -> Result<()> {
-    if spec.restore_if_missing && !restore_if_missing(&store, spec, stop).await? {
+    if spec.restore_if_missing && !restore_if_missing(&store, spec, stop, None).await? {
         return Ok(());
     }
     let mut ready = Some(ready);
-    let mut config = ReplicatorConfig::new(&spec.db);
-    config.max_lag = spec.max_lag;
-    config.log.seal_age = spec.seal_age.unwrap_or(spec.max_lag);
+    let config = replicator_config(spec);
     let dir = config.log.dir.clone();
     let Some(replicator) = open(&store, spec, config, stop, &mut ready).await? else {
         spec.say(
@@ -222,18 +248,40 @@ async fn replicate<S: Store>(
     stopped
 }
 
+/// The replicator's settings for `spec`.
+fn replicator_config(spec: &Spec) -> ReplicatorConfig {
+    let mut config = ReplicatorConfig::new(&spec.db);
+    config.max_lag = spec.max_lag;
+    config.log.seal_age = spec.seal_age.unwrap_or(spec.max_lag);
+    config
+}
+
 /// `--restore-if-missing`: when the database file does not exist, restores it from the
 /// store's latest commit, if the store has one. A store that does not answer is waited
-/// for: starting the application on an empty database while its history is out of
-/// reach would fork that history. False if a stop came first.
-async fn restore_if_missing<S: Store>(store: &S, spec: &Spec, stop: &mut Stop) -> Result<bool> {
+/// for (for at most `give_up` of failures, when given): starting the application on an
+/// empty database while its history is out of reach would fork that history. False if
+/// a stop came first (a restore under way is then cancelled; its temp file is removed).
+async fn restore_if_missing<S: Store>(
+    store: &S,
+    spec: &Spec,
+    stop: &mut Stop,
+    give_up: Option<Duration>,
+) -> Result<bool> {
     if spec.db.exists() {
         return Ok(true);
     }
     let mut wait = Duration::from_secs(1);
+    let started = tokio::time::Instant::now();
     loop {
-        match restore_latest(store, spec).await {
+        let restored = tokio::select! {
+            restored = restore_latest(store, spec) => restored,
+            _ = stop.received() => return Ok(false),
+        };
+        match restored {
             Ok(()) => return Ok(true),
+            Err(e) if e.is_transient() && give_up.is_some_and(|g| started.elapsed() >= g) => {
+                return Err(e);
+            }
             Err(e) if e.is_transient() => {
                 eprintln!(
                     "walvault: warning: {}cannot restore {} yet ({e}); trying again in {wait:?}",
@@ -341,8 +389,17 @@ async fn open<S: Store>(
                 // last look (and then exited, which is why the stop came), or the store
                 // may answer now: one last try, so the commits are shipped before the
                 // daemon exits, or its error says they were not.
-                if not_ready(&spec.db, created_late).is_some() {
-                    return Ok(None);
+                match not_ready(&spec.db, created_late) {
+                    None => {}
+                    Some(_) if !spec.db.exists() => return Ok(None),
+                    // The application made a database walvault cannot replicate.
+                    Some(why) => {
+                        return Err(InvalidInput::Config(format!(
+                            "stopping: {why}; nothing of it was replicated (walvault \
+                             replicates databases in WAL mode: PRAGMA journal_mode=WAL)"
+                        ))
+                        .into())
+                    }
                 }
                 let opened = Replicator::open(store.clone(), spec.namespace.clone(), config).await;
                 return opened.map(Some);
@@ -377,23 +434,41 @@ fn not_ready(db: &Path, created_late: bool) -> Option<String> {
 /// `--once`: ships each database, waits until it is durable (giving up after
 /// [`ONCE_GIVE_UP`] of store failures), reports.
 pub async fn once_all(specs: Vec<Spec>) -> Result<()> {
+    let mut failed = Vec::new();
+    let count = specs.len();
     for spec in specs {
-        match args::open_store(&spec.store)? {
-            args::Opened::Local(store) => once(store, &spec).await?,
-            args::Opened::Object(store) => once(store, &spec).await?,
+        let shipped = match args::open_store(&spec.store) {
+            Ok(args::Opened::Local(store)) => once(store, &spec).await,
+            Ok(args::Opened::Object(store)) => once(store, &spec).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = shipped {
+            // Each database is tried; the first error is the command's.
+            if count > 1 {
+                eprintln!(
+                    "walvault: error: {}{}",
+                    spec.label,
+                    e.to_string().replace('\n', " ")
+                );
+            }
+            failed.push(e);
         }
     }
-    Ok(())
+    match failed.len() {
+        0 => Ok(()),
+        1 if count == 1 => Err(failed.remove(0)),
+        n => {
+            Err(InvalidInput::Config(format!("{n} of {count} databases failed (see above)")).into())
+        }
+    }
 }
 
 async fn once<S: Store>(store: S, spec: &Spec) -> Result<()> {
     if spec.restore_if_missing {
         let mut never = never_stop();
-        restore_if_missing(&store, spec, &mut never).await?;
+        restore_if_missing(&store, spec, &mut never, Some(ONCE_GIVE_UP)).await?;
     }
-    let mut config = ReplicatorConfig::new(&spec.db);
-    config.max_lag = spec.max_lag;
-    config.log.seal_age = spec.seal_age.unwrap_or(spec.max_lag);
+    let mut config = replicator_config(spec);
     config.log.store_retry.give_up_after = Some(ONCE_GIVE_UP);
     let mut replicator = Replicator::open(store.clone(), spec.namespace.clone(), config).await?;
     let report = replicator.run_once().await?;

@@ -104,8 +104,15 @@ impl Child {
         child.args(arguments);
         // A process group of its own, so a signal reaches every process the application
         // started, and a Ctrl-C at the terminal reaches it only through the daemon, once.
+        // Not at a terminal, though: a background group that reads the terminal is
+        // stopped by the kernel (SIGTTIN). There the application stays in the terminal's
+        // group, which Ctrl-C reaches directly.
         #[cfg(unix)]
-        child.process_group(0);
+        let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+        #[cfg(unix)]
+        if !interactive {
+            child.process_group(0);
+        }
         let process = child
             .spawn()
             .map_err(|e| Error::io(format!("starting the application `{command}`"), e))?;
@@ -116,14 +123,18 @@ impl Child {
         );
         Ok(Self {
             #[cfg(unix)]
-            group: process.id().and_then(|p| i32::try_from(p).ok()),
+            group: process
+                .id()
+                .and_then(|p| i32::try_from(p).ok())
+                .filter(|_| !interactive),
             process,
             command: command.to_string(),
             out,
         })
     }
 
-    /// Passes signal `signal` on to the application's process group.
+    /// Passes signal `signal` on to the application's process group (at a terminal: a
+    /// SIGTERM to the application; a Ctrl-C reached it from the terminal already).
     fn forward(&mut self, signal: SignalNo) {
         self.out.emit(
             || format!("passing signal {signal} on to the application; stopping once it exits"),
@@ -131,11 +142,16 @@ impl Child {
         );
         #[cfg(unix)]
         if let Some(pid) = self.process.id().and_then(|p| i32::try_from(p).ok()) {
-            // SAFETY: kill only sends a signal. The group is our child's own (its pid is
-            // the group id) and the child is not reaped yet (`id` is None once it is),
-            // so the id cannot have been reused.
+            let target = match self.group {
+                Some(group) => -group,
+                None if signal == SIGINT => return,
+                None => pid,
+            };
+            // SAFETY: kill only sends a signal. The target is our child or its own group
+            // (its pid is the group id), and the child is not reaped yet (`id` is None
+            // once it is), so the id cannot have been reused.
             unsafe {
-                libc::kill(-pid, signal);
+                libc::kill(target, signal);
             }
         }
         #[cfg(not(unix))]

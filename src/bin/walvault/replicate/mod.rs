@@ -168,18 +168,33 @@ pub async fn run(context: &Context, a: Args, out: Output) -> Result<ExitCode> {
             running.stop(&stop_tx).await;
             out.emit(
                 || {
-                    "stopped before the databases were ready; the application was not started"
+                    "stopped before every database was ready (see above); the application \
+                     was not started"
                         .into()
                 },
                 || serde_json::json!({ "event": "stopped", "application_started": false }),
             );
+            // Not started is not success, unless a signal asked for it.
             return Ok(running.exit_code(None));
         }
-        child = Some(exec::Child::spawn(command, out)?);
+        match exec::Child::spawn(command, out) {
+            Ok(started) => child = Some(started),
+            Err(e) => {
+                // The databases are stopped as on any stop: what was shipped is made
+                // durable.
+                running.stop(&stop_tx).await;
+                return Err(e);
+            }
+        }
     }
-    let status = exec::supervise(child, &mut signals, &mut running, out).await?;
-    running.stop(&stop_tx).await;
-    Ok(running.exit_code(status))
+    let status = exec::supervise(child, &mut signals, &mut running, out).await;
+    let stopped = running.stop_or_quit(&stop_tx, &mut signals).await;
+    let status = status?;
+    Ok(if stopped {
+        running.exit_code(status)
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Every database to replicate: `--db`, or the config file's `[[db]]` tables (with the
@@ -255,7 +270,30 @@ fn from_config(
             let options = db.options.overridden_by(flags);
             spec(db.path.clone(), &name, store, &options, label, out)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()
+        .and_then(one_writer_each)
+}
+
+/// Two databases must not write one namespace of one store (object stores do not fence
+/// writers): the config file checks this as written, this checks it once `--store` has
+/// had its say.
+fn one_writer_each(specs: Vec<Spec>) -> Result<Vec<Spec>> {
+    let mut seen = std::collections::HashMap::new();
+    for spec in &specs {
+        let key = (spec.store.as_str(), spec.namespace.as_str());
+        if let Some(other) = seen.insert(key, &spec.db) {
+            return Err(InvalidInput::Config(format!(
+                "{} and {} would both replicate into namespace {} of {}; give one a \
+                 namespace of its own",
+                other.display(),
+                spec.db.display(),
+                spec.namespace,
+                spec.store
+            ))
+            .into());
+        }
+    }
+    Ok(specs)
 }
 
 fn spec(
