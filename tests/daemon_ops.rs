@@ -425,3 +425,98 @@ fn log_lines_are_json_with_timestamps_when_asked() {
         .is_some_and(|t| t.ends_with('Z')));
     assert_eq!(compacted["level"], "INFO");
 }
+
+#[test]
+fn a_second_daemon_for_one_database_is_refused_and_the_first_goes_on() {
+    let _serial = harness::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let app = Writer::new(d, "app.db", "app.rec");
+    app.init();
+    let store = StoreArg::local("store");
+    let mut first = harness::Daemon::start(d, &store, &["replicate", "--db", "app.db"]);
+    // The same database again, as a user might by mistake (and --once alike).
+    for extra in [&[][..], &["--once"][..]] {
+        let args = [
+            &["--store", "store", "replicate", "--db", "app.db"][..],
+            extra,
+        ]
+        .concat();
+        let out = harness::walvault(d, &[], &args, RUN);
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        assert!(
+            stderr(&out).contains("app.db-walvault is in use by another writer"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    app.run(&["--txns", "10"], RUN);
+    first.ensure_running("after the second daemon was refused");
+    std::thread::sleep(Duration::from_millis(1500));
+    first.stop();
+    // And the next run of the database goes on from there.
+    app.run(&["--txns", "5"], RUN);
+    let out = harness::walvault(
+        d,
+        &[],
+        &["--store", "store", "replicate", "--db", "app.db", "--once"],
+        RUN,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    check(d, "store", &[], "app", "app.rec");
+}
+
+#[test]
+fn an_application_that_cannot_start_stops_the_daemon_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let app = Writer::new(d, "app.db", "app.rec");
+    app.init();
+    let args = [
+        "--store",
+        "store",
+        "replicate",
+        "--db",
+        "app.db",
+        "--exec",
+        "./no-such-app --flag",
+    ];
+    let out = harness::walvault(d, &[], &args, RUN);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("starting the application `./no-such-app --flag`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("stopped; everything shipped is durable"),
+        "{}",
+        stdout(&out)
+    );
+    // What was there was shipped.
+    let out = harness::walvault(
+        d,
+        &[],
+        &[
+            "--store",
+            "store",
+            "restore",
+            "--namespace",
+            "app",
+            "--output",
+            "r.db",
+        ],
+        RUN,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        content_hash(&d.join("r.db")).unwrap(),
+        content_hash(&d.join("app.db")).unwrap()
+    );
+    // status --json says so for a database no daemon runs.
+    let out = harness::walvault(d, &[], &["status", "--db", "app.db", "--json"], RUN);
+    assert_eq!(out.status.code(), Some(3));
+    let doc: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(doc["running"], false);
+    assert_eq!(doc["db"], "app.db");
+}
