@@ -242,8 +242,11 @@ impl<S: Storage + Clone> Replicator<S> {
             // delete the WAL, and the next start could no longer prove it continues
             // from the saved position: it would ship the whole database again. Left as
             // it is, the WAL is what the next start (or SQLite's next opener) reads.
-            r.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-                .map_err(sqlite_err("keeping the WAL when walvault closes"))?;
+            r.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .map_err(sqlite_err("keeping the WAL when walvault closes"))?;
         }
         let mut log_config = config.log;
         log_config.page_size = page_size;

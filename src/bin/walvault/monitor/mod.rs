@@ -156,6 +156,19 @@ impl DbHandle {
 
     /// The database's replication stopped: it leaves the metrics and `status`.
     pub fn stopped(self) {}
+
+    /// The database's replication failed for good: it stays in the metrics and `status`,
+    /// in state `failed` with this error, for as long as the handle is kept (the
+    /// daemon keeps it until it exits, so an alert on the lag fires).
+    pub fn failed(&self, error: &walvault::Error) {
+        let mut last = self
+            .state
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        last.failed = true;
+        last.error = Some((SystemClock.now(), error.to_string()));
+    }
 }
 
 impl Drop for DbHandle {
@@ -184,6 +197,8 @@ struct LastPoll {
     ok: bool,
     /// The last failed poll's error and time, kept after later polls succeed.
     error: Option<(DateTime<Utc>, String)>,
+    /// True once replication of the database failed for good.
+    failed: bool,
 }
 
 impl DbState {
@@ -230,6 +245,7 @@ impl DbState {
         let stats = &info.stats;
         let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         let state = match (info.tracker.closed(), last.at, last.ok) {
+            _ if last.failed => "failed",
             (Some(_), _, _) => "failed",
             (None, None, _) => "starting",
             (None, Some(_), true) => "replicating",

@@ -14,7 +14,7 @@ use walvault::{Error, InvalidInput, Replicator, ReplicatorConfig, Result};
 use super::shipping::{follow, snapshot_note, stop_replicator};
 use super::{Spec, Stop};
 use crate::args::{self, Store};
-use crate::monitor::{DbInfo, Monitor};
+use crate::monitor::{DbHandle, DbInfo, Monitor};
 use crate::restore;
 
 /// Starts background maintenance (tiered compaction, retention, garbage collection)
@@ -76,7 +76,10 @@ const CREATION_POLL: Duration = Duration::from_millis(200);
 
 /// The databases' tasks.
 pub struct Running {
-    tasks: JoinSet<bool>,
+    tasks: JoinSet<(bool, Option<DbHandle>)>,
+    /// Databases that failed after they were registered with the monitor: kept, so they
+    /// stay in the metrics and `status` as failed until the daemon exits.
+    failed_handles: Vec<DbHandle>,
     /// One per database: resolves (or is dropped) once it has shipped what was there.
     ready: Vec<oneshot::Receiver<()>>,
     failed: usize,
@@ -89,6 +92,7 @@ pub fn start_all(specs: Vec<Spec>, stop: Stop, monitor: &Monitor) -> Result<Runn
         tasks: JoinSet::new(),
         ready: Vec::new(),
         failed: 0,
+        failed_handles: Vec::new(),
     };
     for spec in specs {
         let opened = match stores.get(&spec.store) {
@@ -159,10 +163,16 @@ impl Running {
         }
     }
 
-    fn count(&mut self, joined: std::result::Result<bool, tokio::task::JoinError>) {
+    fn count(
+        &mut self,
+        joined: std::result::Result<(bool, Option<DbHandle>), tokio::task::JoinError>,
+    ) {
         match joined {
-            Ok(true) => {}
-            Ok(false) => self.failed += 1,
+            Ok((true, _)) => {}
+            Ok((false, handle)) => {
+                self.failed += 1;
+                self.failed_handles.extend(handle);
+            }
             Err(e) => {
                 eprintln!("walvault: error: a database task ended abnormally: {e}");
                 self.failed += 1;
@@ -200,13 +210,14 @@ async fn task<S: Store + Send + Sync + 'static>(
     mut stop: Stop,
     ready: oneshot::Sender<()>,
     monitor: Monitor,
-) -> bool {
-    match replicate(store, &spec, &mut stop, ready, &monitor).await {
-        Ok(()) => true,
+) -> (bool, Option<DbHandle>) {
+    let mut failed = None;
+    match replicate(store, &spec, &mut stop, ready, &monitor, &mut failed).await {
+        Ok(()) => (true, None),
         Err(e) => {
             let message = e.to_string().replace('\n', " ");
             eprintln!("walvault: error: {}{message}", spec.label);
-            false
+            (false, failed)
         }
     }
 }
@@ -217,6 +228,7 @@ async fn replicate<S: Store>(
     stop: &mut Stop,
     ready: oneshot::Sender<()>,
     monitor: &Monitor,
+    failed: &mut Option<DbHandle>,
 ) -> Result<()> {
     if spec.restore_if_missing && !restore_if_missing(&store, spec, stop, None).await? {
         return Ok(());
@@ -244,7 +256,13 @@ async fn replicate<S: Store>(
         maintainer.stop().await;
     }
     let stopped = stop_replicator(outcome, spec, &dir).await;
-    db.stopped();
+    match &stopped {
+        Ok(()) => db.stopped(),
+        Err(e) => {
+            db.failed(e);
+            *failed = Some(db);
+        }
+    }
     stopped
 }
 
