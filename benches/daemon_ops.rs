@@ -39,23 +39,29 @@ fn main() {
     let bin = Path::new(env!("CARGO_BIN_EXE_walvault"));
     println!("daemon_ops: {dbs} databases, {RATE} tx/s each of 1 KiB rows, {secs} s a scenario");
 
-    let separate = scenario(bin, dbs, secs, false);
-    let single = scenario(bin, dbs, secs, true);
+    let separate = scenario(bin, dbs, secs, Daemons::PerDatabase);
+    let quiet = scenario(bin, dbs, secs, Daemons::One { metrics: false });
+    let single = scenario(bin, dbs, secs, Daemons::One { metrics: true });
     println!(
         "{dbs} processes (baseline): CPU {:.2} s, peak RSS {} MiB in all; {} commits shipped",
         separate.cpu.as_secs_f64(),
         separate.rss_kib / 1024,
         separate.commits
     );
-    println!(
-        "1 process, config file:    CPU {:.2} s ({:.0} % of the baseline), peak RSS {} MiB \
-         ({:.0} %); {} commits shipped",
-        single.cpu.as_secs_f64(),
-        100.0 * single.cpu.as_secs_f64() / separate.cpu.as_secs_f64().max(1e-9),
-        single.rss_kib / 1024,
-        100.0 * single.rss_kib as f64 / separate.rss_kib.max(1) as f64,
-        single.commits
-    );
+    for (what, f) in [
+        ("1 process, config file", &quiet),
+        ("the same, /metrics scraped every 100 ms", &single),
+    ] {
+        println!(
+            "{what}: CPU {:.2} s ({:.0} % of the baseline), peak RSS {} MiB ({:.0} %); {} \
+             commits shipped",
+            f.cpu.as_secs_f64(),
+            100.0 * f.cpu.as_secs_f64() / separate.cpu.as_secs_f64().max(1e-9),
+            f.rss_kib / 1024,
+            100.0 * f.rss_kib as f64 / separate.rss_kib.max(1) as f64,
+            f.commits
+        );
+    }
     let mut scrapes = single.scrapes;
     scrapes.sort();
     if !scrapes.is_empty() {
@@ -69,6 +75,16 @@ fn main() {
     }
 }
 
+/// How the databases are replicated.
+#[derive(Clone, Copy, PartialEq)]
+enum Daemons {
+    /// One `replicate --db` process per database (the baseline).
+    PerDatabase,
+    /// One `replicate` process for all, from a config file; with `metrics`, its
+    /// `/metrics` is scraped every 100 ms.
+    One { metrics: bool },
+}
+
 struct Figures {
     cpu: Duration,
     rss_kib: u64,
@@ -76,9 +92,8 @@ struct Figures {
     scrapes: Vec<Duration>,
 }
 
-/// Runs the writer for `secs` beside either one daemon for every database (`single`,
-/// with metrics) or one daemon per database, and measures the daemons.
-fn scenario(bin: &Path, dbs: u64, secs: u64, single: bool) -> Figures {
+/// Runs the writer for `secs` beside the daemons `how` says, and measures the daemons.
+fn scenario(bin: &Path, dbs: u64, secs: u64, how: Daemons) -> Figures {
     let dir = common::bench_dir();
     let d = dir.path();
     let names: Vec<String> = (1..=dbs).map(|i| format!("db{i}.db")).collect();
@@ -91,7 +106,7 @@ fn scenario(bin: &Path, dbs: u64, secs: u64, single: bool) -> Figures {
     }
     let port = free_port();
     let mut children: Vec<Child> = Vec::new();
-    if single {
+    if let Daemons::One { .. } = how {
         let mut config = format!("store = \"store\"\nmetrics = \"127.0.0.1:{port}\"\n");
         for name in &names {
             config.push_str(&format!("\n[[db]]\npath = \"{name}\"\n"));
@@ -116,7 +131,7 @@ fn scenario(bin: &Path, dbs: u64, secs: u64, single: bool) -> Figures {
     let mut scrapes = Vec::new();
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
-        if single {
+        if how == (Daemons::One { metrics: true }) {
             if let Some(took) = scrape(port) {
                 scrapes.push(took);
             }

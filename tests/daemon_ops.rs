@@ -362,6 +362,16 @@ fn a_bad_config_is_one_error_naming_the_file_the_line_and_the_field() {
     let out = harness::walvault(d, &env, &["ls"], RUN);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("reading the config file missing.toml"));
+    // A command given its store needs nothing from the file: a warning, and on it goes.
+    fs::create_dir(d.join("given")).unwrap();
+    let env = [("WALVAULT_CONFIG".to_string(), "conf/w.toml".to_string())];
+    let out = harness::walvault(d, &env, &["--store", "given", "ls"], RUN);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not using the config file"),
+        "{}",
+        stderr(&out)
+    );
 
     // No database named anywhere: say how to name one.
     let out = harness::walvault(d, &[], &["replicate"], RUN);
@@ -372,8 +382,9 @@ fn a_bad_config_is_one_error_naming_the_file_the_line_and_the_field() {
         stderr(&out)
     );
 
+    // Malformed arguments exit with status 2, as clap's own errors do.
     let out = harness::walvault(d, &[], &["--log-level", "loud", "ls"], RUN);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("is not a level"), "{}", stderr(&out));
     let out = harness::walvault(
         d,
@@ -381,7 +392,7 @@ fn a_bad_config_is_one_error_naming_the_file_the_line_and_the_field() {
         &["replicate", "--db", "a.db", "--exec", "'unclosed"],
         RUN,
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("not a command line"),
         "{}",

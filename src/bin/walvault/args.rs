@@ -121,6 +121,15 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// A memory budget: a size of at least [`walvault::MIN_MEMORY_BUDGET`].
+pub fn budget_size(text: &str) -> std::result::Result<usize, String> {
+    let bytes = byte_size(text)?;
+    if bytes < walvault::MIN_MEMORY_BUDGET {
+        return Err(format!("{text} is below the smallest memory budget, 1MiB"));
+    }
+    Ok(bytes)
+}
+
 /// Parses a size such as `64MiB`, `512KiB` or `1GiB` (or a plain number of bytes).
 pub fn byte_size(text: &str) -> std::result::Result<usize, String> {
     let size: bytesize::ByteSize = text

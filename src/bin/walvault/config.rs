@@ -360,30 +360,34 @@ fn bad(file: &Path, line: usize, text: &str, what: &str) -> Error {
     )))
 }
 
+/// A duration as `humantime` reads it, or what is wrong with it.
+fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 1s, 1h30m or 7d: {e}"))
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map(Some).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "{text:?} is not a duration like 1s, 1h30m or 7d: {e}"
-        ))
-    })
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// A lag or interval: at least [`walvault::MIN_MAX_LAG`], since shorter would spin.
 fn lag<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
-    let parsed = duration(d)?;
-    match parsed {
-        Some(t) if t < walvault::MIN_MAX_LAG => Err(serde::de::Error::custom(format!(
-            "{t:?} is shorter than the shortest allowed, {:?}",
-            walvault::MIN_MAX_LAG
-        ))),
-        other => Ok(other),
+    let text = String::deserialize(d)?;
+    let parsed = parse_duration(&text).map_err(serde::de::Error::custom)?;
+    if parsed < walvault::MIN_MAX_LAG {
+        return Err(serde::de::Error::custom(format!(
+            "{text} is shorter than the shortest allowed, 10ms"
+        )));
     }
+    Ok(Some(parsed))
 }
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<usize>, D::Error> {
     let text = String::deserialize(d)?;
-    crate::args::byte_size(&text)
+    crate::args::budget_size(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
 }

@@ -49,6 +49,11 @@ pub fn init(level: Option<&str>, format: Option<LogFormat>, config: Option<&Conf
 /// `EnvFilter` as a target's name and silently log everything of that target: refused.
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
+/// `--log-level`: a level or a filter, checked when the arguments are parsed.
+pub fn level_arg(text: &str) -> std::result::Result<String, String> {
+    parse_filter(text).map(|_| text.to_string())
+}
+
 /// Parses a level or a filter (`walvault=debug,object_store=warn`); the error says what
 /// is accepted.
 pub fn parse_filter(text: &str) -> std::result::Result<EnvFilter, String> {

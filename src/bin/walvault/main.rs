@@ -43,7 +43,7 @@ struct Cli {
     config: Option<std::path::PathBuf>,
     /// What to log on stderr: error, warn (the default), info, debug, trace, or a
     /// filter such as `walvault=debug`. RUST_LOG is used when this is not given.
-    #[arg(long, global = true, value_name = "LEVEL")]
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = logging::level_arg)]
     log_level: Option<String>,
     /// How log lines look: text (the default) or json (one object per line).
     #[arg(long, global = true, value_name = "FORMAT")]
@@ -51,7 +51,7 @@ struct Cli {
     /// Heap for the data buffers of any command (snapshot, shipping, restore, follow,
     /// compaction): 64MiB by default, at least 1MiB. Memory does not grow with the
     /// database beyond this and a few bytes per page.
-    #[arg(long, global = true, value_name = "SIZE", value_parser = args::byte_size)]
+    #[arg(long, global = true, value_name = "SIZE", value_parser = args::budget_size)]
     memory_budget: Option<usize>,
     #[command(subcommand)]
     command: Command,

@@ -443,7 +443,9 @@ fn show_progress(
                 Some(bar) => bar.set_position(written),
                 None => {
                     let tenths = (written * 10).checked_div(total).unwrap_or(10);
-                    if tenths_shown != Some(tenths) {
+                    // Nothing written yet is not progress (and a last line of 0/N would
+                    // read as a failure when a small restore ends before the next look).
+                    if written > 0 && tenths_shown != Some(tenths) {
                         eprintln!("{message}: {written}/{total} pages");
                         tenths_shown = Some(tenths);
                     }

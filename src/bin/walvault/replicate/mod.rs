@@ -83,7 +83,7 @@ pub struct Args {
     /// shell would, run without a shell: write `sh -c '...'` for pipes or `&&`), forward
     /// SIGINT and SIGTERM to it, and when it exits make everything durable and exit
     /// with its status.
-    #[arg(long, value_name = "CMD")]
+    #[arg(long, value_name = "CMD", value_parser = exec_arg)]
     exec: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9090;
     /// config: `metrics`).
@@ -134,6 +134,13 @@ impl Spec {
     }
 }
 
+/// `--exec`: a command line that splits into words (see `exec.rs`).
+fn exec_arg(text: &str) -> std::result::Result<String, String> {
+    exec::words(text)
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// A lag or interval of at least 10 ms: shorter ones would have the daemon spin.
 fn at_least_10ms(text: &str) -> std::result::Result<Duration, String> {
     let least = walvault::MIN_MAX_LAG;
@@ -145,9 +152,6 @@ fn at_least_10ms(text: &str) -> std::result::Result<Duration, String> {
 
 pub async fn run(context: &Context, a: Args, out: Output) -> Result<ExitCode> {
     let specs = specs(context, &a, out)?;
-    if let Some(command) = &a.exec {
-        exec::words(command)?;
-    }
     let (stop_tx, stop_rx) = watch::channel(false);
     if a.once {
         return database::once_all(specs).await.map(|()| ExitCode::SUCCESS);
