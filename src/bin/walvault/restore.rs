@@ -269,7 +269,13 @@ pub async fn run<S: Store>(store: S, a: Args, out: Output) -> Result<()> {
         return Ok(());
     };
     let progress = RestoreProgress::new();
-    let shown = show_progress(&format!("restoring {namespace}"), &progress, plan.db_pages);
+    let (finished, done) = tokio::sync::watch::channel(false);
+    let shown = show_progress(
+        &format!("restoring {namespace}"),
+        &progress,
+        plan.db_pages,
+        done,
+    );
     let cancel = Arc::new(AtomicBool::new(false));
     let install = InstallOptions {
         force: a.force,
@@ -290,7 +296,7 @@ pub async fn run<S: Store>(store: S, a: Args, out: Output) -> Result<()> {
         })
     };
     let summary = stop_on_signal(restore, &mut stop, &cancel, &output).await;
-    shown.abort();
+    let _ = finished.send(true);
     let _ = shown.await; // the bar is cleared before anything else is printed
     let summary = summary?;
     out.line(format!(
@@ -405,16 +411,29 @@ fn interrupted(output: &Path) -> Error {
     Error::io(format!("restoring {}", output.display()), reason)
 }
 
-/// Shows how far a restore has come until the returned task is aborted: a progress bar
-/// (pages written of `total`) on a terminal, a plain line at each tenth otherwise.
+/// Shows how far a restore has come until `done` is set: a progress bar (pages written
+/// of `total`) on a terminal, a plain line at each tenth otherwise. When plain, the
+/// last line always says where the restore ended, so a restore too quick for the first
+/// look still reports its pages.
 fn show_progress(
     message: &str,
     progress: &RestoreProgress,
     total: u32,
+    done: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let progress = progress.clone();
-    let total = u64::from(total);
     let message = message.to_string();
+    let plan_total = u64::from(total);
+    // The plan's total, until the restore has found its own target.
+    let written = {
+        let progress = progress.clone();
+        move || progress.pages_written()
+    };
+    let total = move || match progress.pages_total() {
+        0 => plan_total,
+        found => found,
+    };
+    let mut done = done;
     let terminal = std::io::stderr().is_terminal();
     tokio::spawn(async move {
         let bar = terminal.then(|| {
@@ -422,36 +441,35 @@ fn show_progress(
                 "{msg} [{bar:40}] {pos}/{len} pages ({percent}%, {eta} left)",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            indicatif::ProgressBar::new(total)
+            indicatif::ProgressBar::new(total())
                 .with_style(style)
                 .with_message(message.clone())
         });
         let _clear = ClearOnDrop(bar.clone());
-        let mut tenths_shown = None;
-        let mut total = total;
+        let mut shown = None;
         loop {
-            // The plan's total, until the restore has found its own target.
-            total = match progress.pages_total() {
-                0 => total,
-                found => found,
-            };
-            if let Some(bar) = &bar {
-                bar.set_length(total);
-            }
-            let written = progress.pages_written();
+            let finished = *done.borrow();
+            let (written, total) = (written(), total());
             match &bar {
-                Some(bar) => bar.set_position(written),
-                None => {
+                Some(bar) => {
+                    bar.set_length(total);
+                    bar.set_position(written);
+                }
+                // Nothing written yet is not progress: a line of 0/N would read as a
+                // failure.
+                None if written > 0 => {
                     let tenths = (written * 10).checked_div(total).unwrap_or(10);
-                    // Nothing written yet is not progress (and a last line of 0/N would
-                    // read as a failure when a small restore ends before the next look).
-                    if written > 0 && tenths_shown != Some(tenths) {
+                    if shown != Some(tenths) {
                         eprintln!("{message}: {written}/{total} pages");
-                        tenths_shown = Some(tenths);
+                        shown = Some(tenths);
                     }
                 }
+                None => {}
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if finished {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), done.changed()).await;
         }
     })
 }
