@@ -119,8 +119,9 @@ fn replicate_list_inspect_restore_and_follow() {
     // However quick the restore, its last line says it wrote every page.
     let last = progress
         .lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("restoring shop: "))
-        .last()
+        .next()
         .and_then(|l| l.strip_suffix(" pages"))
         .and_then(|l| l.split_once('/'))
         .unwrap_or_else(|| panic!("no progress line: {progress}"));
