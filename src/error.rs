@@ -102,6 +102,18 @@ pub enum Error {
         /// The store client's error.
         source: Arc<dyn std::error::Error + Send + Sync>,
     },
+    /// An attached connection's commit did not reach the durability it waits for within
+    /// its deadline. The transaction is committed in the database all the same, and
+    /// walvault goes on shipping it: the application must not run it a second time.
+    #[error("the commit of {db} is not {level} after {waited:?} (the store is away or slow); it is committed in the database and walvault keeps shipping it")]
+    CommitTimeout {
+        /// The database.
+        db: String,
+        /// The durability the commit waited for.
+        level: String,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
     /// SQLite reported an error while walvault read or checked a database.
     #[error("SQLite error while {context}: {message}")]
     Sqlite {
@@ -150,6 +162,7 @@ impl Error {
             // from a broken one, so it does not wait on either.
             Error::Unsupported(_) | Error::Sqlite { .. } => ErrorKind::Permanent,
             Error::Store { kind, .. } => *kind,
+            Error::CommitTimeout { .. } => ErrorKind::Transient,
         }
     }
 

@@ -58,7 +58,7 @@ mod ops;
 mod random;
 mod replica;
 #[cfg(feature = "sqlite")]
-mod sqlite;
+pub mod sqlite;
 mod storage;
 
 pub use crate::budget::{

@@ -32,6 +32,33 @@ pub enum Durability {
     Durable,
 }
 
+impl std::str::FromStr for Durability {
+    type Err = Error;
+
+    /// `applied`, `written` or `durable`, in any case.
+    fn from_str(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "applied" => Ok(Durability::Applied),
+            "written" => Ok(Durability::Written),
+            "durable" => Ok(Durability::Durable),
+            _ => Err(InvalidInput::Config(format!(
+                "durability {text:?}: use applied, written or durable"
+            ))
+            .into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Applied => "applied",
+            Durability::Written => "written",
+            Durability::Durable => "durable",
+        })
+    }
+}
+
 impl Durability {
     const ALL: [Durability; 3] = [
         Durability::Applied,

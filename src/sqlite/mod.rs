@@ -14,9 +14,13 @@
 //!   connections to it: **never open and close that database's files outside SQLite**,
 //!   since closing any descriptor drops the process's POSIX locks on the file, SQLite's
 //!   included.
+//! * [`attach`] runs the replicator inside the application's process, behind the commit
+//!   hook of its connections: COMMIT returns once the transaction is at the durability
+//!   the application chose.
 //! * [`install`] restores a database file in place: sidecars removed before the new
 //!   file appears, refused while another process has it open, temp files cleaned up.
 
+mod attach;
 mod continuity;
 mod dbfile;
 mod install;
@@ -26,6 +30,7 @@ mod state;
 pub(crate) mod wal;
 mod watch;
 
+pub use attach::{attach, attach_handle, detach_handle, AttachOptions, AttachedConnection, Vault};
 pub use continuity::SnapshotReason;
 pub use install::{restore_database, InstallOptions};
 pub use replicate::{IngestReport, Replicator, ReplicatorConfig, DEFAULT_MAX_LAG, MIN_MAX_LAG};

@@ -83,6 +83,12 @@ pub struct ReplicatorConfig {
     /// goes out at once. Default 1 s. The log's age policy (`log.seal_age`) is set to it
     /// too, as a backstop.
     pub max_lag: Duration,
+    /// What the replicator's checkpoints wait for before SQLite may copy frames into the
+    /// database file and restart its WAL: `Durable` (the default; the daemon's choice)
+    /// or `Written` (an attached connection committing at `Written` or `Applied`, so the
+    /// WAL stays bounded while the store is away: the frames are in the local log). An
+    /// `Applied` here is taken as `Written`.
+    pub checkpoint_after: Durability,
 }
 
 impl ReplicatorConfig {
@@ -100,6 +106,7 @@ impl ReplicatorConfig {
             checkpoint_wal_bytes: 4 << 20,
             checkpoint_timeout: Duration::from_secs(30),
             max_lag,
+            checkpoint_after: Durability::Durable,
         }
     }
 
@@ -164,6 +171,8 @@ pub struct Replicator<S: Storage + Clone> {
     page_size: u32,
     checkpoint_wal_bytes: u64,
     checkpoint_timeout: Duration,
+    /// See [`ReplicatorConfig::checkpoint_after`].
+    checkpoint_after: Durability,
     /// See [`ReplicatorConfig::seal_every`].
     seal_every: Duration,
     /// True when transactions were appended since the position was last saved. (In
@@ -289,6 +298,7 @@ impl<S: Storage + Clone> Replicator<S> {
             page_size,
             checkpoint_wal_bytes: config.checkpoint_wal_bytes,
             checkpoint_timeout: config.checkpoint_timeout,
+            checkpoint_after: config.checkpoint_after.max(Durability::Written),
             seal_every,
             read_started: None,
             stamp_floor: None,
@@ -310,6 +320,16 @@ impl<S: Storage + Clone> Replicator<S> {
     /// The database file.
     pub fn db(&self) -> &Path {
         &self.db
+    }
+
+    /// The clock that stamps commits.
+    pub(crate) fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    /// What checkpoints wait for (see [`ReplicatorConfig::checkpoint_after`]).
+    pub(crate) fn checkpoint_level(&self) -> Durability {
+        self.checkpoint_after
     }
 
     /// Ships what is new since the last run (or a snapshot, when it must), waits until it
@@ -339,8 +359,24 @@ impl<S: Storage + Clone> Replicator<S> {
     /// [`ReplicatorConfig::checkpoint_wal_bytes`] of WAL were shipped since the last
     /// checkpoint, checkpoint (see [`checkpoint`](Self::checkpoint)).
     pub async fn poll(&mut self) -> Result<IngestReport> {
-        let shipped = self.ship(true).await;
-        let mut report = match shipped {
+        let mut report = self.poll_ship().await?;
+        if self.checkpoint_due() {
+            let shipped = self.checkpoint().await?;
+            report.transactions += shipped.transactions;
+            report.frames += shipped.frames;
+            report.last = shipped.last.or(report.last);
+            report.checkpointed = shipped.checkpointed;
+            report.snapshot |= shipped.snapshot;
+            report.snapshot_reason = report.snapshot_reason.or(shipped.snapshot_reason);
+        }
+        Ok(report)
+    }
+
+    /// [`poll`](Self::poll) without its checkpoint: ship, seal when due, hand the read
+    /// transaction over. (An attached connection's commit waits for this much only; the
+    /// checkpoint comes after its COMMIT has returned.)
+    pub(crate) async fn poll_ship(&mut self) -> Result<IngestReport> {
+        let report = match self.ship(true).await {
             Ok(report) => report,
             Err(e) => {
                 // What was read before the failure is in the log: it still goes out on
@@ -354,19 +390,27 @@ impl<S: Storage + Clone> Replicator<S> {
             self.save_position().await?;
         }
         self.hand_over_reader()?;
+        Ok(report)
+    }
+
+    /// True when [`poll`](Self::poll) would checkpoint now: enough WAL was shipped since
+    /// the last checkpoint, and no earlier attempt is being backed off from.
+    pub(crate) fn checkpoint_due(&self) -> bool {
         let backing_off = self
             .checkpoint_not_before
             .is_some_and(|t| std::time::Instant::now() < t);
-        if !backing_off && self.wal_bytes_since_checkpoint() >= self.checkpoint_wal_bytes {
-            let shipped = self.checkpoint().await?;
-            report.transactions += shipped.transactions;
-            report.frames += shipped.frames;
-            report.last = shipped.last.or(report.last);
-            report.checkpointed = shipped.checkpointed;
-            report.snapshot |= shipped.snapshot;
-            report.snapshot_reason = report.snapshot_reason.or(shipped.snapshot_reason);
+        !backing_off && self.wal_bytes_since_checkpoint() >= self.checkpoint_wal_bytes
+    }
+
+    /// Seals what was shipped now, whatever the lag policy says (a commit waits for
+    /// `Durable`), and saves the position it covers.
+    pub(crate) async fn seal_now(&mut self) -> Result<()> {
+        if self.log.unsealed_frames() == 0 {
+            return Ok(());
         }
-        Ok(report)
+        self.log.seal()?;
+        self.last_seal = Some(self.clock.now());
+        self.save_position().await
     }
 
     /// Seals what was shipped if [`seal_due_in`](Self::seal_due_in) says it is due now.
@@ -495,7 +539,8 @@ impl<S: Storage + Clone> Replicator<S> {
     /// Checkpoints the database so SQLite can restart its WAL, copying into the database
     /// file only frames that are durable in the store:
     ///
-    /// 0. seal and wait until what was shipped so far is `Durable`, without any lock, so
+    /// 0. seal and wait until what was shipped so far is `Durable` (or whatever
+    ///    [`ReplicatorConfig::checkpoint_after`] says; `Durable` below), without any lock, so
     ///    the wait under the lock below is only for what arrives meanwhile; if the store
     ///    does not get there within [`ReplicatorConfig::checkpoint_timeout`], give up
     ///    and let [`poll`](Self::poll) try again only after as long again;
@@ -562,15 +607,25 @@ impl<S: Storage + Clone> Replicator<S> {
         Ok(report)
     }
 
-    /// Waits until every frame appended is `Durable`, at most `checkpoint_timeout`; false
-    /// (and no checkpoint from `poll` for as long again) when the store is slower.
+    /// Waits until every frame appended is `Durable` (or at
+    /// [`ReplicatorConfig::checkpoint_after`]), at most `checkpoint_timeout`; false (and
+    /// no checkpoint from `poll` for as long again) when the store is slower.
     async fn wait_durable(&mut self) -> Result<bool> {
         let applied = self.log.tracker().watermark(Durability::Applied);
         if applied == 0 {
             return Ok(true);
         }
-        let durable = self.log.wait_durable(applied);
-        match tokio::time::timeout(self.checkpoint_timeout, durable).await {
+        let waited = match self.checkpoint_after {
+            Durability::Durable => {
+                let durable = self.log.wait_durable(applied);
+                tokio::time::timeout(self.checkpoint_timeout, durable).await
+            }
+            level => {
+                let waited = self.log.wait(applied, level);
+                tokio::time::timeout(self.checkpoint_timeout, waited).await
+            }
+        };
+        match waited {
             // The store refused what was shipped: the next poll ships a snapshot, and
             // nothing is checkpointed until it is durable.
             Ok(Err(e)) if e.is_diverged() => Ok(false),
@@ -579,7 +634,8 @@ impl<S: Storage + Clone> Replicator<S> {
                 tracing::warn!(
                     frame_no = applied,
                     timeout = ?self.checkpoint_timeout,
-                    "the store is slow to make the WAL durable; checkpoint later"
+                    level = ?self.checkpoint_after,
+                    "the log is slow to reach the checkpoint's durability; checkpoint later"
                 );
                 self.checkpoint_not_before =
                     Some(std::time::Instant::now() + self.checkpoint_timeout);

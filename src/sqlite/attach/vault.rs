@@ -1,0 +1,372 @@
+//! The vault: one database's [`Replicator`] on a thread of its own, taking commit
+//! requests from the hooks of attached connections.
+//!
+//! Commits are shipped in groups: every request waiting when the vault looks is covered
+//! by one read of the WAL (one append, one seal when any waits for `Durable`, one fsync
+//! of the log for all that wait for `Written`), so several writer threads share the
+//! cost. The wait for each request's level runs on its own task, so the vault keeps
+//! shipping while earlier commits wait for the store.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::AttachOptions;
+use crate::clock::Clock;
+use crate::durability::Durability;
+use crate::error::{Error, InvalidInput, Result};
+use crate::format::NamespaceName;
+use crate::sqlite::{Replicator, ReplicatorConfig};
+use crate::storage::Storage;
+
+/// A database's replication inside the application's process: what attached
+/// connections commit through. Cloning gives another handle on the same vault; the last
+/// handle dropped closes it (see [`close`](Self::close)).
+#[derive(Clone)]
+pub struct Vault {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("db", &self.shared.db)
+            .field("namespace", &self.shared.namespace)
+            .finish()
+    }
+}
+
+struct Shared {
+    db: PathBuf,
+    namespace: NamespaceName,
+    requests: mpsc::UnboundedSender<Request>,
+    commit_timeout: Duration,
+    tracker: crate::durability::DurabilityTracker,
+}
+
+enum Request {
+    /// Ship what the WAL holds and answer once it is at `level`.
+    Commit {
+        level: Durability,
+        reply: std_mpsc::SyncSender<Result<u64>>,
+    },
+    /// Ship what is left, make it durable, stop.
+    Close {
+        reply: std_mpsc::SyncSender<Result<()>>,
+    },
+}
+
+/// The vaults of this process, by canonical database path.
+fn vaults() -> &'static Mutex<HashMap<PathBuf, Weak<Shared>>> {
+    static VAULTS: OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = OnceLock::new();
+    VAULTS.get_or_init(Mutex::default)
+}
+
+impl Vault {
+    /// Opens the vault of the SQLite database `db` (in WAL mode), shipping into
+    /// `namespace` of `storage`, or returns the one this process has open for it. Its
+    /// first step ships the database as it is (a snapshot on a first run).
+    pub fn open<S: Storage + Clone + Send + Sync + 'static>(
+        db: &Path,
+        storage: S,
+        namespace: NamespaceName,
+        options: AttachOptions,
+    ) -> Result<Vault> {
+        let db = std::fs::canonicalize(db)
+            .map_err(|e| Error::io(format!("finding database {}", db.display()), e))?;
+        let mut open = vaults().lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|_, v| v.strong_count() > 0);
+        if let Some(shared) = open.get(&db).and_then(Weak::upgrade) {
+            if shared.namespace != namespace {
+                return Err(InvalidInput::Config(format!(
+                    "{} is replicated into namespace {} by this process already, not {namespace}",
+                    db.display(),
+                    shared.namespace
+                ))
+                .into());
+            }
+            return Ok(Vault { shared });
+        }
+        let shared = Arc::new(start(db.clone(), storage, namespace, options)?);
+        open.insert(db, Arc::downgrade(&shared));
+        Ok(Vault { shared })
+    }
+
+    /// Opens the vault with the store a URL names: a directory path or `file://` URL
+    /// (a local store, created if missing), or an object-store URL (`s3://`, `gs://`,
+    /// `az://`, with the backends compiled in).
+    pub fn open_url(
+        db: &Path,
+        url: &str,
+        namespace: NamespaceName,
+        options: AttachOptions,
+    ) -> Result<Vault> {
+        match url.split_once("://") {
+            None => Self::open(db, crate::LocalStorage::open(url)?, namespace, options),
+            Some(("file", dir)) => {
+                Self::open(db, crate::LocalStorage::open(dir)?, namespace, options)
+            }
+            Some(_) => {
+                let store = crate::ObjectStorage::from_url(url)?;
+                Self::open(db, store, namespace, options)
+            }
+        }
+    }
+
+    /// The database (canonical path).
+    pub fn db(&self) -> &Path {
+        &self.shared.db
+    }
+
+    /// The namespace it ships into.
+    pub fn namespace(&self) -> &NamespaceName {
+        &self.shared.namespace
+    }
+
+    /// The log's watermarks (applied, written, durable frame numbers).
+    pub fn tracker(&self) -> &crate::durability::DurabilityTracker {
+        &self.shared.tracker
+    }
+
+    /// Ships every commit the WAL holds now (of any connection) and waits until it is at
+    /// `level`, at most the commit deadline; the frame number reached. What an attached
+    /// connection's COMMIT calls; useful after commits of connections not attached.
+    pub fn commit(&self, level: Durability) -> Result<u64> {
+        let (reply, answer) = std_mpsc::sync_channel(1);
+        self.shared
+            .requests
+            .send(Request::Commit { level, reply })
+            .map_err(|_| Error::Closed)?;
+        // The vault answers by the deadline itself; this bound only guards against a
+        // vault stuck elsewhere (a checkpoint waiting for SQLite's write lock).
+        let deadline = self.shared.commit_timeout + Duration::from_secs(1);
+        match answer.recv_timeout(deadline) {
+            Ok(answer) => answer,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(self.timeout(level)),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => Err(Error::Closed),
+        }
+    }
+
+    fn timeout(&self, level: Durability) -> Error {
+        Error::CommitTimeout {
+            db: self.shared.db.display().to_string(),
+            level: level.to_string(),
+            waited: self.shared.commit_timeout,
+        }
+    }
+
+    /// Ships what is left, seals it and waits until it is `Durable` (at most the commit
+    /// deadline), then stops the vault: attached connections' commits fail with
+    /// [`Error::Closed`] from then on. What is not durable in time stays in the local log
+    /// and ships at the next start.
+    pub fn close(&self) -> Result<()> {
+        let (reply, answer) = std_mpsc::sync_channel(1);
+        if self.shared.requests.send(Request::Close { reply }).is_err() {
+            return Ok(()); // closed already
+        }
+        match answer.recv_timeout(self.shared.commit_timeout) {
+            Ok(answer) => answer,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(self.timeout(Durability::Durable)),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => Ok(()),
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let (reply, answer) = std_mpsc::sync_channel(1);
+        if self.requests.send(Request::Close { reply }).is_ok() {
+            if let Ok(Err(e)) = answer.recv_timeout(self.commit_timeout) {
+                tracing::warn!(db = %self.db.display(), error = %e, "closing walvault");
+            }
+        }
+    }
+}
+
+/// Opens the replicator on a thread of its own and returns once it is open.
+fn start<S: Storage + Clone + Send + Sync + 'static>(
+    db: PathBuf,
+    storage: S,
+    namespace: NamespaceName,
+    options: AttachOptions,
+) -> Result<Shared> {
+    let mut config = ReplicatorConfig::new(&db);
+    if let Some(dir) = &options.log_dir {
+        config.log.dir = dir.clone();
+    }
+    config.max_lag = options.max_lag;
+    config.log.seal_age = options.max_lag;
+    config.checkpoint_wal_bytes = options.checkpoint_wal_bytes;
+    config.checkpoint_after = options.durability;
+    // A checkpoint holds SQLite's write lock while it waits: never longer than a commit.
+    config.checkpoint_timeout = config.checkpoint_timeout.min(options.commit_timeout);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("walvault-vault")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting walvault's runtime", e))?;
+    let (requests, incoming) = mpsc::unbounded_channel();
+    let (opened, open_result) = std_mpsc::sync_channel(1);
+    let name = namespace.clone();
+    let thread_db = db.clone();
+    let commit_timeout = options.commit_timeout;
+    std::thread::Builder::new()
+        .name("walvault-vault".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let replicator = match Replicator::open(storage, name, config).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = opened.send(Ok(replicator.log().tracker().clone()));
+                let clock = replicator.clock();
+                run(replicator, incoming, options, clock, thread_db).await;
+            });
+        })
+        .map_err(|e| Error::io("starting walvault's thread", e))?;
+    let tracker = open_result.recv().map_err(|_| Error::Closed)??;
+    Ok(Shared {
+        db,
+        namespace,
+        requests,
+        commit_timeout,
+        tracker,
+    })
+}
+
+/// The vault's loop: ship on each request (all that wait, in one go) and at each poll
+/// interval, answer each request once its level is reached, checkpoint when due.
+async fn run<S: Storage + Clone + Send + Sync + 'static>(
+    mut replicator: Replicator<S>,
+    mut incoming: mpsc::UnboundedReceiver<Request>,
+    options: AttachOptions,
+    clock: Arc<dyn Clock>,
+    db: PathBuf,
+) {
+    let mut close = None;
+    while close.is_none() {
+        let wait = replicator
+            .seal_due_in()
+            .map_or(options.poll_interval, |due| due.min(options.poll_interval));
+        let mut batch = Vec::new();
+        tokio::select! {
+            first = incoming.recv() => match first {
+                Some(request) => batch.push(request),
+                None => break, // every handle is gone
+            },
+            () = tokio::time::sleep(wait) => {}
+        }
+        while let Ok(request) = incoming.try_recv() {
+            batch.push(request);
+        }
+        let mut commits = Vec::new();
+        for request in batch {
+            match request {
+                Request::Commit { level, reply } => commits.push((level, reply)),
+                Request::Close { reply } => close = Some(reply),
+            }
+        }
+        if !commits.is_empty() || close.is_some() {
+            checkpoint_if_quiet(&mut replicator).await;
+        }
+        ship(&mut replicator, commits, &options, &clock).await;
+        if close.is_none() && replicator.checkpoint_due() && quiet(&replicator) {
+            checkpoint(&mut replicator).await;
+        }
+    }
+    let closed = replicator.close().await;
+    if let Err(e) = &closed {
+        tracing::warn!(db = %db.display(), error = %e, "closing walvault's log");
+    }
+    if let Some(reply) = close {
+        let _ = reply.send(closed);
+    }
+}
+
+/// True when everything shipped is at the checkpoint's level already, so a checkpoint
+/// would hold SQLite's write lock for what arrives meanwhile only.
+fn quiet<S: Storage + Clone>(replicator: &Replicator<S>) -> bool {
+    let tracker = replicator.log().tracker();
+    let level = replicator.checkpoint_level();
+    tracker.watermark(level) >= tracker.watermark(Durability::Applied)
+}
+
+async fn checkpoint_if_quiet<S: Storage + Clone>(replicator: &mut Replicator<S>) {
+    if replicator.checkpoint_due() && quiet(replicator) {
+        checkpoint(replicator).await;
+    }
+}
+
+async fn checkpoint<S: Storage + Clone>(replicator: &mut Replicator<S>) {
+    if let Err(e) = replicator.checkpoint().await {
+        tracing::warn!(db = %replicator.db().display(), error = %e, "checkpoint failed; trying again later");
+    }
+}
+
+/// Ships what the WAL holds and answers each commit request once its level is reached.
+async fn ship<S: Storage + Clone>(
+    replicator: &mut Replicator<S>,
+    commits: Vec<(Durability, std_mpsc::SyncSender<Result<u64>>)>,
+    options: &AttachOptions,
+    clock: &Arc<dyn Clock>,
+) {
+    let shipped = replicator.poll_ship().await;
+    let shipped = match shipped {
+        Ok(report) => report,
+        Err(e) => {
+            tracing::warn!(db = %replicator.db().display(), error = %e, "shipping the WAL failed; trying again");
+            for (_, reply) in commits {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    if commits
+        .iter()
+        .any(|(level, _)| *level == Durability::Durable)
+    {
+        if let Err(e) = replicator.seal_now().await {
+            for (_, reply) in commits {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    }
+    let target = replicator.log().tracker().watermark(Durability::Applied);
+    let stamp = shipped.last.as_ref().map(|a| a.timestamp);
+    for (level, reply) in commits {
+        let waited = replicator.log().wait(target, level);
+        let (clock, timeout, db) = (
+            clock.clone(),
+            options.commit_timeout,
+            replicator.db().to_path_buf(),
+        );
+        tokio::spawn(async move {
+            let answer = match tokio::time::timeout(timeout, waited).await {
+                Ok(Ok(_)) => Ok(target),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(Error::CommitTimeout {
+                    db: db.display().to_string(),
+                    level: level.to_string(),
+                    waited: timeout,
+                }),
+            };
+            if answer.is_ok() {
+                // The stamp is rounded up to the millisecond: COMMIT returns after it,
+                // so a restore to any time taken afterwards has the commit.
+                if let Some(ahead) = stamp.and_then(|s| (s - clock.now()).to_std().ok()) {
+                    tokio::time::sleep(ahead.min(Duration::from_millis(2))).await;
+                }
+            }
+            let _ = reply.send(answer);
+        });
+    }
+}
