@@ -30,7 +30,10 @@ mod state;
 pub(crate) mod wal;
 mod watch;
 
-pub use attach::{attach, attach_handle, detach_handle, AttachOptions, AttachedConnection, Vault};
+pub use attach::{
+    attach, attach_handle, attached_vault, detach_handle, take_last_error, AttachOptions,
+    AttachedConnection, Vault,
+};
 pub use continuity::SnapshotReason;
 pub use install::{restore_database, InstallOptions};
 pub use replicate::{IngestReport, Replicator, ReplicatorConfig, DEFAULT_MAX_LAG, MIN_MAX_LAG};

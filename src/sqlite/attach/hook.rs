@@ -12,10 +12,10 @@
 //! The set of attached handles is kept so that a second attach of one connection is an
 //! error rather than a leak.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rusqlite::ffi;
 
@@ -29,6 +29,8 @@ const MARKER: &CStr = c"walvault_attached";
 pub(super) struct Hook {
     vault: Vault,
     level: AtomicU8,
+    /// True while the WAL hook is installed with this state.
+    hooked: AtomicBool,
     last_error: Mutex<Option<Error>>,
     /// The auto-checkpoint setting the connection had before the hook replaced it.
     autocheckpoint: c_int,
@@ -74,12 +76,15 @@ impl Hook {
     }
 }
 
-fn attached() -> &'static Mutex<HashSet<usize>> {
-    static ATTACHED: OnceLock<Mutex<HashSet<usize>>> = OnceLock::new();
+/// The hooks of attached connections, by handle address.
+type Attached = HashMap<usize, Weak<Hook>>;
+
+fn attached() -> &'static Mutex<Attached> {
+    static ATTACHED: OnceLock<Mutex<Attached>> = OnceLock::new();
     ATTACHED.get_or_init(Mutex::default)
 }
 
-fn with_attached<T>(f: impl FnOnce(&mut HashSet<usize>) -> T) -> T {
+fn with_attached<T>(f: impl FnOnce(&mut Attached) -> T) -> T {
     // A panic while holding this lock leaves the set itself consistent.
     let mut set = attached().lock().unwrap_or_else(|p| p.into_inner());
     f(&mut set)
@@ -126,12 +131,41 @@ pub unsafe fn attach_handle(db: *mut ffi::sqlite3, vault: &Vault, level: Durabil
     install(db, vault, level).map(drop)
 }
 
+/// The vault a connection is attached to, if it is (the address is only compared).
+pub fn attached_vault(db: *mut ffi::sqlite3) -> Option<Vault> {
+    let hook = with_attached(|set| set.get(&(db as usize)).and_then(Weak::upgrade))?;
+    Some(hook.vault.clone())
+}
+
+/// Why the last commit of an attached connection failed, taken (None when it did not,
+/// or the connection is not attached).
+pub fn take_last_error(db: *mut ffi::sqlite3) -> Option<Error> {
+    let hook = with_attached(|set| set.get(&(db as usize)).and_then(Weak::upgrade))?;
+    hook.take_error()
+}
+
 unsafe fn install(db: *mut ffi::sqlite3, vault: &Vault, level: Durability) -> Result<Arc<Hook>> {
-    if !with_attached(|set| set.insert(db as usize)) {
-        return Err(InvalidInput::Config(
-            "this connection is attached already (detach it first)".into(),
-        )
-        .into());
+    let key = db as usize;
+    let existing = with_attached(|set| set.get(&key).and_then(Weak::upgrade));
+    if let Some(hook) = existing {
+        // Detached while a statement ran (from SQL), the marker could not be removed:
+        // its state is hooked again, to the same vault only.
+        if hook.hooked.load(Ordering::Acquire) {
+            return Err(InvalidInput::Config(
+                "this connection is attached already (detach it first)".into(),
+            )
+            .into());
+        }
+        if !hook.vault.same_as(vault) {
+            return Err(InvalidInput::Config(format!(
+                "this connection was attached to namespace {} before; close it to attach it to another",
+                hook.vault.namespace()
+            ))
+            .into());
+        }
+        hook.set_durability(level);
+        hook_up(db, &hook);
+        return Ok(hook);
     }
     // `sqlite3_wal_autocheckpoint` installs SQLite's own hook, whose argument is the
     // setting; there is no getter, so read it with the pragma before replacing it.
@@ -139,11 +173,13 @@ unsafe fn install(db: *mut ffi::sqlite3, vault: &Vault, level: Durability) -> Re
     let hook = Arc::new(Hook {
         vault: vault.clone(),
         level: AtomicU8::new(0),
+        hooked: AtomicBool::new(false),
         last_error: Mutex::new(None),
         autocheckpoint,
-        handle: db as usize,
+        handle: key,
     });
     hook.set_durability(level);
+    with_attached(|set| set.insert(key, Arc::downgrade(&hook)));
     let raw = Arc::into_raw(Arc::clone(&hook)) as *mut c_void;
     let rc = ffi::sqlite3_create_function_v2(
         db,
@@ -158,44 +194,69 @@ unsafe fn install(db: *mut ffi::sqlite3, vault: &Vault, level: Durability) -> Re
     );
     if rc != ffi::SQLITE_OK {
         // SQLite calls the destructor when registering fails, which freed `raw`.
-        with_attached(|set| set.remove(&(db as usize)));
+        with_attached(|set| set.remove(&key));
         return Err(Error::sqlite("attaching walvault", ffi::code_to_str(rc)));
     }
-    ffi::sqlite3_wal_hook(db, Some(on_commit), raw);
+    hook_up(db, &hook);
     Ok(hook)
 }
 
+/// Installs the WAL hook with `hook` (owned by the marker) as its argument.
+unsafe fn hook_up(db: *mut ffi::sqlite3, hook: &Arc<Hook>) {
+    hook.hooked.store(true, Ordering::Release);
+    ffi::sqlite3_wal_hook(db, Some(on_commit), Arc::as_ptr(hook) as *mut c_void);
+}
+
 /// Removes walvault's hook from a raw connection and restores its auto-checkpoint
-/// setting; false when it was not attached.
+/// setting; false when it was not attached. The state is freed with the marker
+/// function, or, when a statement of the connection is running (a detach from SQL),
+/// when the connection closes.
 ///
 /// # Safety
 ///
 /// `db` must be an open connection, used by no other thread during the call.
 pub unsafe fn detach_handle(db: *mut ffi::sqlite3) -> Result<bool> {
-    if !with_attached(|set| set.contains(&(db as usize))) {
+    let key = db as usize;
+    let Some(hook) = with_attached(|set| set.get(&key).and_then(Weak::upgrade)) else {
+        return Ok(false);
+    };
+    if !hook.hooked.swap(false, Ordering::AcqRel) {
         return Ok(false);
     }
-    let raw = ffi::sqlite3_wal_hook(db, None, std::ptr::null_mut());
-    let autocheckpoint = (raw as *const Hook)
-        .as_ref()
-        .map_or(1000, |h| h.autocheckpoint);
-    ffi::sqlite3_wal_autocheckpoint(db, autocheckpoint);
-    // Removing the marker runs its destructor, which frees the state.
-    let rc = ffi::sqlite3_create_function_v2(
-        db,
-        MARKER.as_ptr(),
-        0,
-        ffi::SQLITE_UTF8,
-        std::ptr::null_mut(),
-        None,
-        None,
-        None,
-        None,
-    );
-    if rc != ffi::SQLITE_OK {
-        return Err(Error::sqlite("detaching walvault", ffi::code_to_str(rc)));
+    ffi::sqlite3_wal_hook(db, None, std::ptr::null_mut());
+    ffi::sqlite3_wal_autocheckpoint(db, hook.autocheckpoint);
+    drop(hook);
+    if !statement_running(db) {
+        // Removing the marker runs its destructor, which frees the state.
+        let rc = ffi::sqlite3_create_function_v2(
+            db,
+            MARKER.as_ptr(),
+            0,
+            ffi::SQLITE_UTF8,
+            std::ptr::null_mut(),
+            None,
+            None,
+            None,
+            None,
+        );
+        if rc != ffi::SQLITE_OK {
+            return Err(Error::sqlite("detaching walvault", ffi::code_to_str(rc)));
+        }
     }
     Ok(true)
+}
+
+/// True when a statement of the connection is running (SQLite refuses to remove a
+/// function then).
+unsafe fn statement_running(db: *mut ffi::sqlite3) -> bool {
+    let mut stmt = ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+    while !stmt.is_null() {
+        if ffi::sqlite3_stmt_busy(stmt) != 0 {
+            return true;
+        }
+        stmt = ffi::sqlite3_next_stmt(db, stmt);
+    }
+    false
 }
 
 unsafe fn read_autocheckpoint(db: *mut ffi::sqlite3) -> Option<c_int> {

@@ -59,7 +59,7 @@
 mod hook;
 mod vault;
 
-pub use hook::{attach_handle, detach_handle};
+pub use hook::{attach_handle, attached_vault, detach_handle, take_last_error};
 pub use vault::Vault;
 
 use std::ops::{Deref, DerefMut};

@@ -117,6 +117,11 @@ impl Vault {
         }
     }
 
+    /// True when both handles are on the same vault.
+    pub fn same_as(&self, other: &Vault) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// The database (canonical path).
     pub fn db(&self) -> &Path {
         &self.shared.db
