@@ -88,6 +88,28 @@ fn upto(n: i64) -> Vec<i64> {
     (1..=n).collect()
 }
 
+/// A restore to `at`, taken right after commit `n` returned, has commits `1..=n`, and
+/// later ones only if they began within `at`'s millisecond (times are kept in whole
+/// milliseconds).
+/// `began(j)` is when commit `j` began, where known.
+fn assert_within_the_millisecond(
+    got: &[i64],
+    n: usize,
+    at: DateTime<Utc>,
+    began: impl Fn(usize) -> Option<DateTime<Utc>>,
+) {
+    let k = got.len();
+    assert_eq!(got, upto(k as i64), "restore to just after commit {n}");
+    assert!(k >= n, "restore to just after commit {n} has only {k}");
+    for j in n + 1..=k {
+        let Some(began) = began(j) else { continue };
+        assert!(
+            began.timestamp_millis() <= at.timestamp_millis(),
+            "restore to just after commit {n} has commit {j}, begun in a later millisecond"
+        );
+    }
+}
+
 fn attached(db: &Path, store: &Path, options: AttachOptions) -> AttachedConnection {
     let conn = create(db);
     attach(conn, LocalStorage::open(store).unwrap(), ns("app"), options).unwrap()
@@ -100,7 +122,8 @@ fn commits_return_at_their_level_and_a_restore_to_just_after_finds_them() {
     let conn = attached(&db, &store_dir, AttachOptions::default());
     let store = store_dir.as_path();
     let tracker = conn.vault().tracker().clone();
-    let mut after: Vec<DateTime<Utc>> = Vec::new();
+    // (moment before BEGIN, moment COMMIT returned) of each commit.
+    let mut times: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
     for id in 1..=30 {
         let level = [
             Durability::Durable,
@@ -108,8 +131,9 @@ fn commits_return_at_their_level_and_a_restore_to_just_after_finds_them() {
             Durability::Applied,
         ][id % 3];
         conn.set_durability(level);
+        let before = Utc::now();
         insert(&conn, id as i64).unwrap();
-        after.push(Utc::now());
+        times.push((before, Utc::now()));
         let applied = tracker.watermark(Durability::Applied);
         assert!(
             tracker.watermark(level) >= applied,
@@ -124,10 +148,9 @@ fn commits_return_at_their_level_and_a_restore_to_just_after_finds_them() {
         }
     }
     conn.vault().commit(Durability::Durable).unwrap();
-    for (i, at) in after.iter().enumerate() {
-        let want = upto(i as i64 + 1);
-        let got = restored_ids(store, "app", RestoreOptions::Timestamp(*at));
-        assert_eq!(got, want, "restore to just after commit {}", i + 1);
+    for (i, (_, after)) in times.iter().enumerate() {
+        let got = restored_ids(store, "app", RestoreOptions::Timestamp(*after));
+        assert_within_the_millisecond(&got, i + 1, *after, |j| times.get(j - 1).map(|t| t.0));
     }
     assert!(conn.last_error().is_none());
 }
@@ -348,8 +371,8 @@ fn attach_refuses_what_it_cannot_replicate_with_a_clear_error() {
 
 /// The writer the crash test kills: run as a child process of this test binary (the
 /// environment says where), it attaches `app.db` (relative paths) at `Durable` and
-/// commits one row per transaction, recording `<id> <ns after COMMIT returned>` after
-/// each commit returns.
+/// commits one row per transaction, recording `<id> <ns before BEGIN> <ns after COMMIT
+/// returned>` after each commit returns.
 #[test]
 fn attached_writer_child() {
     let Ok(dir) = std::env::var("WALVAULT_ATTACH_CHILD") else {
@@ -378,11 +401,12 @@ fn attached_writer_child() {
         .open("acked")
         .unwrap();
     for id in next.. {
+        let began = Utc::now().timestamp_nanos_opt().unwrap();
         insert(&conn, id).unwrap();
         let now = Utc::now().timestamp_nanos_opt().unwrap();
         // One write per line: a SIGKILL cannot leave half of one.
         record
-            .write_all(format!("{id} {now}\n").as_bytes())
+            .write_all(format!("{id} {began} {now}\n").as_bytes())
             .unwrap();
     }
 }
@@ -418,14 +442,17 @@ fn a_writer_killed_right_after_durable_commits_loses_none_of_them() {
         std::thread::sleep(Duration::from_millis(50 + seed % 400));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let acked: Vec<(i64, i64)> = std::fs::read_to_string(dir.path().join("acked"))
-            .unwrap_or_default()
-            .split_terminator('\n')
-            .filter_map(|l| {
-                let (id, t) = l.split_once(' ')?;
-                Some((id.parse().ok()?, t.parse().ok()?))
-            })
-            .collect();
+        let acked: Vec<(i64, DateTime<Utc>, DateTime<Utc>)> =
+            std::fs::read_to_string(dir.path().join("acked"))
+                .unwrap_or_default()
+                .split_terminator('\n')
+                .filter_map(|l| {
+                    let mut f = l.split(' ').map(|v| v.parse::<i64>().ok());
+                    let (id, began, after) = (f.next()??, f.next()??, f.next()??);
+                    let t = DateTime::from_timestamp_nanos;
+                    Some((id, t(began), t(after)))
+                })
+                .collect();
         let max_acked = acked.last().map_or(0, |a| a.0);
         let latest = match try_restored_ids(&store, "app", RestoreOptions::Latest) {
             Ok(latest) => latest,
@@ -442,15 +469,12 @@ fn a_writer_killed_right_after_durable_commits_loses_none_of_them() {
             n >= max_acked,
             "round {round}: commit {max_acked} returned at Durable, the store has {n}"
         );
-        // A restore to just after a commit returned has exactly the rows up to it.
-        if let Some(&(id, t)) = acked.get((seed as usize / 7) % acked.len().max(1)) {
-            let at = DateTime::from_timestamp_nanos(t);
+        // A restore to just after a commit returned has the rows up to it (and later
+        // ones only if they began within the same millisecond).
+        if let Some(&(id, _, at)) = acked.get((seed as usize / 7) % acked.len().max(1)) {
             let got = restored_ids(&store, "app", RestoreOptions::Timestamp(at));
-            assert_eq!(
-                got,
-                upto(id),
-                "round {round}: restore to just after commit {id}"
-            );
+            let began = |j: usize| acked.iter().find(|a| a.0 == j as i64).map(|a| a.1);
+            assert_within_the_millisecond(&got, id as usize, at, began);
             checked_at_time += 1;
         }
     }

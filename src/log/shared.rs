@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     stored: Mutex<u64>,
     /// Wakes the syncer: someone waits for `Written`, or the log is stopping.
     pub sync_requested: Notify,
+    /// Held by a sync from taking the files to fsync until `Written` has moved.
+    sync_lock: Mutex<()>,
     /// Wakes the syncer to write out pending appends without an fsync.
     pub write_requested: Notify,
     pub stopping: AtomicBool,
@@ -89,6 +91,7 @@ impl Shared {
             targets: Mutex::new(SyncTargets::default()),
             stored: Mutex::new(0),
             sync_requested: Notify::new(),
+            sync_lock: Mutex::new(()),
             write_requested: Notify::new(),
             stopping: AtomicBool::new(false),
             dir,
@@ -201,6 +204,43 @@ impl Shared {
         });
     }
 
+    /// fsyncs every file with appends (sealed ones, then the open one), saves the page
+    /// sums of a seal, and moves `Written` to what was appended before: what the syncer
+    /// does, on the calling thread (a caller that waits for `Written` at once saves the
+    /// hops to the syncer and back). One sync at a time, so `Written` never passes a
+    /// file another sync has taken but not yet fsynced. A failure latches the tracker.
+    pub(crate) fn sync_now(&self) -> crate::error::Result<()> {
+        let _one = lock(&self.sync_lock);
+        let target = self.tracker.watermark(Durability::Applied);
+        if target <= self.tracker.watermark(Durability::Written) {
+            return Ok(());
+        }
+        let (targets, sums) = self.sync_targets();
+        let synced = targets.iter().try_for_each(|t| t.sync()).map(|()| {
+            if let Some((frame_no, sums)) = sums {
+                // Before `Written` moves (and so before the sealed file can be deleted
+                // as durable): recovery replays that file onto older sums.
+                if let Err(e) = super::sums::save(&self.dir, frame_no, &sums) {
+                    tracing::warn!(error = %e, "page sums not saved; a crash now ships a snapshot");
+                }
+            }
+        });
+        match synced {
+            Ok(()) => {
+                // A failed log fails its tracker: nothing more moves, and waiters wake.
+                self.tracker.advance(Durability::Written, target)?;
+                self.catch_up_durable();
+                Ok(())
+            }
+            Err(e) => {
+                // Latch: after a failed fsync nothing more is reported written.
+                let e = Error::io("syncing the open segment", e);
+                self.tracker.fail(e.clone());
+                Err(e)
+            }
+        }
+    }
+
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         self.stopped.send_replace(true);
@@ -259,41 +299,23 @@ pub(crate) async fn run_syncer(shared: Arc<Shared>, interval: std::time::Duratio
             continue;
         }
         loop {
-            let target = shared.tracker.watermark(Durability::Applied);
-            if target <= shared.tracker.watermark(Durability::Written) {
+            if shared.tracker.watermark(Durability::Applied)
+                <= shared.tracker.watermark(Durability::Written)
+            {
                 break;
             }
-            let (targets, sums) = shared.sync_targets();
-            let dir = shared.dir.clone();
-            let synced = tokio::task::spawn_blocking(move || {
-                targets.iter().try_for_each(|t| t.sync())?;
-                if let Some((frame_no, sums)) = sums {
-                    // Before `Written` moves (and so before the sealed file can be
-                    // deleted as durable): recovery replays that file onto older sums.
-                    if let Err(e) = super::sums::save(&dir, frame_no, &sums) {
-                        tracing::warn!(error = %e, "page sums not saved; a crash now ships a snapshot");
-                    }
-                }
-                Ok::<(), std::io::Error>(())
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            match synced {
-                Ok(()) => {
-                    if shared.tracker.advance(Durability::Written, target).is_err() {
-                        // The log failed: the data is synced, but no watermark moves
-                        // any more, so this loop would never see it written.
-                        return;
-                    }
-                    shared.catch_up_durable();
-                }
-                Err(e) => {
-                    // Latch: after a failed fsync nothing more is reported written.
-                    shared
-                        .tracker
-                        .fail(Error::io("syncing the open segment", e));
-                    return;
-                }
+            let syncing = shared.clone();
+            let synced = tokio::task::spawn_blocking(move || syncing.sync_now())
+                .await
+                .unwrap_or_else(|e| {
+                    Err(Error::io(
+                        "syncing the open segment",
+                        std::io::Error::other(e),
+                    ))
+                });
+            if synced.is_err() {
+                // Latched in the tracker: nothing more is reported written.
+                return;
             }
         }
         if shared.stopping.load(Ordering::Acquire) {

@@ -188,6 +188,9 @@ pub struct Replicator<S: Storage + Clone> {
     stamp_floor: Option<DateTime<Utc>>,
     /// When `poll` last sealed (None before the first seal).
     last_seal: Option<DateTime<Utc>>,
+    /// Commit times known from attached connections for the next read (see
+    /// [`hint_commits`](Self::hint_commits)).
+    hints: Vec<CommitHint>,
     clock: Arc<dyn Clock>,
     state: IngestState,
     state_file: StateFile,
@@ -305,6 +308,7 @@ impl<S: Storage + Clone> Replicator<S> {
             position_unsaved: false,
             saved: None,
             last_seal: None,
+            hints: Vec::new(),
             clock,
             state,
             state_file,
@@ -320,6 +324,19 @@ impl<S: Storage + Clone> Replicator<S> {
     /// The database file.
     pub fn db(&self) -> &Path {
         &self.db
+    }
+
+    /// Tells the next read of the WAL when some of its transactions were complete: an
+    /// attached connection's commit hook saw the WAL hold `frames` frames at `at`, so every
+    /// transaction ending at or before that frame is stamped no later than the
+    /// millisecond of `at` (see [`CommitHint`]). Used by the next ship, then dropped.
+    pub(crate) fn hint_commits(&mut self, hints: impl IntoIterator<Item = CommitHint>) {
+        self.hints.extend(hints);
+    }
+
+    /// The database's WAL file.
+    pub(crate) fn wal_path(&self) -> &Path {
+        &self.wal
     }
 
     /// The clock that stamps commits.
@@ -463,6 +480,7 @@ impl<S: Storage + Clone> Replicator<S> {
     async fn ship(&mut self, defer: bool) -> Result<IngestReport> {
         let applied = self.log.tracker().watermark(Durability::Applied);
         let result = self.ship_held(defer).await;
+        self.hints.clear();
         if result.is_err() {
             self.reset_readers();
             if self.log.tracker().watermark(Durability::Applied) != applied {
@@ -672,14 +690,14 @@ impl<S: Storage + Clone> Replicator<S> {
     /// Appends the transactions after `start`, or says why the WAL no longer proves it
     /// continues from there (then a snapshot is needed).
     fn ship_after(&mut self, start: WalPosition, report: &mut IngestReport) -> Result<Continuity> {
-        let (log, wal, floor) = (&mut self.log, &self.wal, self.stamp_floor);
+        let (log, wal, floor, hints) = (&mut self.log, &self.wal, self.stamp_floor, &self.hints);
         let check = if self.verified {
             Check::LastFrame
         } else {
             Check::WholePrefix
         };
         let scanned = wal::scan(wal, Some(start), check, |txn| {
-            append(log, wal, floor, &txn, report)
+            append(log, wal, (floor, hints), &txn, report)
         })?;
         match scanned {
             WalScan::Continued { end, .. } => {
@@ -701,9 +719,9 @@ impl<S: Storage + Clone> Replicator<S> {
     /// frames cannot be checkpointed past it), so the new generation begins exactly
     /// where we stopped.
     fn ship_new_generation(&mut self, report: &mut IngestReport) -> Result<Continuity> {
-        let (log, wal, floor) = (&mut self.log, &self.wal, self.stamp_floor);
+        let (log, wal, floor, hints) = (&mut self.log, &self.wal, self.stamp_floor, &self.hints);
         match wal::scan(wal, None, Check::LastFrame, |txn| {
-            append(log, wal, floor, &txn, report)
+            append(log, wal, (floor, hints), &txn, report)
         })? {
             WalScan::Continued { end, .. } => {
                 self.record(Some(end));
@@ -731,9 +749,9 @@ impl<S: Storage + Clone> Replicator<S> {
             let vanished = self.wal_vanished(identity);
             return Ok(Err(vanished.unwrap_or(SnapshotReason::DatabaseChanged)));
         }
-        let (log, wal, floor) = (&mut self.log, &self.wal, self.stamp_floor);
+        let (log, wal, floor, hints) = (&mut self.log, &self.wal, self.stamp_floor, &self.hints);
         match wal::scan(wal, None, Check::LastFrame, |txn| {
-            append(log, wal, floor, &txn, report)
+            append(log, wal, (floor, hints), &txn, report)
         })? {
             WalScan::Continued { end, .. } => self.record(Some(end)),
             WalScan::Empty => {} // still empty: nothing happened
@@ -885,11 +903,15 @@ fn begin_read(conn: &Connection) -> Result<()> {
 fn append<S: Storage + Clone>(
     log: &mut LogWriter<S>,
     wal: &Path,
-    floor: Option<DateTime<Utc>>,
+    (floor, hints): (Option<DateTime<Utc>>, &[CommitHint]),
     txn: &WalTransaction,
     report: &mut IngestReport,
 ) -> Result<()> {
     let stamp = commit_stamp(wal, floor);
+    let stamp = match CommitHint::earliest(hints, txn.end.frames) {
+        Some(hinted) => stamp.min(hinted),
+        None => stamp,
+    };
     if txn.pages.is_empty() {
         let located = &txn.located;
         let file = std::fs::File::open(wal)
@@ -916,6 +938,35 @@ fn append<S: Storage + Clone>(
     let refs: Vec<(u32, &[u8])> = txn.pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
     report.add(log.append_at(&refs, txn.db_size, stamp)?);
     Ok(())
+}
+
+/// What an attached connection's commit hook knows of a commit: right after it, at `at`,
+/// the WAL held `frames` frames (SQLite passes the count to the hook).
+///
+/// The replicator stamps a transaction ending at or before that frame with the
+/// millisecond of `at`, rounded down, when that is earlier than its usual stamp: so a
+/// restore to any time taken after the COMMIT returned finds the commit, without the
+/// COMMIT waiting for the clock to pass a stamp rounded up. The price is at the
+/// sub-millisecond: a restore to a moment within the commit's millisecond, but before
+/// it, finds it too. (The hint never names the wrong transaction: while the replicator
+/// holds its reader, SQLite cannot restart the WAL before the frames are read.)
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CommitHint {
+    pub frames: u32,
+    pub at: DateTime<Utc>,
+}
+
+impl CommitHint {
+    /// The stamp the hints give a transaction ending at WAL frame `end`: the earliest
+    /// time a hint saw it complete, rounded down to the millisecond.
+    fn earliest(hints: &[CommitHint], end: u32) -> Option<DateTime<Utc>> {
+        let at = hints
+            .iter()
+            .filter(|h| h.frames >= end)
+            .map(|h| h.at)
+            .min()?;
+        DateTime::from_timestamp_millis(at.timestamp_millis())
+    }
 }
 
 /// The time stamped on a transaction just read from the WAL: never earlier than the

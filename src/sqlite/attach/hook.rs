@@ -62,8 +62,9 @@ impl Hook {
 
     /// Ships the connection's commit; on failure, keeps why and returns the code SQLite
     /// fails the statement with.
-    fn commit(&self) -> c_int {
-        match self.vault.commit(self.durability()) {
+    fn commit(&self, frames: c_int) -> c_int {
+        let frames = u32::try_from(frames).unwrap_or(0);
+        match self.vault.commit_after(self.durability(), frames) {
             Ok(_) => ffi::SQLITE_OK,
             Err(e) => {
                 tracing::warn!(db = %self.vault.db().display(), error = %e, "commit not shipped in time");
@@ -278,7 +279,7 @@ unsafe extern "C" fn on_commit(
     arg: *mut c_void,
     _db: *mut ffi::sqlite3,
     schema: *const c_char,
-    _frames: c_int,
+    frames: c_int,
 ) -> c_int {
     if schema.is_null() || CStr::from_ptr(schema).to_bytes() != b"main" {
         return ffi::SQLITE_OK;
@@ -288,7 +289,7 @@ unsafe extern "C" fn on_commit(
         return ffi::SQLITE_OK;
     };
     // A panic must not unwind into SQLite.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook.commit()))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook.commit(frames)))
         .unwrap_or(ffi::SQLITE_IOERR)
 }
 

@@ -35,8 +35,16 @@
 //!     or the machine);
 //!   * `Durable`: it is in the store (survives the loss of the machine).
 //!
-//!   Its commit time stamp lies between the commit and COMMIT's return, so a restore to
-//!   any time taken after COMMIT returned has it.
+//!   Its commit time is the millisecond it completed in (rounded down; see
+//!   `CommitHint`), so a restore to any time taken after COMMIT returned has it. Times
+//!   are kept in whole milliseconds: such a restore may also have a commit that began
+//!   within the same millisecond.
+//! * **`synchronous=NORMAL` is enough.** At `Written` and `Durable` the vault fsyncs
+//!   SQLite's WAL itself, beside the log's fsync, before COMMIT returns: the commit is
+//!   then as safe in the database as `synchronous=FULL` makes it, and the two fsyncs
+//!   start together instead of one after the other. (With `FULL`, SQLite's own fsync
+//!   comes first; all stays correct, only slower.) At `Applied`, the connection's own setting is all
+//!   the database gets.
 //! * **A commit that cannot get there in time** (the store is away, under `Durable`)
 //!   fails after [`AttachOptions::commit_timeout`] with SQLite's `SQLITE_IOERR`, and
 //!   [`AttachedConnection::last_error`] (`walvault_last_error()` in SQL) says why

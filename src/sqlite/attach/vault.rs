@@ -20,6 +20,7 @@ use crate::clock::Clock;
 use crate::durability::Durability;
 use crate::error::{Error, InvalidInput, Result};
 use crate::format::NamespaceName;
+use crate::sqlite::replicate::CommitHint;
 use crate::sqlite::{Replicator, ReplicatorConfig};
 use crate::storage::Storage;
 
@@ -46,19 +47,25 @@ struct Shared {
     requests: mpsc::UnboundedSender<Request>,
     commit_timeout: Duration,
     tracker: crate::durability::DurabilityTracker,
+    clock: Arc<dyn Clock>,
 }
 
 enum Request {
     /// Ship what the WAL holds and answer once it is at `level`.
     Commit {
         level: Durability,
-        reply: std_mpsc::SyncSender<Result<u64>>,
+        hint: Option<CommitHint>,
+        reply: std_mpsc::SyncSender<Result<Answer>>,
     },
     /// Ship what is left, make it durable, stop.
     Close {
         reply: std_mpsc::SyncSender<Result<()>>,
     },
 }
+
+/// A commit request's answer: the frame number reached, and the time stamped on the
+/// last transaction shipped for it.
+type Answer = (u64, Option<chrono::DateTime<chrono::Utc>>);
 
 /// The vaults of this process, by canonical database path.
 fn vaults() -> &'static Mutex<HashMap<PathBuf, Weak<Shared>>> {
@@ -141,18 +148,62 @@ impl Vault {
     /// `level`, at most the commit deadline; the frame number reached. What an attached
     /// connection's COMMIT calls; useful after commits of connections not attached.
     pub fn commit(&self, level: Durability) -> Result<u64> {
+        self.commit_hinted(level, None)
+    }
+
+    /// [`commit`](Self::commit) for a commit hook that saw the WAL hold `frames` frames
+    /// right after its commit (see [`CommitHint`]).
+    pub(crate) fn commit_after(&self, level: Durability, frames: u32) -> Result<u64> {
+        let at = self.shared.clock.now();
+        self.commit_hinted(level, Some(CommitHint { frames, at }))
+    }
+
+    fn commit_hinted(&self, level: Durability, hint: Option<CommitHint>) -> Result<u64> {
+        let answer = self.request(level, hint)?;
+        self.answer(level, answer)
+    }
+
+    /// Sends a commit request; the receiver of its answer.
+    fn request(
+        &self,
+        level: Durability,
+        hint: Option<CommitHint>,
+    ) -> Result<std_mpsc::Receiver<Result<Answer>>> {
         let (reply, answer) = std_mpsc::sync_channel(1);
+        let request = Request::Commit { level, hint, reply };
         self.shared
             .requests
-            .send(Request::Commit { level, reply })
+            .send(request)
             .map_err(|_| Error::Closed)?;
+        Ok(answer)
+    }
+
+    /// Waits for a commit request's answer, then for the clock to pass its stamp.
+    fn answer(&self, level: Durability, answer: std_mpsc::Receiver<Result<Answer>>) -> Result<u64> {
         // The vault answers by the deadline itself; this bound only guards against a
         // vault stuck elsewhere (a checkpoint waiting for SQLite's write lock).
         let deadline = self.shared.commit_timeout + Duration::from_secs(1);
-        match answer.recv_timeout(deadline) {
-            Ok(answer) => answer,
-            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(self.timeout(level)),
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => Err(Error::Closed),
+        let (frame_no, stamp) = match answer.recv_timeout(deadline) {
+            Ok(answer) => answer?,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => return Err(self.timeout(level)),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return Err(Error::Closed),
+        };
+        self.wait_past(stamp);
+        Ok(frame_no)
+    }
+
+    /// Returns once the clock has passed `stamp`, so a restore to any time taken
+    /// afterwards finds what was stamped with it. (With a commit hook's hint the stamp
+    /// is behind the clock already; without one, a stamp rounded up to the millisecond
+    /// is up to one ahead.)
+    fn wait_past(&self, stamp: Option<chrono::DateTime<chrono::Utc>>) {
+        let Some(stamp) = stamp else { return };
+        let limit = std::time::Instant::now() + Duration::from_millis(50);
+        while let Ok(ahead) = (stamp - self.shared.clock.now()).to_std() {
+            if ahead.is_zero() || std::time::Instant::now() > limit {
+                break;
+            }
+            std::thread::sleep(ahead.min(Duration::from_millis(1)));
         }
     }
 
@@ -231,19 +282,20 @@ fn start<S: Storage + Clone + Send + Sync + 'static>(
                         return;
                     }
                 };
-                let _ = opened.send(Ok(replicator.log().tracker().clone()));
-                let clock = replicator.clock();
-                run(replicator, incoming, options, clock, thread_db).await;
+                let tracker = replicator.log().tracker().clone();
+                let _ = opened.send(Ok((tracker, replicator.clock())));
+                run(replicator, incoming, options, thread_db).await;
             });
         })
         .map_err(|e| Error::io("starting walvault's thread", e))?;
-    let tracker = open_result.recv().map_err(|_| Error::Closed)??;
+    let (tracker, clock) = open_result.recv().map_err(|_| Error::Closed)??;
     Ok(Shared {
         db,
         namespace,
         requests,
         commit_timeout,
         tracker,
+        clock,
     })
 }
 
@@ -253,7 +305,6 @@ async fn run<S: Storage + Clone + Send + Sync + 'static>(
     mut replicator: Replicator<S>,
     mut incoming: mpsc::UnboundedReceiver<Request>,
     options: AttachOptions,
-    clock: Arc<dyn Clock>,
     db: PathBuf,
 ) {
     let mut close = None;
@@ -275,14 +326,17 @@ async fn run<S: Storage + Clone + Send + Sync + 'static>(
         let mut commits = Vec::new();
         for request in batch {
             match request {
-                Request::Commit { level, reply } => commits.push((level, reply)),
+                Request::Commit { level, hint, reply } => {
+                    replicator.hint_commits(hint);
+                    commits.push((level, reply));
+                }
                 Request::Close { reply } => close = Some(reply),
             }
         }
         if !commits.is_empty() || close.is_some() {
             checkpoint_if_quiet(&mut replicator).await;
         }
-        ship(&mut replicator, commits, &options, &clock).await;
+        ship(&mut replicator, commits, &options).await;
         if close.is_none() && replicator.checkpoint_due() && quiet(&replicator) {
             checkpoint(&mut replicator).await;
         }
@@ -316,47 +370,85 @@ async fn checkpoint<S: Storage + Clone>(replicator: &mut Replicator<S>) {
     }
 }
 
+/// Makes SQLite's WAL durable on disk: a commit at `Written` or `Durable` is then as safe
+/// in the database as with `synchronous=FULL`, so the application can run
+/// `synchronous=NORMAL` and have the two fsyncs (SQLite's WAL and the log) start
+/// together rather than one after the other. SQLite locks the `-shm` file and the
+/// database, never the WAL, so opening and closing it here drops no lock of theirs.
+fn sync_wal(wal: &Path) -> Result<()> {
+    match std::fs::File::open(wal).and_then(|f| f.sync_data()) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()), // nothing to sync
+        synced => synced,
+    }
+    .map_err(|e| Error::io(format!("syncing SQLite WAL {}", wal.display()), e))
+}
+
 /// Ships what the WAL holds and answers each commit request once its level is reached.
+/// A commit request waiting in a batch: its level, and where to answer.
+type Pending = (Durability, std_mpsc::SyncSender<Result<Answer>>);
+
+fn fail_all(commits: Vec<Pending>, e: &Error) {
+    for (_, reply) in commits {
+        let _ = reply.send(Err(e.clone()));
+    }
+}
+
 async fn ship<S: Storage + Clone>(
     replicator: &mut Replicator<S>,
-    commits: Vec<(Durability, std_mpsc::SyncSender<Result<u64>>)>,
+    commits: Vec<Pending>,
     options: &AttachOptions,
-    clock: &Arc<dyn Clock>,
 ) {
     let shipped = replicator.poll_ship().await;
     let shipped = match shipped {
         Ok(report) => report,
         Err(e) => {
             tracing::warn!(db = %replicator.db().display(), error = %e, "shipping the WAL failed; trying again");
-            for (_, reply) in commits {
-                let _ = reply.send(Err(e.clone()));
-            }
-            return;
+            return fail_all(commits, &e);
         }
     };
     if commits
         .iter()
-        .any(|(level, _)| *level == Durability::Durable)
+        .any(|(level, ..)| *level == Durability::Durable)
     {
         if let Err(e) = replicator.seal_now().await {
-            for (_, reply) in commits {
-                let _ = reply.send(Err(e.clone()));
-            }
-            return;
+            return fail_all(commits, &e);
         }
     }
     let target = replicator.log().tracker().watermark(Durability::Applied);
     let stamp = shipped.last.as_ref().map(|a| a.timestamp);
-    for (level, reply) in commits {
-        let waited = replicator.log().wait(target, level);
-        let (clock, timeout, db) = (
-            clock.clone(),
-            options.commit_timeout,
-            replicator.db().to_path_buf(),
-        );
+    if commits
+        .iter()
+        .any(|(level, ..)| *level >= Durability::Written)
+    {
+        // The log's fsync here rather than on its syncer (no hops to wait for), and
+        // SQLite's WAL beside it: started together, the filesystem can commit both in
+        // one go.
+        let wal = replicator.wal_path().to_path_buf();
+        let wal_sync = tokio::task::spawn_blocking(move || sync_wal(&wal));
+        let synced = replicator.log().sync_now();
+        let wal_synced = wal_sync
+            .await
+            .unwrap_or_else(|e| Err(Error::io("syncing SQLite's WAL", std::io::Error::other(e))));
+        if let Err(e) = synced.and(wal_synced) {
+            return fail_all(commits, &e);
+        }
+    }
+    let waits: Vec<_> = commits
+        .into_iter()
+        .filter_map(|(level, reply)| {
+            if level <= Durability::Written {
+                let _ = reply.send(Ok((target, stamp)));
+                return None;
+            }
+            Some((level, reply, replicator.log().wait(target, level)))
+        })
+        .collect();
+    // `Durable`: on a task each, so the vault goes on shipping meanwhile.
+    for (level, reply, waited) in waits {
+        let (timeout, db) = (options.commit_timeout, replicator.db().to_path_buf());
         tokio::spawn(async move {
             let answer = match tokio::time::timeout(timeout, waited).await {
-                Ok(Ok(_)) => Ok(target),
+                Ok(Ok(_)) => Ok((target, stamp)),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(Error::CommitTimeout {
                     db: db.display().to_string(),
@@ -364,13 +456,6 @@ async fn ship<S: Storage + Clone>(
                     waited: timeout,
                 }),
             };
-            if answer.is_ok() {
-                // The stamp is rounded up to the millisecond: COMMIT returns after it,
-                // so a restore to any time taken afterwards has the commit.
-                if let Some(ahead) = stamp.and_then(|s| (s - clock.now()).to_std().ok()) {
-                    tokio::time::sleep(ahead.min(Duration::from_millis(2))).await;
-                }
-            }
             let _ = reply.send(answer);
         });
     }
