@@ -305,14 +305,15 @@ pub(crate) async fn run_syncer(shared: Arc<Shared>, interval: std::time::Duratio
                 break;
             }
             let syncing = shared.clone();
-            let synced = tokio::task::spawn_blocking(move || syncing.sync_now())
-                .await
-                .unwrap_or_else(|e| {
-                    Err(Error::io(
-                        "syncing the open segment",
-                        std::io::Error::other(e),
-                    ))
-                });
+            let synced = match tokio::task::spawn_blocking(move || syncing.sync_now()).await {
+                Ok(synced) => synced,
+                Err(e) => {
+                    // The fsync task died: latch, so no waiter for `Written` hangs.
+                    let e = Error::io("syncing the open segment", std::io::Error::other(e));
+                    shared.tracker.fail(e.clone());
+                    Err(e)
+                }
+            };
             if synced.is_err() {
                 // Latched in the tracker: nothing more is reported written.
                 return;

@@ -240,11 +240,14 @@ impl SyncTarget {
             let mut state = lock(&self.buffer.file);
             let range = state.started..state.len;
             state.started = state.len;
-            (state.file.try_clone()?, state.dir.take(), range)
+            (state.file.try_clone()?, state.dir.clone(), range)
         };
         start_writeback(&file, range)?;
         if let Some(dir) = dir {
             fsync_dir(&dir)?;
+            // Cleared only once fsynced: a sync that finds it set (and not yet done by
+            // this one) fsyncs it again rather than report `Written` too early.
+            lock(&self.buffer.file).dir = None;
         }
         Ok(())
     }

@@ -591,6 +591,8 @@ impl<S: Storage + Clone> Replicator<S> {
             return Ok(IngestReport::default());
         }
         let result = self.checkpoint_locked(held).await;
+        // What the hints named was read under the write lock; the WAL may restart now.
+        self.hints.clear();
         let released = self.readers[writer].execute_batch("COMMIT");
         if result.is_err() || released.is_err() {
             self.reset_readers();
@@ -719,7 +721,8 @@ impl<S: Storage + Clone> Replicator<S> {
     /// frames cannot be checkpointed past it), so the new generation begins exactly
     /// where we stopped.
     fn ship_new_generation(&mut self, report: &mut IngestReport) -> Result<Continuity> {
-        let (log, wal, floor, hints) = (&mut self.log, &self.wal, self.stamp_floor, &self.hints);
+        // Hints name frames of the generation they were taken in: none applies here.
+        let (log, wal, floor, hints) = (&mut self.log, &self.wal, self.stamp_floor, &[][..]);
         match wal::scan(wal, None, Check::LastFrame, |txn| {
             append(log, wal, (floor, hints), &txn, report)
         })? {

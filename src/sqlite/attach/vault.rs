@@ -308,10 +308,14 @@ async fn run<S: Storage + Clone + Send + Sync + 'static>(
     db: PathBuf,
 ) {
     let mut close = None;
+    let mut failing = false;
     while close.is_none() {
-        let wait = replicator
-            .seal_due_in()
-            .map_or(options.poll_interval, |due| due.min(options.poll_interval));
+        // After a failure, no sooner than the poll interval: a seal that keeps failing
+        // stays due, and the loop must not spin on it.
+        let wait = match replicator.seal_due_in() {
+            Some(due) if !failing => due.min(options.poll_interval),
+            _ => options.poll_interval,
+        };
         let mut batch = Vec::new();
         tokio::select! {
             first = incoming.recv() => match first {
@@ -336,7 +340,7 @@ async fn run<S: Storage + Clone + Send + Sync + 'static>(
         if !commits.is_empty() || close.is_some() {
             checkpoint_if_quiet(&mut replicator).await;
         }
-        ship(&mut replicator, commits, &options).await;
+        failing = !ship(&mut replicator, commits, &options).await;
         if close.is_none() && replicator.checkpoint_due() && quiet(&replicator) {
             checkpoint(&mut replicator).await;
         }
@@ -383,7 +387,8 @@ fn sync_wal(wal: &Path) -> Result<()> {
     .map_err(|e| Error::io(format!("syncing SQLite WAL {}", wal.display()), e))
 }
 
-/// Ships what the WAL holds and answers each commit request once its level is reached.
+/// Ships what the WAL holds and answers each commit request once its level is reached;
+/// false when shipping failed (each request was answered with the error).
 /// A commit request waiting in a batch: its level, and where to answer.
 type Pending = (Durability, std_mpsc::SyncSender<Result<Answer>>);
 
@@ -397,13 +402,14 @@ async fn ship<S: Storage + Clone>(
     replicator: &mut Replicator<S>,
     commits: Vec<Pending>,
     options: &AttachOptions,
-) {
+) -> bool {
     let shipped = replicator.poll_ship().await;
     let shipped = match shipped {
         Ok(report) => report,
         Err(e) => {
             tracing::warn!(db = %replicator.db().display(), error = %e, "shipping the WAL failed; trying again");
-            return fail_all(commits, &e);
+            fail_all(commits, &e);
+            return false;
         }
     };
     if commits
@@ -411,7 +417,8 @@ async fn ship<S: Storage + Clone>(
         .any(|(level, ..)| *level == Durability::Durable)
     {
         if let Err(e) = replicator.seal_now().await {
-            return fail_all(commits, &e);
+            fail_all(commits, &e);
+            return false;
         }
     }
     let target = replicator.log().tracker().watermark(Durability::Applied);
@@ -430,7 +437,8 @@ async fn ship<S: Storage + Clone>(
             .await
             .unwrap_or_else(|e| Err(Error::io("syncing SQLite's WAL", std::io::Error::other(e))));
         if let Err(e) = synced.and(wal_synced) {
-            return fail_all(commits, &e);
+            fail_all(commits, &e);
+            return false;
         }
     }
     let waits: Vec<_> = commits
@@ -459,4 +467,5 @@ async fn ship<S: Storage + Clone>(
             let _ = reply.send(answer);
         });
     }
+    true
 }
