@@ -8,17 +8,19 @@ use std::process::{Command, Output, Stdio};
 
 use walvault::{LocalStorage, NamespaceName, RestoreOptions, Storage};
 
-/// The extension cargo built with this test (`target/<profile>/deps/libwalvault_ext`,
+/// The extension `cargo build -p walvault-ext` built (`target/<profile>/`, or `deps/`
 /// beside the test binary), without its suffix, as `.load` and `load_extension` take it.
 fn extension() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let lib = exe.parent().unwrap().join("libwalvault_ext");
-    assert!(
-        lib.with_extension("so").exists(),
-        "{} is not built (cargo build -p walvault-ext)",
-        lib.display()
-    );
-    lib
+    let deps = exe.parent().unwrap();
+    let candidates = [deps.to_path_buf(), deps.parent().unwrap().to_path_buf()];
+    candidates
+        .iter()
+        .map(|dir| dir.join("libwalvault_ext"))
+        .find(|lib| lib.with_extension("so").exists())
+        .unwrap_or_else(|| {
+            panic!("libwalvault_ext.so is not built: run cargo build -p walvault-ext")
+        })
 }
 
 fn ok(out: Output, what: &str) -> String {
