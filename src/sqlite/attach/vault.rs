@@ -341,8 +341,8 @@ async fn run<S: Storage + Clone + Send + Sync + 'static>(
             checkpoint_if_quiet(&mut replicator).await;
         }
         failing = !ship(&mut replicator, commits, &options).await;
-        if close.is_none() && replicator.checkpoint_due() && quiet(&replicator) {
-            checkpoint(&mut replicator).await;
+        if close.is_none() {
+            checkpoint_if_quiet(&mut replicator).await;
         }
     }
     let closed = replicator.close().await;
