@@ -228,7 +228,7 @@ fn sigkill_at_random_points_loses_nothing_written() {
     for iteration in 0..iterations {
         // One kill in eight may land during open (recovery of the previous kill's log);
         // the rest land while the child writes.
-        let clock = if rng.next() % 8 == 0 {
+        let clock = if rng.next().is_multiple_of(8) {
             KillClock::Spawn
         } else {
             KillClock::Open
