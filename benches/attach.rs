@@ -1,9 +1,9 @@
 //! What an attached connection's COMMIT costs, against plain SQLite in the same run:
 //!
 //! * latency of 1 KiB-row transactions at `Written` (the attached connection runs
-//!   `synchronous=NORMAL`: walvault fsyncs the WAL beside its log, see
-//!   `walvault::sqlite`), against plain SQLite in WAL mode with `synchronous=FULL`; and
-//!   at `Written` with `synchronous=FULL` kept (two fsyncs in a row), for reference;
+//!   `synchronous=NORMAL`: walvault fsyncs the WAL while its vault appends the commit
+//!   to the log, see `walvault::sqlite::attach`), against plain SQLite in WAL mode with
+//!   `synchronous=FULL`; and at `Written` with `synchronous=FULL` kept, for reference;
 //! * throughput with several writer threads (one attached connection each, group
 //!   commit), against the same baseline with as many threads;
 //! * latency at `Durable`, into a local store and into an S3 server (`s3s-fs`) on

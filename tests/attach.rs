@@ -134,9 +134,15 @@ fn commits_return_at_their_level_and_a_restore_to_just_after_finds_them() {
         let before = Utc::now();
         insert(&conn, id as i64).unwrap();
         times.push((before, Utc::now()));
+        // `Written` returns once SQLite's WAL is fsynced and the log has the commit in
+        // memory; its log fsync follows (see `written_commits_survive_losing_the_logs_tail`).
+        let watermark = match level {
+            Durability::Written => Durability::Applied,
+            level => level,
+        };
         let applied = tracker.watermark(Durability::Applied);
         assert!(
-            tracker.watermark(level) >= applied,
+            tracker.watermark(watermark) >= applied,
             "commit {id} returned before it was {level}"
         );
         if level == Durability::Durable && id < 10 {
@@ -367,6 +373,122 @@ fn attach_refuses_what_it_cannot_replicate_with_a_clear_error() {
     let _ = daemon.kill();
     let _ = daemon.wait();
     assert!(matches!(e, walvault::Error::Conflict { .. }), "{e}");
+}
+
+/// The writer `written_commits_survive_losing_the_logs_tail` kills: attaches `app.db` in
+/// the directory the environment names at `Written`, with seals and checkpoints put off,
+/// commits rows up to 15, says so and waits to be killed.
+#[test]
+fn written_writer_child() {
+    let Ok(dir) = std::env::var("WALVAULT_WRITTEN_CHILD") else {
+        return; // only as a child
+    };
+    std::env::set_current_dir(dir).unwrap();
+    let options = AttachOptions {
+        durability: Durability::Written,
+        max_lag: Duration::from_secs(3600),
+        checkpoint_wal_bytes: u64::MAX,
+        ..Default::default()
+    };
+    let store = LocalStorage::open("store").unwrap();
+    let conn = attach(create(Path::new("app.db")), store, ns("app"), options).unwrap();
+    // The first seal after a start is due at once: have it done, then let the parent
+    // copy the log as it is (all durable, quiet) before the `Written` commits.
+    insert(&conn, 6).unwrap();
+    conn.vault().commit(Durability::Durable).unwrap();
+    println!("QUIET");
+    std::io::stdin().read_line(&mut String::new()).unwrap();
+    for id in 7..=15 {
+        insert(&conn, id).unwrap();
+    }
+    println!("COMMITTED");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// A commit at `Written` is fsynced in SQLite's WAL, not yet in the log (one fsync, not
+/// two): after a power loss that cuts the log's unsynced tail, the next start ships it
+/// from the WAL. Emulated: the writer is SIGKILLed after its `Written` commits and the
+/// log directory is put back as it was before them.
+#[test]
+fn written_commits_survive_losing_the_logs_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conn = attached(
+        &d.join("app.db"),
+        &d.join("store"),
+        AttachOptions::default(),
+    );
+    for id in 1..=5 {
+        insert(&conn, id).unwrap(); // at `Durable`
+    }
+    drop(conn.detach().unwrap());
+    let log = d.join("app.db-walvault");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "written_writer_child", "--nocapture"])
+        .args(["--test-threads=1"])
+        .env("WALVAULT_WRITTEN_CHILD", d)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut wait_for = |word: &str| {
+        let mut line = String::new();
+        while !line.ends_with(&format!("{word}\n")) {
+            line.clear();
+            let read = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+            assert!(read > 0, "the writer child ended before {word}");
+        }
+    };
+    wait_for("QUIET");
+    copy_dir(&log, &d.join("log-before"));
+    let mut go = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut go, b"go\n").unwrap();
+    wait_for("COMMITTED");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(
+        ids(&d.join("app.db")),
+        upto(15),
+        "the database has every commit"
+    );
+    // The store has only what was durable before; the log's tail is lost.
+    assert_eq!(
+        restored_ids(&d.join("store"), "app", RestoreOptions::Latest),
+        upto(6)
+    );
+    std::fs::remove_dir_all(&log).unwrap();
+    copy_dir(&d.join("log-before"), &log);
+
+    let conn = attached(
+        &d.join("app.db"),
+        &d.join("store"),
+        AttachOptions::default(),
+    );
+    conn.vault().commit(Durability::Durable).unwrap();
+    assert_eq!(
+        restored_ids(&d.join("store"), "app", RestoreOptions::Latest),
+        upto(15)
+    );
+    insert(&conn, 16).unwrap();
+    assert_eq!(
+        restored_ids(&d.join("store"), "app", RestoreOptions::Latest),
+        upto(16)
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 /// The writer the crash test kills: run as a child process of this test binary (the

@@ -199,13 +199,6 @@ impl<S: Storage + Clone> LogWriter<S> {
         }
     }
 
-    /// fsyncs what was appended on the calling thread and moves `Written` (see
-    /// `Shared::sync_now`), for a caller about to wait for `Written` anyway.
-    #[cfg(feature = "sqlite")]
-    pub(crate) fn sync_now(&self) -> Result<()> {
-        self.shared.sync_now()
-    }
-
     /// The watermarks of this log.
     pub fn tracker(&self) -> &DurabilityTracker {
         &self.shared.tracker

@@ -205,9 +205,8 @@ impl Shared {
     }
 
     /// fsyncs every file with appends (sealed ones, then the open one), saves the page
-    /// sums of a seal, and moves `Written` to what was appended before: what the syncer
-    /// does, on the calling thread (a caller that waits for `Written` at once saves the
-    /// hops to the syncer and back). One sync at a time, so `Written` never passes a
+    /// sums of a seal, and moves `Written` to what was appended before: the syncer's
+    /// step, run on a blocking thread. One sync at a time, so `Written` never passes a
     /// file another sync has taken but not yet fsynced. A failure latches the tracker.
     pub(crate) fn sync_now(&self) -> crate::error::Result<()> {
         let _one = lock(&self.sync_lock);

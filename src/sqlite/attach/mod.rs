@@ -31,20 +31,21 @@
 //!   * `Applied`: the transaction is in walvault's log in memory (a crash of the
 //!     process may lose it from the log, never from the database: the next start proves
 //!     the WAL and ships what the log lacks);
-//!   * `Written`: the log's file is fsynced through it (survives a crash of the process
-//!     or the machine);
+//!   * `Written`: the transaction is fsynced on the local disk, in SQLite's WAL, and
+//!     appended to walvault's log; it survives a crash of the process or the machine
+//!     and ships from there (see "Written without a second fsync" below);
 //!   * `Durable`: it is in the store (survives the loss of the machine).
 //!
 //!   Its commit time is the millisecond it completed in (rounded down; see
 //!   `CommitHint`), so a restore to any time taken after COMMIT returned has it. Times
 //!   are kept in whole milliseconds: such a restore may also have a commit that began
 //!   within the same millisecond.
-//! * **`synchronous=NORMAL` is enough.** At `Written` and `Durable` the vault fsyncs
-//!   SQLite's WAL itself, beside the log's fsync, before COMMIT returns: the commit is
-//!   then as safe in the database as `synchronous=FULL` makes it, and the two fsyncs
-//!   start together instead of one after the other. (With `FULL`, SQLite's own fsync
-//!   comes first; all stays correct, only slower.) At `Applied`, the connection's own setting is all
-//!   the database gets.
+//! * **`synchronous=NORMAL` is enough.** At `Written` and `Durable` the committing
+//!   thread fsyncs SQLite's WAL itself (while the vault appends the commit to its log),
+//!   before COMMIT returns: the commit is then as safe in the database as
+//!   `synchronous=FULL` makes it, so the database never lacks a commit the store has.
+//!   (With `FULL`, SQLite's own fsync comes first and ours finds nothing to write.) At
+//!   `Applied`, the connection's own setting is all the database gets.
 //! * **A commit that cannot get there in time** (the store is away, under `Durable`)
 //!   fails after [`AttachOptions::commit_timeout`] with SQLite's `SQLITE_IOERR`, and
 //!   [`AttachedConnection::last_error`] (`walvault_last_error()` in SQL) says why
@@ -61,6 +62,30 @@
 //! * **Closing.** [`Vault::close`] (or dropping the last handle, within the commit
 //!   deadline) seals what is open and waits until it is `Durable`; what is not durable
 //!   by then stays in the local log and ships at the next start.
+//!
+//! # Written without a second fsync
+//!
+//! A commit at `Written` must survive a power loss and then ship. Two copies of it are
+//! on the local disk: SQLite's WAL and walvault's log. Fsyncing both before COMMIT
+//! returns (as this module did at first) costs two flushes where plain SQLite with
+//! `synchronous=FULL` pays one; one is enough, because the WAL copy is pinned until the
+//! log copy is fsynced:
+//!
+//! * walvault's own checkpoints copy frames only once the log has them at the
+//!   checkpoint's level, at least `Written` (`ReplicatorConfig::checkpoint_after`), and
+//!   the vault's held reader keeps anyone else's checkpoint from restarting the WAL past
+//!   frames it has not read (see [`Replicator`]);
+//! * the replicator's saved WAL position only ever covers frames fsynced in the log, so
+//!   after a power loss that cut the log's tail, the next start ships again, from the
+//!   WAL, every frame the log lost (or a snapshot of the database, which holds them);
+//! * a crash of the process alone loses neither copy (the page cache keeps the log).
+//!
+//! So COMMIT at `Written` returns once SQLite's WAL is fsynced and the vault has the
+//! commit in its log (the `Applied` watermark covers it); the log's `Written` watermark
+//! follows on the log's own fsync, which checkpoints and seals wait for. What a power
+//! loss can cost is the commit's exact time: a commit shipped again from the WAL is
+//! stamped when it is shipped again, not when it was made. At `Durable` the log is
+//! fsynced before the store has the segment, as always.
 //!
 //! Only the `main` schema is replicated; databases added with `ATTACH DATABASE` are not.
 

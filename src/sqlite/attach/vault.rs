@@ -2,9 +2,8 @@
 //! requests from the hooks of attached connections.
 //!
 //! Commits are shipped in groups: every request waiting when the vault looks is covered
-//! by one read of the WAL (one append, one seal when any waits for `Durable`, one fsync
-//! of the log for all that wait for `Written`), so several writer threads share the
-//! cost. The wait for each request's level runs on its own task, so the vault keeps
+//! by one read of the WAL (one append, one seal when any waits for `Durable`), so
+//! several writer threads share the cost. The wait for each request's level runs on its own task, so the vault keeps
 //! shipping while earlier commits wait for the store.
 
 use std::collections::HashMap;
@@ -44,6 +43,8 @@ impl std::fmt::Debug for Vault {
 struct Shared {
     db: PathBuf,
     namespace: NamespaceName,
+    /// SQLite's WAL, which a commit at `Written` or `Durable` fsyncs on its own thread.
+    wal: PathBuf,
     requests: mpsc::UnboundedSender<Request>,
     commit_timeout: Duration,
     tracker: crate::durability::DurabilityTracker,
@@ -145,7 +146,9 @@ impl Vault {
     }
 
     /// Ships every commit the WAL holds now (of any connection) and waits until it is at
-    /// `level`, at most the commit deadline; the frame number reached. What an attached
+    /// `level` (`Written` as an attached COMMIT means it: fsynced in SQLite's WAL and in
+    /// the log's memory, see [`super`]), at most the commit deadline; the frame number
+    /// reached. What an attached
     /// connection's COMMIT calls; useful after commits of connections not attached.
     pub fn commit(&self, level: Durability) -> Result<u64> {
         self.commit_hinted(level, None)
@@ -158,8 +161,18 @@ impl Vault {
         self.commit_hinted(level, Some(CommitHint { frames, at }))
     }
 
+    /// Asks the vault to ship (at `Applied` for a commit at `Written`: see
+    /// [`super`]'s "Written without a second fsync"), fsyncs SQLite's WAL meanwhile on
+    /// this thread, then waits for the vault's answer.
     fn commit_hinted(&self, level: Durability, hint: Option<CommitHint>) -> Result<u64> {
-        let answer = self.request(level, hint)?;
+        let asked = match level {
+            Durability::Written => Durability::Applied,
+            level => level,
+        };
+        let answer = self.request(asked, hint)?;
+        if level >= Durability::Written {
+            sync_wal(&self.shared.wal)?;
+        }
         self.answer(level, answer)
     }
 
@@ -283,14 +296,16 @@ fn start<S: Storage + Clone + Send + Sync + 'static>(
                     }
                 };
                 let tracker = replicator.log().tracker().clone();
-                let _ = opened.send(Ok((tracker, replicator.clock())));
+                let wal = replicator.wal_path().to_path_buf();
+                let _ = opened.send(Ok((tracker, replicator.clock(), wal)));
                 run(replicator, incoming, options, thread_db).await;
             });
         })
         .map_err(|e| Error::io("starting walvault's thread", e))?;
-    let (tracker, clock) = open_result.recv().map_err(|_| Error::Closed)??;
+    let (tracker, clock, wal) = open_result.recv().map_err(|_| Error::Closed)??;
     Ok(Shared {
         db,
+        wal,
         namespace,
         requests,
         commit_timeout,
@@ -374,11 +389,10 @@ async fn checkpoint<S: Storage + Clone>(replicator: &mut Replicator<S>) {
     }
 }
 
-/// Makes SQLite's WAL durable on disk: a commit at `Written` or `Durable` is then as safe
-/// in the database as with `synchronous=FULL`, so the application can run
-/// `synchronous=NORMAL` and have the two fsyncs (SQLite's WAL and the log) start
-/// together rather than one after the other. SQLite locks the `-shm` file and the
-/// database, never the WAL, so opening and closing it here drops no lock of theirs.
+/// Makes SQLite's WAL durable on disk, so that a commit at `Written` or `Durable` is in
+/// the database after a power loss even when the application runs
+/// `synchronous=NORMAL` (see [`super`]). SQLite locks the `-shm` file and the database,
+/// never the WAL, so opening and closing it here drops no lock of theirs.
 fn sync_wal(wal: &Path) -> Result<()> {
     match std::fs::File::open(wal).and_then(|f| f.sync_data()) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()), // nothing to sync
@@ -423,27 +437,11 @@ async fn ship<S: Storage + Clone>(
     }
     let target = replicator.log().tracker().watermark(Durability::Applied);
     let stamp = shipped.last.as_ref().map(|a| a.timestamp);
-    if commits
-        .iter()
-        .any(|(level, ..)| *level >= Durability::Written)
-    {
-        // The log's fsync here rather than on its syncer (no hops to wait for), and
-        // SQLite's WAL beside it: started together, the filesystem can commit both in
-        // one go.
-        let wal = replicator.wal_path().to_path_buf();
-        let wal_sync = tokio::task::spawn_blocking(move || sync_wal(&wal));
-        let synced = replicator.log().sync_now();
-        let wal_synced = wal_sync
-            .await
-            .unwrap_or_else(|e| Err(Error::io("syncing SQLite's WAL", std::io::Error::other(e))));
-        if let Err(e) = synced.and(wal_synced) {
-            fail_all(commits, &e);
-            return false;
-        }
-    }
     let waits: Vec<_> = commits
         .into_iter()
         .filter_map(|(level, reply)| {
+            // `Written` asks for `Applied` (the committing thread fsyncs SQLite's WAL;
+            // the log's fsync is not waited for): both answer now.
             if level <= Durability::Written {
                 let _ = reply.send(Ok((target, stamp)));
                 return None;
