@@ -44,7 +44,7 @@ struct Shared {
     db: PathBuf,
     namespace: NamespaceName,
     /// SQLite's WAL, which a commit at `Written` or `Durable` fsyncs on its own thread.
-    wal: PathBuf,
+    wal: WalFile,
     requests: mpsc::UnboundedSender<Request>,
     commit_timeout: Duration,
     tracker: crate::durability::DurabilityTracker,
@@ -171,7 +171,7 @@ impl Vault {
         };
         let answer = self.request(asked, hint)?;
         if level >= Durability::Written {
-            sync_wal(&self.shared.wal)?;
+            self.shared.wal.sync()?;
         }
         self.answer(level, answer)
     }
@@ -305,7 +305,7 @@ fn start<S: Storage + Clone + Send + Sync + 'static>(
     let (tracker, clock, wal) = open_result.recv().map_err(|_| Error::Closed)??;
     Ok(Shared {
         db,
-        wal,
+        wal: WalFile::new(wal),
         namespace,
         requests,
         commit_timeout,
@@ -389,16 +389,62 @@ async fn checkpoint<S: Storage + Clone>(replicator: &mut Replicator<S>) {
     }
 }
 
-/// Makes SQLite's WAL durable on disk, so that a commit at `Written` or `Durable` is in
-/// the database after a power loss even when the application runs
-/// `synchronous=NORMAL` (see [`super`]). SQLite locks the `-shm` file and the database,
-/// never the WAL, so opening and closing it here drops no lock of theirs.
-fn sync_wal(wal: &Path) -> Result<()> {
-    match std::fs::File::open(wal).and_then(|f| f.sync_data()) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()), // nothing to sync
-        synced => synced,
+/// SQLite's WAL, kept open for the fsyncs of commits at `Written` and `Durable` (an open
+/// per commit costs a path lookup and a close).
+struct WalFile {
+    path: PathBuf,
+    open: Mutex<Option<Arc<std::fs::File>>>,
+}
+
+impl WalFile {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            open: Mutex::new(None),
+        }
     }
-    .map_err(|e| Error::io(format!("syncing SQLite WAL {}", wal.display()), e))
+
+    /// Makes SQLite's WAL durable on disk, so that a commit at `Written` or `Durable` is
+    /// in the database after a power loss even when the application runs
+    /// `synchronous=NORMAL` (see [`super`]). SQLite locks the `-shm` file and the
+    /// database, never the WAL, so holding it open here takes no lock of theirs.
+    fn sync(&self) -> Result<()> {
+        let io_err = |e| Error::io(format!("syncing SQLite WAL {}", self.path.display()), e);
+        match self.file() {
+            Ok(Some(file)) => file.sync_data().map_err(io_err),
+            Ok(None) => Ok(()), // no WAL: nothing to sync
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    /// The WAL, opened again when the one held was deleted (SQLite deletes it when its
+    /// last connection closes and the next one creates another; the vault's readers make
+    /// that rare, not impossible).
+    fn file(&self) -> std::io::Result<Option<Arc<std::fs::File>>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(file) = open.as_ref().filter(|f| still_linked(f)) {
+            return Ok(Some(file.clone()));
+        }
+        *open = match std::fs::File::open(&self.path) {
+            Ok(file) => Some(Arc::new(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(open.clone())
+    }
+}
+
+/// True while `file` still has a name (an fstat, cheaper than opening it again).
+#[cfg(unix)]
+fn still_linked(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().is_ok_and(|m| m.nlink() > 0)
+}
+
+/// Elsewhere, opened again every time.
+#[cfg(not(unix))]
+fn still_linked(_: &std::fs::File) -> bool {
+    false
 }
 
 /// Ships what the WAL holds and answers each commit request once its level is reached;
