@@ -90,9 +90,10 @@ pub use crate::sqlite::{
 };
 pub use crate::storage::restore_to_path_with_progress;
 pub use crate::storage::{
-    on_store, plan_restore, Faults, FaultyStorage, FindSegmentReq, ForkReport, GcOptions, GcReport,
-    LocalConfig, LocalStorage, MemoryStorage, NoStorage, ObjectStorage, OnStoreCallback,
-    RestoreOptions, RestorePlan, RestoreProgress, RestoreSummary, SegmentInfo, Storage,
+    local_store_dir, on_store, plan_restore, Faults, FaultyStorage, FindSegmentReq, ForkReport,
+    GcOptions, GcReport, LocalConfig, LocalStorage, MemoryStorage, NoStorage, ObjectStorage,
+    OnStoreCallback, RestoreOptions, RestorePlan, RestoreProgress, RestoreSummary, SegmentInfo,
+    Storage,
 };
 
 #[doc(hidden)]

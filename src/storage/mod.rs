@@ -44,6 +44,17 @@ pub use restore::{
 };
 pub use retired::{GcOptions, GcReport};
 
+/// The directory of a local store URL (a path, or a `file://` URL); None for the URL of
+/// an object store (`s3://`, `gs://`, `az://`, ...). How the CLI's `--store`, the config
+/// file and the loadable extension all tell the two apart.
+pub fn local_store_dir(url: &str) -> Option<std::path::PathBuf> {
+    match url.split_once("://") {
+        None => Some(url.into()),
+        Some(("file", rest)) => Some(rest.into()),
+        Some(_) => None,
+    }
+}
+
 /// Called once a segment is durable, with the namespace's new durable frame number.
 pub type OnStoreCallback =
     Box<dyn FnOnce(u64) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> + Send + 'static>;

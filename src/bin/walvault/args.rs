@@ -48,11 +48,7 @@ pub fn store_url(flag: Option<&str>) -> String {
 
 /// The directory of a local store URL (a path or `file://` URL); None for object stores.
 pub fn local_dir(url: &str) -> Option<PathBuf> {
-    match url.split_once("://") {
-        None => Some(PathBuf::from(url)),
-        Some(("file", rest)) => Some(PathBuf::from(rest)),
-        Some(_) => None,
-    }
+    walvault::local_store_dir(url)
 }
 
 /// Opens the store named by `--store`, creating a local store's directory: a directory

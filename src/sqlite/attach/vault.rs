@@ -113,12 +113,9 @@ impl Vault {
         namespace: NamespaceName,
         options: AttachOptions,
     ) -> Result<Vault> {
-        match url.split_once("://") {
-            None => Self::open(db, crate::LocalStorage::open(url)?, namespace, options),
-            Some(("file", dir)) => {
-                Self::open(db, crate::LocalStorage::open(dir)?, namespace, options)
-            }
-            Some(_) => {
+        match crate::storage::local_store_dir(url) {
+            Some(dir) => Self::open(db, crate::LocalStorage::open(dir)?, namespace, options),
+            None => {
                 let store = crate::ObjectStorage::from_url(url)?;
                 Self::open(db, store, namespace, options)
             }
