@@ -42,9 +42,11 @@
 //!   within the same millisecond.
 //! * **`synchronous=NORMAL` is enough.** At `Written` and `Durable` the committing
 //!   thread fsyncs SQLite's WAL itself (while the vault appends the commit to its log),
-//!   before COMMIT returns: the commit is then as safe in the database as
-//!   `synchronous=FULL` makes it, so the database never lacks a commit the store has.
-//!   (With `FULL`, SQLite's own fsync comes first and ours finds nothing to write.) At
+//!   before COMMIT returns: once COMMIT has returned, the commit is as safe in the
+//!   database as `synchronous=FULL` makes it. (Before it returns, the vault may have
+//!   stored the commit while the fsync runs: a power loss then can leave the store with
+//!   a commit the database lacks, which the next start's snapshot drops from the latest
+//!   state, as with the daemon beside a `NORMAL` application. With `FULL`, SQLite's own fsync comes first and ours finds nothing to write.) At
 //!   `Applied`, the connection's own setting is all the database gets.
 //! * **A commit that cannot get there in time** (the store is away, under `Durable`)
 //!   fails after [`AttachOptions::commit_timeout`] with SQLite's `SQLITE_IOERR`, and
@@ -68,24 +70,35 @@
 //! A commit at `Written` must survive a power loss and then ship. Two copies of it are
 //! on the local disk: SQLite's WAL and walvault's log. Fsyncing both before COMMIT
 //! returns (as this module did at first) costs two flushes where plain SQLite with
-//! `synchronous=FULL` pays one; one is enough, because the WAL copy is pinned until the
-//! log copy is fsynced:
+//! `synchronous=FULL` pays one; one is enough, because until the log copy is fsynced
+//! the commit stays on disk in the WAL or in the database file:
 //!
 //! * walvault's own checkpoints copy frames only once the log has them at the
-//!   checkpoint's level, at least `Written` (`ReplicatorConfig::checkpoint_after`), and
-//!   the vault's held reader keeps anyone else's checkpoint from restarting the WAL past
-//!   frames it has not read (see [`Replicator`]);
+//!   checkpoint's level, at least `Written` (`ReplicatorConfig::checkpoint_after`);
+//! * another connection's checkpoint (of this process or another) may copy the commit
+//!   into the database file before that, but SQLite fsyncs the database before it lets
+//!   the WAL restart, and the vault's held reader keeps the WAL from restarting past
+//!   frames the vault has not read (see [`Replicator`]); the commit then ships in a
+//!   snapshot of the database;
 //! * the replicator's saved WAL position only ever covers frames fsynced in the log, so
-//!   after a power loss that cut the log's tail, the next start ships again, from the
-//!   WAL, every frame the log lost (or a snapshot of the database, which holds them);
-//! * a crash of the process alone loses neither copy (the page cache keeps the log).
+//!   after a power loss that cut the log's tail, the next start ships again every frame
+//!   the log lost: from the WAL, or in a snapshot of the database, which holds them;
+//! * a crash of the process loses the log's appends still in its memory, not the WAL
+//!   (written before the hook runs): the next start ships them from there.
+//!
+//! This holds while every connection that checkpoints the database, in any process,
+//! runs at `synchronous=NORMAL` or `FULL` (at `OFF` SQLite itself promises nothing). A
+//! failed fsync of the WAL fails that commit and every later one at `Written` or
+//! `Durable` until the vault is opened again (a later fsync could succeed over frames
+//! the failure lost).
 //!
 //! So COMMIT at `Written` returns once SQLite's WAL is fsynced and the vault has the
 //! commit in its log (the `Applied` watermark covers it); the log's `Written` watermark
-//! follows on the log's own fsync, which checkpoints and seals wait for. What a power
-//! loss can cost is the commit's exact time: a commit shipped again from the WAL is
-//! stamped when it is shipped again, not when it was made. At `Durable` the log is
-//! fsynced before the store has the segment, as always.
+//! follows on the log's own fsync (at least every second), which checkpoints, saved
+//! positions and the `Durable` watermark wait for. What a power loss can cost is the
+//! commit's exact time: a commit shipped again is stamped when it is shipped again, not
+//! when it was made. [`Vault::commit`] at `Written` (and `walvault_sync('written')`)
+//! means the same.
 //!
 //! Only the `main` schema is replicated; databases added with `ATTACH DATABASE` are not.
 

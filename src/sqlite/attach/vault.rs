@@ -390,57 +390,96 @@ async fn checkpoint<S: Storage + Clone>(replicator: &mut Replicator<S>) {
 /// per commit costs a path lookup and a close).
 struct WalFile {
     path: PathBuf,
-    open: Mutex<Option<Arc<std::fs::File>>>,
+    state: Mutex<WalState>,
+}
+
+#[derive(Default)]
+struct WalState {
+    open: Option<Arc<std::fs::File>>,
+    /// The first fsync that failed. Latched: Linux reports a failed writeback once per
+    /// open file, so a later fsync could succeed while the frames that failed are gone
+    /// from the page cache, and SQLite's recovery stops at the gap they leave.
+    failed: Option<Error>,
 }
 
 impl WalFile {
     fn new(path: PathBuf) -> Self {
         Self {
             path,
-            open: Mutex::new(None),
+            state: Mutex::default(),
         }
     }
 
     /// Makes SQLite's WAL durable on disk, so that a commit at `Written` or `Durable` is
     /// in the database after a power loss even when the application runs
     /// `synchronous=NORMAL` (see [`super`]). SQLite locks the `-shm` file and the
-    /// database, never the WAL, so holding it open here takes no lock of theirs.
+    /// database, never the WAL, so holding it open here takes no lock of theirs. After
+    /// a failed fsync every later one fails with the same error, until the vault is
+    /// opened again.
     fn sync(&self) -> Result<()> {
         let io_err = |e| Error::io(format!("syncing SQLite WAL {}", self.path.display()), e);
-        match self.file() {
-            Ok(Some(file)) => file.sync_data().map_err(io_err),
-            Ok(None) => Ok(()), // no WAL: nothing to sync
-            Err(e) => Err(io_err(e)),
-        }
-    }
-
-    /// The WAL, opened again when the one held was deleted (SQLite deletes it when its
-    /// last connection closes and the next one creates another; the vault's readers make
-    /// that rare, not impossible).
-    fn file(&self) -> std::io::Result<Option<Arc<std::fs::File>>> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(file) = open.as_ref().filter(|f| still_linked(f)) {
-            return Ok(Some(file.clone()));
-        }
-        *open = match std::fs::File::open(&self.path) {
-            Ok(file) => Some(Arc::new(file)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        let file = match self.file() {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(()), // no WAL: nothing to sync
             Err(e) => return Err(e),
         };
-        Ok(open.clone())
+        file.sync_data().map_err(|e| {
+            let e = io_err(e);
+            self.lock().failed.get_or_insert(e).clone()
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WalState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The WAL, opened again when the path names another file than the one held
+    /// (SQLite deletes the WAL when its last connection closes and the next one creates
+    /// another; the vault's readers make that rare, not impossible). A WAL opened anew
+    /// has its directory fsynced once, so its name survives a power loss as its frames
+    /// do (SQLite, at `synchronous=NORMAL`, may never sync it).
+    fn file(&self) -> Result<Option<Arc<std::fs::File>>> {
+        let io_err = |e| Error::io(format!("opening SQLite WAL {}", self.path.display()), e);
+        let mut state = self.lock();
+        if let Some(e) = &state.failed {
+            return Err(e.clone());
+        }
+        let named = state.open.as_ref().filter(|f| names(&self.path, f));
+        if let Some(file) = named {
+            return Ok(Some(file.clone()));
+        }
+        // Read and write: some systems refuse to flush a file opened to read only.
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+        {
+            Ok(file) => Arc::new(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(e)),
+        };
+        if let Some(dir) = self.path.parent() {
+            crate::storage::fsutil::fsync_dir(dir).map_err(io_err)?;
+        }
+        state.open = Some(file.clone());
+        Ok(Some(file))
     }
 }
 
-/// True while `file` still has a name (an fstat, cheaper than opening it again).
+/// True while `path` names `file` (same device and inode; a deleted WAL can keep a name
+/// elsewhere: a hard link, NFS's `.nfs` rename).
 #[cfg(unix)]
-fn still_linked(file: &std::fs::File) -> bool {
+fn names(path: &Path, file: &std::fs::File) -> bool {
     use std::os::unix::fs::MetadataExt;
-    file.metadata().is_ok_and(|m| m.nlink() > 0)
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(named), Ok(held)) => named.dev() == held.dev() && named.ino() == held.ino(),
+        _ => false,
+    }
 }
 
 /// Elsewhere, opened again every time.
 #[cfg(not(unix))]
-fn still_linked(_: &std::fs::File) -> bool {
+fn names(_: &Path, _: &std::fs::File) -> bool {
     false
 }
 
@@ -509,4 +548,51 @@ async fn ship<S: Storage + Clone>(
         });
     }
     true
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn inode(file: &std::fs::File) -> u64 {
+        file.metadata().unwrap().ino()
+    }
+
+    #[test]
+    fn the_wal_held_open_follows_the_path_to_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.db-wal");
+        let wal = WalFile::new(path.clone());
+        assert!(wal.file().unwrap().is_none(), "no WAL yet: nothing to sync");
+        wal.sync().unwrap();
+        std::fs::write(&path, b"first").unwrap();
+        let first = wal.file().unwrap().unwrap();
+        assert_eq!(inode(&first), std::fs::metadata(&path).unwrap().ino());
+        assert!(
+            Arc::ptr_eq(&first, &wal.file().unwrap().unwrap()),
+            "kept open"
+        );
+        // SQLite deletes the WAL and creates another, while a hard link keeps the old
+        // file's name elsewhere: the new one is synced, not the old.
+        std::fs::hard_link(&path, dir.path().join("elsewhere")).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"second").unwrap();
+        let second = wal.file().unwrap().unwrap();
+        assert_ne!(inode(&second), inode(&first));
+        assert_eq!(inode(&second), std::fs::metadata(&path).unwrap().ino());
+        wal.sync().unwrap();
+    }
+
+    #[test]
+    fn a_failed_wal_sync_is_latched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.db-wal");
+        std::fs::write(&path, b"frames").unwrap();
+        let wal = WalFile::new(path);
+        wal.sync().unwrap();
+        wal.lock().failed = Some(Error::io("syncing", std::io::Error::other("EIO")));
+        assert!(wal.sync().is_err());
+        assert!(wal.sync().is_err(), "still failing: the frames may be gone");
+    }
 }
