@@ -3,8 +3,8 @@
 //!
 //! Commits are shipped in groups: every request waiting when the vault looks is covered
 //! by one read of the WAL (one append, one seal when any waits for `Durable`), so
-//! several writer threads share the cost. The wait for each request's level runs on its own task, so the vault keeps
-//! shipping while earlier commits wait for the store.
+//! several writer threads share the cost. The wait for each request's level runs on its
+//! own task, so the vault keeps shipping while earlier commits wait for the store.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -145,8 +145,8 @@ impl Vault {
     /// Ships every commit the WAL holds now (of any connection) and waits until it is at
     /// `level` (`Written` as an attached COMMIT means it: fsynced in SQLite's WAL and in
     /// the log's memory, see [`super`]), at most the commit deadline; the frame number
-    /// reached. What an attached
-    /// connection's COMMIT calls; useful after commits of connections not attached.
+    /// reached. What an attached connection's COMMIT calls; useful after commits of
+    /// connections not attached.
     pub fn commit(&self, level: Durability) -> Result<u64> {
         self.commit_hinted(level, None)
     }
