@@ -46,8 +46,9 @@
 //!   database as `synchronous=FULL` makes it. (Before it returns, the vault may have
 //!   stored the commit while the fsync runs: a power loss then can leave the store with
 //!   a commit the database lacks, which the next start's snapshot drops from the latest
-//!   state, as with the daemon beside a `NORMAL` application. With `FULL`, SQLite's own fsync comes first and ours finds nothing to write.) At
-//!   `Applied`, the connection's own setting is all the database gets.
+//!   state, as with the daemon beside a `NORMAL` application. With `FULL`, SQLite's
+//!   own fsync comes first and ours finds nothing to write.) At `Applied`, the
+//!   connection's own setting is all the database gets.
 //! * **A commit that cannot get there in time** (the store is away, under `Durable`)
 //!   fails after [`AttachOptions::commit_timeout`] with SQLite's `SQLITE_IOERR`, and
 //!   [`AttachedConnection::last_error`] (`walvault_last_error()` in SQL) says why
