@@ -418,10 +418,8 @@ impl WalFile {
     /// opened again.
     fn sync(&self) -> Result<()> {
         let io_err = |e| Error::io(format!("syncing SQLite WAL {}", self.path.display()), e);
-        let file = match self.file() {
-            Ok(Some(file)) => file,
-            Ok(None) => return Ok(()), // no WAL: nothing to sync
-            Err(e) => return Err(e),
+        let Some(file) = self.file()? else {
+            return Ok(()); // no WAL: nothing to sync
         };
         file.sync_data().map_err(|e| {
             let e = io_err(e);
