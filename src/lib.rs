@@ -60,6 +60,8 @@ mod replica;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod storage;
+#[cfg(feature = "sqlite")]
+pub mod vfs;
 
 pub use crate::budget::{
     memory_budget, set_memory_budget, DEFAULT_MEMORY_BUDGET, MIN_MEMORY_BUDGET,

@@ -58,16 +58,44 @@ pub unsafe extern "C" fn sqlite3_extension_init(
     pz_err_msg: *mut *mut c_char,
     p_api: *mut ffi::sqlite3_api_routines,
 ) -> c_int {
+    API.store(p_api, std::sync::atomic::Ordering::Release);
     Connection::extension_init2(db, pz_err_msg, p_api, register)
 }
 
+/// The API table SQLite passed the entry point, for registering the VFS.
+static API: std::sync::atomic::AtomicPtr<ffi::sqlite3_api_routines> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// The SQL functions on this connection, and the `walvault` VFS for the process. The
+/// library stays loaded once the connection closes (a registered VFS must not be
+/// unloaded under the connections that use it).
 fn register(db: Connection) -> rusqlite::Result<bool> {
+    let p_api = API.load(std::sync::atomic::Ordering::Acquire);
+    let options = vfs_options().map_err(usage)?;
+    // SAFETY: `p_api` is the API table SQLite passed the entry point, valid for the life
+    // of the process.
+    unsafe { walvault::vfs::register_in_extension(p_api.cast(), options) }.map_err(sql_error)?;
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY;
     db.create_scalar_function(c"walvault_attach", -1, flags, attach)?;
     db.create_scalar_function(c"walvault_detach", 0, flags, detach)?;
     db.create_scalar_function(c"walvault_sync", -1, flags, sync)?;
     db.create_scalar_function(c"walvault_last_error", 0, flags, last_error)?;
-    Ok(false)
+    Ok(true)
+}
+
+/// The VFS's options from the environment: `WALVAULT_VFS_CACHE` (a size such as
+/// `256MiB`; default 64 MiB). The store comes from each file name's `store` parameter,
+/// else `WALVAULT_STORE`, else `./walvault-store`.
+fn vfs_options() -> Result<walvault::vfs::VfsOptions, String> {
+    let mut options = walvault::vfs::VfsOptions::default();
+    if let Ok(text) = std::env::var("WALVAULT_VFS_CACHE") {
+        let size: bytesize::ByteSize = text
+            .trim()
+            .parse()
+            .map_err(|e| format!("WALVAULT_VFS_CACHE={text:?} is not a size like 256MiB: {e}"))?;
+        options.cache_bytes = size.as_u64().max(1 << 20);
+    }
+    Ok(options)
 }
 
 /// A walvault error as the SQL function's error (SQLite shows its message).

@@ -16,6 +16,7 @@ mod logging;
 mod maintain;
 mod monitor;
 mod output;
+mod query;
 mod replicate;
 mod restore;
 
@@ -79,6 +80,9 @@ enum Command {
     Gc(maintain::GcArgs),
     /// Start a new namespace from another's history at a moment, sharing its segments.
     Fork(maintain::ForkArgs),
+    /// Run SQL on a namespace as of the latest commit, a time or a frame, read straight
+    /// from the store (no restore, no local copy).
+    Query(query::Args),
     /// Replicate a demo database in phases, restore each phase by time and check it
     /// (under ./walvault-demo, its store there unless --store is given).
     Demo,
@@ -156,6 +160,10 @@ fn main() -> ExitCode {
                     .map(|()| ExitCode::SUCCESS)
             }
             Command::Replicate(a) => return replicate::run(&context, a, out).await,
+            Command::Query(a) => {
+                let url = context.store_url(Some(&a.namespace));
+                return query::run(&url, a, out).map(|()| ExitCode::SUCCESS);
+            }
             command => command,
         };
         let url = context.store_url(command.namespace());
@@ -195,9 +203,11 @@ async fn run<S: args::Store>(
         Command::Compact(a) => maintain::compact_cmd(store, a, out).await,
         Command::Gc(a) => maintain::gc_cmd(store, a, out).await,
         Command::Fork(a) => maintain::fork_cmd(store, a, out).await,
-        Command::Replicate(_) | Command::Demo | Command::Status(_) => Err(walvault::Error::from(
-            walvault::InvalidInput::Config("this command does not open one store".into()),
-        )),
+        Command::Replicate(_) | Command::Demo | Command::Status(_) | Command::Query(_) => {
+            Err(walvault::Error::from(walvault::InvalidInput::Config(
+                "this command does not open one store".into(),
+            )))
+        }
     }
 }
 
@@ -221,6 +231,7 @@ impl Command {
             Command::Compact(a) => Some(&a.namespace),
             Command::Gc(a) => Some(&a.namespace),
             Command::Fork(a) => Some(&a.namespace),
+            Command::Query(a) => Some(&a.namespace),
             Command::Replicate(_) | Command::Demo | Command::Status(_) => None,
         }
     }
