@@ -360,6 +360,7 @@ pub(crate) struct Params {
     pub(crate) store: Option<String>,
     pub(crate) at: Option<String>,
     pub(crate) frame: Option<String>,
+    pub(crate) refresh: Option<String>,
 }
 
 impl Params {
@@ -368,6 +369,7 @@ impl Params {
             store: uri_parameter(path, c"store"),
             at: uri_parameter(path, c"at"),
             frame: uri_parameter(path, c"frame"),
+            refresh: uri_parameter(path, c"refresh"),
         }
     }
 }

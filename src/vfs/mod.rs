@@ -19,7 +19,10 @@
 //!   local store that does not exist is an error, never created.
 //! * **Following.** A view without a fixed moment follows: each read transaction
 //!   starts at the latest durable commit, after one refresh of the catalog (an object
-//!   store: one HEAD when nothing is new, never a LIST). A fixed view never moves.
+//!   store: one HEAD when nothing is new, never a LIST). With the URI parameter
+//!   `refresh=1s` (any duration) a connection refreshes at most that often, and read
+//!   transactions in between start at the newest commit it knows of: cheaper reads, a
+//!   view up to that much older. A fixed view never moves.
 //!   `PRAGMA walvault_at` / `walvault_frame` move a connection's view; inside an open
 //!   transaction the move takes effect at the next one, so a transaction always reads
 //!   one commit.
@@ -50,6 +53,7 @@ mod view;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 pub use cache::{CacheStats, DEFAULT_CACHE_BYTES};
 pub use view::{ViewAt, ViewInfo};
@@ -153,7 +157,12 @@ impl Shared {
         stores.insert(name.to_string(), (id, source));
     }
 
-    fn namespace(&self, store: Option<&str>, name: &str) -> Result<Arc<Namespace>> {
+    fn namespace(
+        &self,
+        store: Option<&str>,
+        name: &str,
+        refresh_every: Duration,
+    ) -> Result<Arc<Namespace>> {
         let name = NamespaceName::new(name)?;
         let (store, source) = self.store(&self.store_url(store))?;
         Ok(Arc::new(Namespace {
@@ -161,6 +170,8 @@ impl Shared {
             store,
             source,
             cache: self.cache.clone(),
+            refresh_every,
+            refreshed: Mutex::new(None),
         }))
     }
 
@@ -174,7 +185,15 @@ impl Shared {
             (None, Some(frame)) => file::parse_frame(frame).map_err(config)?,
             (None, None) => ViewAt::Latest,
         };
-        let ns = self.namespace(params.store.as_deref(), path)?;
+        let refresh_every = match &params.refresh {
+            Some(text) => humantime::parse_duration(text.trim()).map_err(|e| {
+                config(format!(
+                    "URI parameter refresh={text:?} is not a duration like 0s, 250ms or 1s: {e}"
+                ))
+            })?,
+            None => Duration::ZERO,
+        };
+        let ns = self.namespace(params.store.as_deref(), path, refresh_every)?;
         Ok(Target { ns, at })
     }
 }
@@ -260,7 +279,7 @@ pub fn add_store<S: Storage>(name: &str, storage: Arc<S>) {
 /// SQLite's `unable to open database file` does not carry). `walvault query` checks
 /// its view this way first.
 pub fn describe(store: Option<&str>, namespace: &str, at: ViewAt) -> Result<ViewInfo> {
-    let ns = shared(&VfsOptions::default()).namespace(store, namespace)?;
+    let ns = shared(&VfsOptions::default()).namespace(store, namespace, Duration::ZERO)?;
     Ok(View::resolve(ns, at)?.info())
 }
 

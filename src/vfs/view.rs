@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -63,6 +64,11 @@ pub(crate) struct Namespace {
     pub(crate) store: u64,
     pub(crate) source: Arc<dyn Source>,
     pub(crate) cache: Arc<Cache>,
+    /// A following view looks at the store at most this often (zero: at every read
+    /// transaction).
+    pub(crate) refresh_every: Duration,
+    /// When the catalog was last refreshed.
+    pub(crate) refreshed: Mutex<Option<Instant>>,
 }
 
 impl Namespace {
@@ -74,9 +80,16 @@ impl Namespace {
         }
     }
 
-    /// The frame number of the latest durable commit, after one refresh of the catalog.
+    /// The frame number of the latest durable commit, after one refresh of the catalog
+    /// unless one was made less than `refresh_every` ago.
     pub(crate) fn latest_frame(&self) -> Result<u64> {
-        block(self.source.refresh(&self.name))?;
+        let now = Instant::now();
+        let recent =
+            lock(&self.refreshed).is_some_and(|at| now.duration_since(at) < self.refresh_every);
+        if !recent {
+            block(self.source.refresh(&self.name))?;
+            *lock(&self.refreshed) = Some(now);
+        }
         block(self.source.durable(&self.name))
     }
 }
@@ -113,7 +126,8 @@ pub(crate) struct View {
     /// The commit's position in its segment (reads ahead stop there).
     commit_position: Option<u32>,
     chain: Mutex<Chain>,
-    memo: Mutex<HashMap<u32, (SegmentKey, u32)>>,
+    /// Pages found by walking: segment, position, and the highest position of it.
+    memo: Mutex<HashMap<u32, (SegmentKey, u32, u32)>>,
 }
 
 impl View {
@@ -223,28 +237,16 @@ impl View {
                 return Ok((self.target, position, last));
             }
         }
-        let remembered = lock(&self.memo).get(&page_no).copied();
-        if let Some((key, position)) = remembered {
-            let last = self.last_position(key);
-            return Ok((key, position, last.max(position)));
+        if let Some(found) = lock(&self.memo).get(&page_no).copied() {
+            return Ok(found);
         }
-        let (key, position, last) = self.walk(page_no)?;
+        let found = self.walk(page_no)?;
         let mut memo = lock(&self.memo);
         if memo.len() >= MEMO_LIMIT {
             memo.clear();
         }
-        memo.insert(page_no, (key, position));
-        Ok((key, position, last))
-    }
-
-    fn last_position(&self, key: SegmentKey) -> u32 {
-        let chain = lock(&self.chain);
-        chain
-            .keys
-            .iter()
-            .find(|(k, _)| *k == key)
-            .and_then(|(_, last)| *last)
-            .unwrap_or(0)
+        memo.insert(page_no, found);
+        Ok(found)
     }
 
     /// Walks the history newest first to the first segment holding the page.
