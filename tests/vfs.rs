@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use walvault::vfs::{self, VfsOptions, ViewAt};
-use walvault::{Durability, LocalStorage, NamespaceName, Replicator, ReplicatorConfig};
+use walvault::{Durability, LocalStorage, NamespaceName, Replicator, ReplicatorConfig, Storage};
 
 type Rows = Vec<(i64, String, i64)>;
 
@@ -447,4 +447,43 @@ fn a_scan_larger_than_the_cache_stays_within_it() {
     assert!(stats.bytes <= stats.capacity, "{stats:?}");
     assert_eq!(stats.capacity, CACHE_BYTES);
     assert!(stats.page_misses > 0 && stats.page_hits > 0, "{stats:?}");
+}
+
+#[test]
+fn a_fixed_view_reads_on_after_compaction_deletes_its_segments() {
+    setup();
+    let h = history(80, 16);
+    let target = &h.commits[60];
+    let conn = open(&uri(&h.store, &format!("&frame={}", target.frame_no))).unwrap();
+    conn.execute_batch("PRAGMA cache_size = 0").unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n as usize, target.rows.len());
+    // Merge the segments the view found, and delete the merged-away ones at once.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let storage = LocalStorage::open(&h.store).unwrap();
+        let ns = NamespaceName::new("app").unwrap();
+        let policy = walvault::CompactionPolicy {
+            max_small: 2,
+            fan_in: 64,
+            ..Default::default()
+        };
+        let report = walvault::compact(&storage, &ns, &policy, false)
+            .await
+            .unwrap();
+        assert!(!report.merges.is_empty(), "{report:?}");
+        let gc = walvault::GcOptions {
+            grace: Duration::ZERO,
+            dry_run: false,
+        };
+        storage.collect_garbage(&ns, gc, None).await.unwrap();
+    });
+    assert_eq!(
+        rows(&conn).unwrap(),
+        target.rows,
+        "the same commit, found again"
+    );
+    assert_eq!(integrity(&conn), "ok");
 }

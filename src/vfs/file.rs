@@ -85,6 +85,7 @@ impl DbFile {
         let size = self.view.file_size();
         let page_size = self.page_size();
         let mut done = 0usize;
+        let mut retried = false;
         while done < buf.len() {
             let at = offset + done as u64;
             if at >= size {
@@ -93,7 +94,17 @@ impl DbFile {
             let page_no = u32::try_from(at / page_size + 1).unwrap_or(u32::MAX);
             let within = (at % page_size) as usize;
             let ahead = self.ahead.next(page_no, self.view.page_size);
-            let page = self.view.page(page_no, ahead)?;
+            let page = match self.view.page(page_no, ahead) {
+                Err(e) if e.is_not_found() && !retried => {
+                    // Compaction may have replaced (and collection deleted) a segment
+                    // this view found: the same commit, found again, reads the same
+                    // pages from the segments that hold them now.
+                    retried = true;
+                    self.view = Arc::new(self.view.found_again()?);
+                    continue;
+                }
+                page => page?,
+            };
             let n = (page.len() - within).min(buf.len() - done);
             buf[done..done + n].copy_from_slice(&page[within..within + n]);
             if page_no == 1 {

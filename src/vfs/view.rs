@@ -176,6 +176,23 @@ impl View {
         })
     }
 
+    /// The same commit, resolved again after a refresh of the catalog: for a view whose
+    /// segments were replaced by compaction since it was resolved. It reads the same
+    /// database, so it keeps the generation (SQLite's cached pages stay right).
+    pub(crate) fn found_again(&self) -> Result<View> {
+        block(self.ns.source.refresh(&self.ns.name))?;
+        let mut view = View::resolve(self.ns.clone(), ViewAt::Frame(self.commit.frame_no))?;
+        if view.commit != self.commit {
+            return Err(Error::NotFound(format!(
+                "commit {} of namespace {} is no longer in the store's history (retention?)",
+                self.commit.frame_no, self.ns.name
+            )));
+        }
+        view.at = self.at;
+        view.generation = self.generation;
+        Ok(view)
+    }
+
     pub(crate) fn info(&self) -> ViewInfo {
         ViewInfo {
             frame_no: self.commit.frame_no,
