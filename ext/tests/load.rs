@@ -200,3 +200,163 @@ fn python_loads_it_beside_an_unattached_process_and_everything_ships() {
     want.extend([1025, 1050, 1075, 1100, 2000, 2001]);
     assert_eq!(ids, want);
 }
+
+/// The `id`s of `t` as the shell prints `SELECT group_concat(id)`.
+const IDS: &str =
+    "SELECT 'ids', coalesce(group_concat(id), '') FROM (SELECT id FROM t ORDER BY id);";
+
+/// The read-only VFS the extension registers, used from the shell and from Python: a
+/// history committed through `walvault_attach`, then read back by its latest commit,
+/// an earlier frame and an earlier time, with every write refused.
+#[test]
+fn the_shell_and_python_read_the_history_through_the_vfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    create(d, "app.db");
+    let load = format!(".load {}", extension().display());
+    // Five commits, each its own transaction, a little apart in time; the frame each
+    // reached, as walvault_sync says.
+    let mut commands = vec![
+        load.clone(),
+        "SELECT walvault_attach('store', 'app', 'durable');".to_string(),
+    ];
+    for sql in [
+        "INSERT INTO t VALUES (1, 'one');",
+        "INSERT INTO t VALUES (2, 'two');",
+        "INSERT INTO t VALUES (3, 'three');",
+        "INSERT INTO t VALUES (4, 'four');",
+        "DELETE FROM t WHERE id = 1;",
+    ] {
+        commands.push(sql.to_string());
+        commands.push("SELECT 'frame', walvault_sync();".to_string());
+        commands.push(".shell sleep 0.05".to_string());
+    }
+    let args: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let out = ok(
+        shell(d, "app.db", &args),
+        "committing through the extension",
+    );
+    let frames: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("frame|"))
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert_eq!(frames.len(), 5, "{out}");
+    assert!(frames.windows(2).all(|w| w[0] < w[1]), "{frames:?}");
+    let states = ["1", "1,2", "1,2,3", "1,2,3,4", "2,3,4"];
+
+    // Each commit's time, from the store's log (the library, not the VFS).
+    let log = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let store = LocalStorage::open(d.join("store")).unwrap();
+        let ns = NamespaceName::new("app").unwrap();
+        rt.block_on(walvault::commit_log(&store, &ns, None, None))
+            .unwrap()
+    };
+    let time_of = |frame: u64| {
+        let c = log
+            .iter()
+            .find(|c| c.frame_no == frame)
+            .unwrap_or_else(|| panic!("frame {frame} is not a commit of the log"));
+        c.timestamp().to_rfc3339()
+    };
+
+    // The shell: latest, then an earlier frame; a write fails and creates nothing.
+    let frame_pragma = format!("PRAGMA walvault_frame = {};", frames[1]);
+    let out = shell(
+        d,
+        ":memory:",
+        &[
+            &load,
+            ".open 'file:app?vfs=walvault&store=store'",
+            IDS,
+            "PRAGMA walvault_frame;",
+            &frame_pragma,
+            IDS,
+            "PRAGMA walvault_frame;",
+            "INSERT INTO t VALUES (9, 'nine');",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("ids|"))
+            .copied()
+            .collect::<Vec<_>>(),
+        [format!("ids|{}", states[4]), format!("ids|{}", states[1])],
+        "stdout {stdout}\nstderr {stderr}"
+    );
+    assert!(
+        lines.contains(&frames[4].to_string().as_str())
+            && lines.contains(&frames[1].to_string().as_str()),
+        "PRAGMA walvault_frame: {stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("at frame {}", frames[1]))),
+        "PRAGMA walvault_frame = {}: {stdout}",
+        frames[1]
+    );
+    assert!(!out.status.success(), "the INSERT succeeded: {stdout}");
+    assert!(stderr.contains("readonly"), "the INSERT: {stderr}");
+    for name in ["app", "app-journal", "app-wal", "app-shm"] {
+        assert!(!d.join(name).exists(), "{name} was created");
+    }
+
+    // Python: latest, at an earlier time, back to latest, then following a commit made
+    // by another process meanwhile.
+    let at = time_of(frames[2]);
+    let script = format!(
+        r#"
+import os, sqlite3, subprocess
+m = sqlite3.connect(":memory:")
+m.enable_load_extension(True)
+m.load_extension(os.environ["WALVAULT_EXT"])
+c = sqlite3.connect("file:app?vfs=walvault&store=store", uri=True)
+def ids():
+    return ",".join(str(r[0]) for r in c.execute("SELECT id FROM t ORDER BY id"))
+print("latest", ids())
+print("view", c.execute("PRAGMA walvault_at = '{at}'").fetchone()[0])
+print("at", ids())
+print("frame", c.execute("PRAGMA walvault_frame").fetchone()[0])
+c.execute("PRAGMA walvault_at = 'latest'").fetchall()
+print("again", ids())
+subprocess.run(["sqlite3", "app.db", ".load " + os.environ["WALVAULT_EXT"],
+                "SELECT walvault_attach('store', 'app', 'durable');",
+                "INSERT INTO t VALUES (5, 'five');"],
+               check=True, stdout=subprocess.DEVNULL)
+print("followed", ids())
+try:
+    c.execute("INSERT INTO t VALUES (9, 'nine')")
+    c.commit()
+    print("written")
+except sqlite3.OperationalError as e:
+    print("refused", e)
+"#
+    );
+    let out = ok(python(d, &script), "python reading through the VFS");
+    let want = [
+        format!("latest {}", states[4]),
+        format!("at {}", states[2]),
+        format!("frame {}", frames[2]),
+        format!("again {}", states[4]),
+        "followed 2,3,4,5".to_string(),
+    ];
+    for line in &want {
+        assert!(out.lines().any(|l| l == line), "{line:?} not in {out}");
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("view ") && l.contains(&format!("at frame {}", frames[2]))),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("refused") && l.contains("readonly")),
+        "{out}"
+    );
+}
