@@ -220,27 +220,34 @@ fn shared(options: &VfsOptions) -> Arc<Shared> {
 /// `?vfs=walvault` (or [`rusqlite::Connection::open_with_flags_and_vfs`]).
 #[cfg(feature = "bundled-sqlite")]
 pub fn register(options: VfsOptions) -> Result<()> {
-    static DONE: OnceLock<std::result::Result<(), i32>> = OnceLock::new();
-    let done = DONE.get_or_init(|| {
-        let vfs = file::WalvaultVfs {
-            shared: shared(&options),
-        };
-        let opts = sqlite_plugin::vfs::RegisterOpts {
-            make_default: false,
-        };
-        sqlite_plugin::vfs::register_static(name(), vfs, opts).map(|_| ())
-    });
-    done.map_err(registration_failed)
+    register_with(options, |name, vfs, opts| {
+        sqlite_plugin::vfs::register_static(name, vfs, opts).map(|_| ())
+    })
 }
 
 /// Registers the VFS through a loadable extension's API table (what `ext/` calls from
-/// its entry point).
+/// its entry point). Later calls do nothing, as with [`register`].
 ///
 /// # Safety
 ///
 /// `api` must be the `sqlite3_api_routines` pointer SQLite passed the extension's entry
 /// point, valid for the life of the process.
 pub unsafe fn register_in_extension(api: *mut std::ffi::c_void, options: VfsOptions) -> Result<()> {
+    register_with(options, |name, vfs, opts| {
+        // Safety: the caller passes SQLite's API table (see above).
+        unsafe { sqlite_plugin::vfs::register_dynamic(api.cast(), name, vfs, opts) }.map(|_| ())
+    })
+}
+
+/// Registers the VFS once per process, by whichever route comes first.
+fn register_with(
+    options: VfsOptions,
+    register: impl FnOnce(
+        CString,
+        file::WalvaultVfs,
+        sqlite_plugin::vfs::RegisterOpts,
+    ) -> std::result::Result<(), i32>,
+) -> Result<()> {
     static DONE: OnceLock<std::result::Result<(), i32>> = OnceLock::new();
     let done = DONE.get_or_init(|| {
         let vfs = file::WalvaultVfs {
@@ -249,8 +256,7 @@ pub unsafe fn register_in_extension(api: *mut std::ffi::c_void, options: VfsOpti
         let opts = sqlite_plugin::vfs::RegisterOpts {
             make_default: false,
         };
-        // Safety: the caller passes SQLite's API table (see above).
-        unsafe { sqlite_plugin::vfs::register_dynamic(api.cast(), name(), vfs, opts) }.map(|_| ())
+        register(name(), vfs, opts)
     });
     done.map_err(registration_failed)
 }
