@@ -15,6 +15,7 @@ use sqlite_plugin::flags::{AccessFlags, LockLevel, OpenKind, OpenOpts};
 use sqlite_plugin::vars;
 use sqlite_plugin::vfs::{Pragma, PragmaErr, Vfs, VfsHandle, VfsResult};
 
+use super::runs::Runs;
 use super::view::{View, ViewAt};
 use super::{Shared, Target};
 use crate::error::{Error, ErrorKind};
@@ -48,32 +49,8 @@ pub(crate) struct DbFile {
     /// A view a pragma chose while a transaction was open: taken at the next one.
     pending: Option<Arc<View>>,
     lock: LockLevel,
-    ahead: ReadAhead,
+    runs: Runs,
 }
-
-/// Sequential reads read further ahead, doubling up to a limit.
-#[derive(Default)]
-struct ReadAhead {
-    last_page: u32,
-    frames: u32,
-}
-
-impl ReadAhead {
-    /// Frames to read after `page_no` on a miss.
-    fn next(&mut self, page_no: u32, page_size: u32) -> u32 {
-        let most = (MAX_READ_AHEAD / page_size.max(512)).max(1);
-        if page_no == self.last_page.wrapping_add(1) {
-            self.frames = (self.frames.max(1) * 2).min(most);
-        } else {
-            self.frames = 0;
-        }
-        self.last_page = page_no;
-        self.frames
-    }
-}
-
-/// Bytes read ahead at most in one request.
-const MAX_READ_AHEAD: u32 = 4 << 20;
 
 impl DbFile {
     fn page_size(&self) -> u64 {
@@ -93,8 +70,7 @@ impl DbFile {
             }
             let page_no = u32::try_from(at / page_size + 1).unwrap_or(u32::MAX);
             let within = (at % page_size) as usize;
-            let ahead = self.ahead.next(page_no, self.view.page_size);
-            let page = match self.view.page(page_no, ahead) {
+            let page = match self.view.page(page_no, &mut self.runs) {
                 Err(e) if e.is_not_found() && !retried => {
                     // Compaction may have replaced (and collection deleted) a segment
                     // this view found: the same commit, found again, reads the same
@@ -218,7 +194,7 @@ impl Vfs for WalvaultVfs {
             view: Arc::new(view),
             pending: None,
             lock: LockLevel::Unlocked,
-            ahead: ReadAhead::default(),
+            runs: Runs::default(),
         })))
     }
 

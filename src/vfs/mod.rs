@@ -47,6 +47,7 @@
 mod cache;
 mod file;
 mod run;
+mod runs;
 mod source;
 mod view;
 

@@ -56,6 +56,28 @@ where
     })
 }
 
+/// Starts `work` on the VFS's runtime; its result arrives on the receiver (or the
+/// runtime's error, if it could not start).
+pub(crate) fn spawn<T, F>(work: F) -> mpsc::Receiver<T>
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+    T: From<RunError>,
+{
+    let (tx, rx) = mpsc::sync_channel(1);
+    match runtime() {
+        Ok(rt) => {
+            rt.spawn(async move {
+                let _ = tx.send(work.await);
+            });
+        }
+        Err(e) => {
+            let _ = tx.send(T::from(RunError(e)));
+        }
+    }
+    rx
+}
+
 /// The runtime could not run a read: becomes the read's own error type.
 pub(crate) struct RunError(pub(crate) Error);
 

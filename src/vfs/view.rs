@@ -18,7 +18,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::cache::{Cache, SegmentId};
-use super::run::block;
+use super::run::{block, spawn};
+use super::runs::{Pending, Run, Runs};
 use super::source::Source;
 use crate::error::{Error, FormatError, Part, Result};
 use crate::format::{Commit, NamespaceName, PageIndex, SegmentKey};
@@ -207,43 +208,100 @@ impl View {
         u64::from(self.commit.size_after) * u64::from(self.page_size)
     }
 
-    /// Page `page_no` (1-based) as of the view's commit, verified. `ahead` frames of
-    /// its segment after it are read along with it on a miss, into the cache.
-    pub(crate) fn page(&self, page_no: u32, ahead: u32) -> Result<Bytes> {
+    /// Page `page_no` (1-based) as of the view's commit, verified: from the connection's
+    /// current run, the cache, a run read ahead, or the store (with the frames after it
+    /// in its segment when the connection reads in order, see [`Runs`]).
+    pub(crate) fn page(&self, page_no: u32, runs: &mut Runs) -> Result<Bytes> {
         let (key, position, last) = self.locate(page_no)?;
+        if let Some((got, page)) = runs.frame(key, position).cloned() {
+            runs.saw(page_no);
+            return self.check(key, page_no, got, page);
+        }
         let segment = self.ns.segment(key);
         if let Some(page) = self.ns.cache.page(&segment, position) {
+            runs.saw(page_no);
             return Ok(page);
         }
-        let end = position.saturating_add(ahead).min(last);
-        let positions: Vec<u32> = (position..=end).collect();
-        let frames = block(self.ns.source.frames(&self.ns.name, key, positions))?;
-        let mut wanted = None;
-        for (offset, (_, data)) in frames.iter().enumerate() {
-            if data.len() != self.page_size as usize {
-                return Err(corrupt(&self.ns.name, key, "a frame of another page size"));
+        let length = runs.length(page_no, self.page_size);
+        let run = match runs.take_pending(key, position) {
+            Some(pending) => self.receive(pending)?,
+            None => {
+                let end = position.saturating_add(length - 1).min(last);
+                self.read_run(key, position, end)?
             }
-            let kept = self
-                .ns
-                .cache
-                .put_page(&segment, position + offset as u32, data);
-            if offset == 0 {
-                wanted = Some((frames[0].0, kept));
-            }
+        };
+        if runs.steady(self.page_size) && run.end() <= last {
+            let end = run.end().saturating_add(length - 1).min(last);
+            runs.next = Some(self.read_ahead(key, run.end(), end));
         }
-        match wanted {
-            Some((got, page)) if got == page_no => Ok(page),
-            Some(_) => Err(corrupt(
+        let (got, page) = run
+            .get_at(key, position)
+            .cloned()
+            .ok_or_else(|| corrupt(&self.ns.name, key, "a frame its index names is missing"))?;
+        runs.current = Some(run);
+        let page = self.check(key, page_no, got, page)?;
+        Ok(self.ns.cache.put_page(&segment, position, &page))
+    }
+
+    /// A frame is the page asked for: its page number and size.
+    fn check(&self, key: SegmentKey, page_no: u32, got: u32, page: Bytes) -> Result<Bytes> {
+        if got != page_no {
+            return Err(corrupt(
                 &self.ns.name,
                 key,
                 "the index names another page's frame",
-            )),
-            None => Err(corrupt(
+            ));
+        }
+        if page.len() != self.page_size as usize {
+            return Err(corrupt(&self.ns.name, key, "a frame of another page size"));
+        }
+        Ok(page)
+    }
+
+    /// Frames `start..=end` of `key`, read now.
+    fn read_run(&self, key: SegmentKey, start: u32, end: u32) -> Result<Run> {
+        let positions: Vec<u32> = (start..=end).collect();
+        let frames = block(self.ns.source.frames(&self.ns.name, key, positions))?;
+        self.run_of(key, start, end, frames)
+    }
+
+    /// Frames `start..=end` of `key`, read in the background.
+    fn read_ahead(&self, key: SegmentKey, start: u32, end: u32) -> Pending {
+        let positions: Vec<u32> = (start..=end).collect();
+        let frames = spawn(self.ns.source.frames(&self.ns.name, key, positions));
+        Pending {
+            key,
+            start,
+            end: end + 1,
+            frames,
+        }
+    }
+
+    fn receive(&self, pending: Pending) -> Result<Run> {
+        let frames = pending.frames.recv().unwrap_or_else(|_| {
+            Err(Error::io(
+                "reading ahead",
+                std::io::Error::other("the read was dropped before it finished"),
+            ))
+        })?;
+        self.run_of(pending.key, pending.start, pending.end - 1, frames)
+    }
+
+    fn run_of(
+        &self,
+        key: SegmentKey,
+        start: u32,
+        end: u32,
+        frames: Vec<(u32, Bytes)>,
+    ) -> Result<Run> {
+        if frames.len() as u64 != u64::from(end - start) + 1 {
+            return Err(corrupt(
                 &self.ns.name,
                 key,
-                "a frame its index names is missing",
-            )),
+                "the store returned another number of frames",
+            ));
         }
+        Ok(Run { key, start, frames })
     }
 
     /// The segment and position of the page's newest frame at the commit, and the
