@@ -214,23 +214,21 @@ impl View {
     pub(crate) fn page(&self, page_no: u32, runs: &mut Runs) -> Result<Bytes> {
         let (key, position, last) = self.locate(page_no)?;
         if let Some((got, page)) = runs.frame(key, position).cloned() {
-            runs.saw(page_no);
             return self.check(key, page_no, got, page);
         }
         let segment = self.ns.segment(key);
         if let Some(page) = self.ns.cache.page(&segment, position) {
-            runs.saw(page_no);
             return Ok(page);
         }
-        let length = runs.length(page_no, self.page_size);
+        let (start, length) = runs.plan(key, position, self.page_size);
         let run = match runs.take_pending(key, position) {
             Some(pending) => self.receive(pending)?,
             None => {
-                let end = position.saturating_add(length - 1).min(last);
-                self.read_run(key, position, end)?
+                let end = start.saturating_add(length - 1).max(position).min(last);
+                self.read_run(key, start, end, length)?
             }
         };
-        if runs.steady(self.page_size) && run.end() <= last {
+        if Runs::steady(length, self.page_size) && run.end() <= last {
             let end = run.end().saturating_add(length - 1).min(last);
             runs.next = Some(self.read_ahead(key, run.end(), end));
         }
@@ -238,7 +236,7 @@ impl View {
             .get_at(key, position)
             .cloned()
             .ok_or_else(|| corrupt(&self.ns.name, key, "a frame its index names is missing"))?;
-        runs.current = Some(run);
+        runs.keep(run);
         let page = self.check(key, page_no, got, page)?;
         Ok(self.ns.cache.put_page(&segment, position, &page))
     }
@@ -259,10 +257,10 @@ impl View {
     }
 
     /// Frames `start..=end` of `key`, read now.
-    fn read_run(&self, key: SegmentKey, start: u32, end: u32) -> Result<Run> {
+    fn read_run(&self, key: SegmentKey, start: u32, end: u32, length: u32) -> Result<Run> {
         let positions: Vec<u32> = (start..=end).collect();
         let frames = block(self.ns.source.frames(&self.ns.name, key, positions))?;
-        self.run_of(key, start, end, frames)
+        self.run_of(key, start, end, length, frames)
     }
 
     /// Frames `start..=end` of `key`, read in the background.
@@ -284,7 +282,8 @@ impl View {
                 std::io::Error::other("the read was dropped before it finished"),
             ))
         })?;
-        self.run_of(pending.key, pending.start, pending.end - 1, frames)
+        let length = pending.end - pending.start;
+        self.run_of(pending.key, pending.start, pending.end - 1, length, frames)
     }
 
     fn run_of(
@@ -292,6 +291,7 @@ impl View {
         key: SegmentKey,
         start: u32,
         end: u32,
+        length: u32,
         frames: Vec<(u32, Bytes)>,
     ) -> Result<Run> {
         if frames.len() as u64 != u64::from(end - start) + 1 {
@@ -301,7 +301,12 @@ impl View {
                 "the store returned another number of frames",
             ));
         }
-        Ok(Run { key, start, frames })
+        Ok(Run {
+            key,
+            start,
+            frames,
+            length,
+        })
     }
 
     /// The segment and position of the page's newest frame at the commit, and the
