@@ -6,8 +6,10 @@
 //!   the requests of the open and of the query (target ≤ 100 ms at 1 GiB);
 //! * **requests of one cold point query** after the schema was read: GETs and LISTs
 //!   against the table's b-tree depth (target ≤ depth + 2 ranged GETs, 0 LIST);
-//! * **warm point query**: 2000 random ids after a warm-up pass, against the same
-//!   queries on a file restored from the same store in this run (target ≤ 2×);
+//! * **warm point query**: 2000 random ids after a warm-up pass on a view fixed at a
+//!   frame, against the same queries on a file restored from the same store in this run
+//!   (target ≤ 2×); the same on a following view (a catalog refresh, one HEAD, per read
+//!   transaction) is reported beside it (`WALVAULT_VFS_DEBUG=1` prints each pass);
 //! * **cold full scan**: `SELECT sum(length(v)) FROM t` on a cold store, against
 //!   `restore_to_path` of the same namespace from the same server (target ≥ 50 % of the
 //!   restore's throughput).
@@ -651,8 +653,18 @@ fn main() {
     let mut fixed_reqs = Reqs::default();
     for _ in 0..WARM_PASSES {
         meter.take();
+        let stats = walvault::vfs::cache_stats();
         fixed_us.push(points(&fixed, &ids));
         fixed_reqs = meter.take();
+        let after = walvault::vfs::cache_stats();
+        if std::env::var_os("WALVAULT_VFS_DEBUG").is_some() {
+            eprintln!(
+                "fixed pass: {:.2} us, cache hits {} misses {}, {after:?}",
+                fixed_us[fixed_us.len() - 1],
+                after.page_hits - stats.page_hits,
+                after.page_misses - stats.page_misses
+            );
+        }
     }
     let mut txn_us = Vec::new();
     for _ in 0..WARM_PASSES {

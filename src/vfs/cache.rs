@@ -68,8 +68,27 @@ impl Cache {
         let items = usize::try_from(capacity / 4096)
             .unwrap_or(usize::MAX)
             .max(16);
+        // Its defaults suit many threads and tiny items: the capacity is split into a
+        // shard per thread or so, and a new entry first goes into 3 % of a shard. Pages
+        // read once per query would then leave before the next query asks again, and a
+        // big segment's page index might fit nowhere. A few shards, and half of each
+        // for new entries: a working set that fits is kept after one pass, and a scan
+        // (whose pages SQLite asks for once) still cannot push out what is read twice.
+        let options = quick_cache::OptionsBuilder::new()
+            .shards(4)
+            .estimated_items_capacity(items)
+            .weight_capacity(capacity)
+            .hot_allocation(0.5)
+            .ghost_allocation(0.5)
+            .build();
+        let inner = match options {
+            Ok(options) => {
+                Quick::with_options(options, ByBytes, Default::default(), Default::default())
+            }
+            Err(_) => Quick::with_weighter(items, capacity, ByBytes),
+        };
         Self {
-            inner: Quick::with_weighter(items, capacity, ByBytes),
+            inner,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
