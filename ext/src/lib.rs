@@ -30,6 +30,14 @@
 //! * `walvault_last_error()`: why the connection's last commit failed, or NULL; reading
 //!   it clears it.
 //! * `walvault_attached()`: the namespace and durability, once attached.
+//! * `walvault_vfs_error()`: the last error of the `walvault` VFS in this process (SQLite
+//!   reports a VFS error by its code only, such as `unable to open database file`), or
+//!   NULL. Like every function here, it exists on the connections that loaded the
+//!   extension.
+//!
+//! Loading the extension also registers the read-only `walvault` VFS
+//! ([`walvault::vfs`]): `file:app?vfs=walvault&store=...` opens a namespace of a store as
+//! of any commit. `WALVAULT_VFS_CACHE` (a size such as `256MiB`) sets its cache.
 //!
 //! Closing the connection detaches it; the vault closes with the last connection
 //! attached to it, making what it shipped durable first (within the commit deadline).
@@ -80,6 +88,9 @@ fn register(db: Connection) -> rusqlite::Result<bool> {
     db.create_scalar_function(c"walvault_detach", 0, flags, detach)?;
     db.create_scalar_function(c"walvault_sync", -1, flags, sync)?;
     db.create_scalar_function(c"walvault_last_error", 0, flags, last_error)?;
+    db.create_scalar_function(c"walvault_vfs_error", 0, flags, |_| {
+        Ok(walvault::vfs::last_error())
+    })?;
     Ok(true)
 }
 

@@ -336,6 +336,12 @@ try:
     print("written")
 except sqlite3.OperationalError as e:
     print("refused", e)
+try:
+    sqlite3.connect("file:app?vfs=walvault&store=store&at=2001-01-01T00:00:00Z", uri=True)
+    print("opened")
+except sqlite3.OperationalError as e:
+    print("cannot open", e)
+print("why", m.execute("SELECT walvault_vfs_error()").fetchone()[0])
 "#
     );
     let out = ok(python(d, &script), "python reading through the VFS");
@@ -357,6 +363,14 @@ except sqlite3.OperationalError as e:
     assert!(
         out.lines()
             .any(|l| l.starts_with("refused") && l.contains("readonly")),
+        "{out}"
+    );
+    // A time before the history: SQLite says only that it cannot open; the extension
+    // says why, naming the history's span.
+    assert!(out.lines().any(|l| l.starts_with("cannot open")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("why ") && l.contains("2001-01-01") && l.contains("spans")),
         "{out}"
     );
 }
