@@ -82,7 +82,8 @@ fn history(txns: u64, seal_frames: u32) -> History {
     history_with(txns, seal_frames, 0)
 }
 
-/// [`history`], ending with one transaction of `fill` rows of 3 KB when `fill > 0`.
+/// [`history`], starting with one transaction of `fill` rows of 3 KB when `fill > 0`
+/// (pages that stay in that first segment while later segments change others).
 fn history_with(txns: u64, seal_frames: u32, fill: u64) -> History {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
@@ -102,7 +103,7 @@ fn history_with(txns: u64, seal_frames: u32, fill: u64) -> History {
         let mut replicator = Replicator::open(storage, ns, config).await.unwrap();
         let mut commits = Vec::new();
         for i in 0..txns + u64::from(fill > 0) {
-            if i == txns {
+            if fill > 0 && i == 0 {
                 conn.execute(
                     "WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < ?1)
                      INSERT INTO t(v, pad) SELECT 'fill ' || k, zeroblob(3000) FROM n",
@@ -110,7 +111,7 @@ fn history_with(txns: u64, seal_frames: u32, fill: u64) -> History {
                 )
                 .unwrap();
             } else {
-                write(&conn, i);
+                write(&conn, i - u64::from(fill > 0));
             }
             if i % 37 == 36 {
                 conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -430,7 +431,7 @@ fn a_corrupt_or_missing_segment_is_sqlite_corrupt() {
 #[test]
 fn a_scan_larger_than_the_cache_stays_within_it() {
     setup();
-    // The last transaction adds 2,000 rows of 3 KB: the database outgrows the cache.
+    // The first transaction adds 2,000 rows of 3 KB: the database outgrows the cache.
     let h = history_with(100, 64, 2000);
     let conn = open(&uri(&h.store, "")).unwrap();
     conn.execute_batch("PRAGMA cache_size = 10").unwrap();
@@ -486,4 +487,79 @@ fn a_fixed_view_reads_on_after_compaction_deletes_its_segments() {
         "the same commit, found again"
     );
     assert_eq!(integrity(&conn), "ok");
+}
+
+#[test]
+fn a_view_whose_walk_compaction_cut_across_resolves_again() {
+    setup();
+    // A bulk load, one row changed, then many small appends: the changed row's page has
+    // its newest frame in the middle of the history, which a view reaches only after
+    // walking the newer segments.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let store = dir.path().join("store");
+    let conn = Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL, pad BLOB NOT NULL);",
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut replicator = rt.block_on(async {
+        let mut config = ReplicatorConfig::new(&db);
+        config.log.seal_frames = 4;
+        let storage = LocalStorage::open(&store).unwrap();
+        let ns = NamespaceName::new("app").unwrap();
+        Replicator::open(storage, ns, config).await.unwrap()
+    });
+    let mut step = |sql: &str| {
+        conn.execute_batch(sql).unwrap();
+        rt.block_on(replicator.poll()).unwrap();
+    };
+    step(
+        "WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < 300)
+         INSERT INTO t(id, v, pad) SELECT k, 'row ' || k, zeroblob(3000) FROM n",
+    );
+    step("UPDATE t SET v = 'changed in the middle' WHERE id = 150");
+    for i in 0..40 {
+        step(&format!(
+            "INSERT INTO t(id, v, pad) VALUES ({}, 'late', x'00')",
+            1000 + i
+        ));
+    }
+    // Page 1 changes last, so reading the schema walks only the newest segments.
+    step("PRAGMA user_version = 7");
+    rt.block_on(replicator.close()).unwrap();
+    let want = rows(&conn).unwrap();
+
+    let view = open(&uri(&store, "&frame=999999999")).unwrap();
+    view.execute_batch("PRAGMA cache_size = 0").unwrap();
+    let n: i64 = view
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    // Everything but the newest segments merged, across where the view's walk stands;
+    // nothing deleted.
+    rt.block_on(async {
+        let storage = LocalStorage::open(&store).unwrap();
+        let ns = NamespaceName::new("app").unwrap();
+        let policy = walvault::CompactionPolicy {
+            max_small: 2,
+            fan_in: 1000,
+            ..Default::default()
+        };
+        let report = walvault::compact(&storage, &ns, &policy, false)
+            .await
+            .unwrap();
+        assert!(!report.merges.is_empty(), "{report:?}");
+    });
+    // A following connection on the same store brings the process's catalog up to date.
+    let follower = open(&uri(&store, "")).unwrap();
+    assert_eq!(rows(&follower).unwrap(), want);
+    let v: String = view
+        .query_row("SELECT v FROM t WHERE id = 150", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, "changed in the middle");
+    assert_eq!(rows(&view).unwrap(), want);
+    assert_eq!(integrity(&view), "ok");
 }

@@ -48,6 +48,8 @@ pub(crate) struct DbFile {
     view: Arc<View>,
     /// A view a pragma chose while a transaction was open: taken at the next one.
     pending: Option<Arc<View>>,
+    /// The durable frame number a following view last saw.
+    seen: u64,
     lock: LockLevel,
     runs: Runs,
 }
@@ -96,15 +98,23 @@ impl DbFile {
     fn begin(&mut self) -> crate::Result<()> {
         if let Some(view) = self.pending.take() {
             self.view = view;
-            return Ok(());
         }
         if self.view.at != ViewAt::Latest {
             return Ok(());
         }
+        // The durable frame number can be above the latest commit (a fork that has not
+        // written yet starts above its source's frames): the view moves only when the
+        // store's answer changed, and only to another commit.
         let latest = self.target.ns.latest_frame()?;
-        if latest != self.view.commit.frame_no {
-            self.view = Arc::new(View::resolve(self.target.ns.clone(), ViewAt::Latest)?);
+        if latest == self.seen || latest == self.view.commit.frame_no {
+            self.seen = latest;
+            return Ok(());
         }
+        let view = View::resolve(self.target.ns.clone(), ViewAt::Latest)?;
+        if view.commit != self.view.commit {
+            self.view = Arc::new(view);
+        }
+        self.seen = latest;
         Ok(())
     }
 
@@ -193,6 +203,7 @@ impl Vfs for WalvaultVfs {
             target,
             view: Arc::new(view),
             pending: None,
+            seen: 0,
             lock: LockLevel::Unlocked,
             runs: Runs::default(),
         })))

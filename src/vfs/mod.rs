@@ -36,8 +36,16 @@
 //!   any kind is created). A time or frame before the history fails to open or to move
 //!   the view, naming the history's span. A segment that fails verification, or that the
 //!   catalog names but the store lacks, is `SQLITE_CORRUPT`; a store that cannot be read
-//!   is `SQLITE_IOERR_READ`. The error, naming the segment, goes to the `tracing` log and
-//!   to [`last_error`]. Nothing is retried silently and no wrong page is ever served.
+//!   is `SQLITE_IOERR_READ` (also a read with no answer within two minutes). At open, a
+//!   view that cannot be resolved is `SQLITE_CANTOPEN` (`SQLITE_CORRUPT` when a segment
+//!   failed verification). The error, naming the segment, goes to the `tracing` log and
+//!   to [`last_error`]. No wrong page is ever served.
+//! * **Compaction under a view.** A view found its segments as they were; when
+//!   compaction merged them since (and collection deleted the inputs, or a merge spans
+//!   where the view's walk stands), the view resolves the same commit again from the
+//!   catalog as it is now, once per read, and reads the same bytes from the merged
+//!   segments. A commit that no longer exists (retention, or a compaction that kept only
+//!   some commits) is `SQLITE_CORRUPT` with a message saying so.
 //! * **SQLite.** Page 1 is served with the legacy file format bytes (18 and 19 set to 1),
 //!   so SQLite reads the file as a rollback-journal database and never looks for a WAL or
 //!   shared memory; its change counter (bytes 24 and 92) is the view's generation and its
@@ -147,15 +155,14 @@ impl Shared {
             }
             None => Arc::new(Store(Arc::new(crate::ObjectStorage::from_url(url)?))),
         };
-        let id = stores.len() as u64 + 1;
+        let id = next_store_id();
         stores.insert(url.to_string(), (id, source.clone()));
         Ok((id, source))
     }
 
     fn add_store(&self, name: &str, source: Arc<dyn Source>) {
         let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
-        let id = stores.len() as u64 + 1;
-        stores.insert(name.to_string(), (id, source));
+        stores.insert(name.to_string(), (next_store_id(), source));
     }
 
     fn namespace(
@@ -197,6 +204,12 @@ impl Shared {
         let ns = self.namespace(params.store.as_deref(), path, refresh_every)?;
         Ok(Target { ns, at })
     }
+}
+
+/// A number no other store of this process has (cache keys carry it).
+fn next_store_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn config(message: impl Into<String>) -> Error {

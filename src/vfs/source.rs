@@ -29,6 +29,12 @@ pub(crate) trait Source: Send + Sync + 'static {
         ns: &NamespaceName,
         frame_no: u64,
     ) -> BoxFuture<Result<Option<SegmentKey>>>;
+    /// The segment whose frames include `frame_no`, if any.
+    fn containing(
+        &self,
+        ns: &NamespaceName,
+        frame_no: u64,
+    ) -> BoxFuture<Result<Option<SegmentKey>>>;
     /// The oldest segment's key (for messages naming the history's span).
     fn oldest(&self, ns: &NamespaceName) -> BoxFuture<Result<Option<SegmentKey>>>;
     /// Page indexes of `keys`, in order.
@@ -80,6 +86,22 @@ impl<S: Storage> Source for Store<S> {
         let (s, ns) = (self.0.clone(), ns.clone());
         Box::pin(async move {
             let req = FindSegmentReq::EndFrameNoLessThan(frame_no);
+            match s.find_segment(&ns, req, None).await {
+                Ok(key) => Ok(Some(key)),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn containing(
+        &self,
+        ns: &NamespaceName,
+        frame_no: u64,
+    ) -> BoxFuture<Result<Option<SegmentKey>>> {
+        let (s, ns) = (self.0.clone(), ns.clone());
+        Box::pin(async move {
+            let req = FindSegmentReq::Containing(frame_no);
             match s.find_segment(&ns, req, None).await {
                 Ok(key) => Ok(Some(key)),
                 Err(e) if e.is_not_found() => Ok(None),

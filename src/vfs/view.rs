@@ -105,8 +105,9 @@ struct Chain {
 
 /// Index reads started together when the walk needs more of the history.
 const INDEX_BATCH: usize = 8;
-/// Pages remembered per view before the memo starts over (a few MiB).
-const MEMO_LIMIT: usize = 1 << 20;
+/// Pages remembered per view before the memo starts over (about 3 MiB; a page
+/// forgotten is found again through the cached indexes).
+const MEMO_LIMIT: usize = 1 << 16;
 /// Frames read per request while mapping a target segment up to its commit.
 const SCAN_CHUNK: u32 = 256;
 
@@ -364,6 +365,7 @@ impl View {
     fn extend(&self, chain: &mut Chain) -> Result<bool> {
         let mut found = Vec::new();
         while found.len() < INDEX_BATCH && chain.below > 0 {
+            self.check_unbroken(chain.below)?;
             match block(
                 self.ns
                     .source
@@ -397,6 +399,23 @@ impl View {
         }
         chain.keys.extend(found.into_iter().map(|k| (k, None)));
         Ok(true)
+    }
+
+    /// The walk goes on below frame `below`: no segment may hold that frame and frames
+    /// after it. One does when compaction merged segments across the walk's place since
+    /// the view was resolved (the walk would skip the merged-in frames and serve older
+    /// versions of their pages). That is a `NotFound`, which resolves the view again
+    /// from the catalog as it is now (see `DbFile::read`).
+    fn check_unbroken(&self, below: u64) -> Result<()> {
+        let holder = block(self.ns.source.containing(&self.ns.name, below))?;
+        match holder {
+            Some(key) if key.end_frame_no > below => Err(Error::NotFound(format!(
+                "segment {key} of {} was merged across frame {below} since the view at frame \
+                 {} was resolved",
+                self.ns.name, self.commit.frame_no
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn index(&self, key: SegmentKey) -> Result<Arc<PageIndex>> {
