@@ -75,16 +75,18 @@ fn write(conn: &Connection, i: u64) {
     .unwrap();
 }
 
-/// A writer's history of `txns` transactions, each shipped by the replicator as it
-/// commits, in segments of at most `seal_frames` frames; the application checkpoints
-/// now and then, so the history holds WAL restarts too.
-fn history(txns: u64, seal_frames: u32) -> History {
-    history_with(txns, seal_frames, 0)
+/// A writer's database in WAL mode (table `t`) and a replicator shipping it into a local
+/// store beside it, sealing segments of at most `seal_frames` frames when given.
+struct Writer {
+    dir: tempfile::TempDir,
+    db: PathBuf,
+    store: PathBuf,
+    conn: Connection,
+    rt: tokio::runtime::Runtime,
+    replicator: Replicator<LocalStorage>,
 }
 
-/// [`history`], starting with one transaction of `fill` rows of 3 KB when `fill > 0`
-/// (pages that stay in that first segment while later segments change others).
-fn history_with(txns: u64, seal_frames: u32, fill: u64) -> History {
+fn writer(seal_frames: Option<u32>) -> Writer {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     let store = dir.path().join("store");
@@ -95,12 +97,44 @@ fn history_with(txns: u64, seal_frames: u32, fill: u64) -> History {
     )
     .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let commits = rt.block_on(async {
+    let replicator = rt.block_on(async {
+        let mut config = ReplicatorConfig::new(&db);
+        if let Some(frames) = seal_frames {
+            config.log.seal_frames = frames;
+        }
         let storage = LocalStorage::open(&store).unwrap();
         let ns = NamespaceName::new("app").unwrap();
-        let mut config = ReplicatorConfig::new(&db);
-        config.log.seal_frames = seal_frames;
-        let mut replicator = Replicator::open(storage, ns, config).await.unwrap();
+        Replicator::open(storage, ns, config).await.unwrap()
+    });
+    Writer {
+        dir,
+        db,
+        store,
+        conn,
+        rt,
+        replicator,
+    }
+}
+
+/// A writer's history of `txns` transactions, each shipped by the replicator as it
+/// commits, in segments of at most `seal_frames` frames; the application checkpoints
+/// now and then, so the history holds WAL restarts too.
+fn history(txns: u64, seal_frames: u32) -> History {
+    history_with(txns, seal_frames, 0)
+}
+
+/// [`history`], starting with one transaction of `fill` rows of 3 KB when `fill > 0`
+/// (pages that stay in that first segment while later segments change others).
+fn history_with(txns: u64, seal_frames: u32, fill: u64) -> History {
+    let Writer {
+        dir,
+        db,
+        store,
+        conn,
+        rt,
+        mut replicator,
+    } = writer(Some(seal_frames));
+    let commits = rt.block_on(async {
         let mut commits = Vec::new();
         for i in 0..txns + u64::from(fill > 0) {
             if fill > 0 && i == 0 {
@@ -205,27 +239,18 @@ fn ship(rt: &tokio::runtime::Runtime, replicator: &mut Replicator<LocalStorage>)
 #[test]
 fn a_view_without_a_moment_follows_the_store() {
     setup();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let store = dir.path().join("store");
-    let conn = Connection::open(&db).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL;
-         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL, pad BLOB NOT NULL);",
-    )
-    .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut replicator = rt.block_on(async {
-        let storage = LocalStorage::open(&store).unwrap();
-        let config = ReplicatorConfig::new(&db);
-        let ns = NamespaceName::new("app").unwrap();
-        Replicator::open(storage, ns, config).await.unwrap()
-    });
+    let Writer {
+        dir: _dir,
+        store,
+        conn,
+        rt,
+        mut replicator,
+        ..
+    } = writer(None);
     ship(&rt, &mut replicator);
     let reader = open(&uri(&store, "")).unwrap_or_else(|e| panic!("{e}: {:?}", vfs::last_error()));
     for i in 0..30 {
         write(&conn, i);
-        let before = rows(&reader).unwrap();
         ship(&rt, &mut replicator);
         // Each read transaction starts at the latest durable commit...
         assert_eq!(
@@ -243,7 +268,6 @@ fn a_view_without_a_moment_follows_the_store() {
             reader.execute_batch("COMMIT").unwrap();
             assert_eq!(rows(&reader).unwrap(), rows(&conn).unwrap());
         }
-        let _ = before;
     }
     rt.block_on(replicator.close()).unwrap();
 }
@@ -495,23 +519,14 @@ fn a_view_whose_walk_compaction_cut_across_resolves_again() {
     // A bulk load, one row changed, then many small appends: the changed row's page has
     // its newest frame in the middle of the history, which a view reaches only after
     // walking the newer segments.
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let store = dir.path().join("store");
-    let conn = Connection::open(&db).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL;
-         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL, pad BLOB NOT NULL);",
-    )
-    .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut replicator = rt.block_on(async {
-        let mut config = ReplicatorConfig::new(&db);
-        config.log.seal_frames = 4;
-        let storage = LocalStorage::open(&store).unwrap();
-        let ns = NamespaceName::new("app").unwrap();
-        Replicator::open(storage, ns, config).await.unwrap()
-    });
+    let Writer {
+        dir: _dir,
+        store,
+        conn,
+        rt,
+        mut replicator,
+        ..
+    } = writer(Some(4));
     let mut step = |sql: &str| {
         conn.execute_batch(sql).unwrap();
         rt.block_on(replicator.poll()).unwrap();

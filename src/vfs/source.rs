@@ -23,17 +23,11 @@ pub(crate) trait Source: Send + Sync + 'static {
     fn refresh(&self, ns: &NamespaceName) -> BoxFuture<Result<()>>;
     /// The newest durable frame number.
     fn durable(&self, ns: &NamespaceName) -> BoxFuture<Result<u64>>;
-    /// The newest segment ending at or before `frame_no`, if any.
-    fn ending_at_or_before(
+    /// The catalog's answer to `req`, or `None` when no segment answers it.
+    fn find(
         &self,
         ns: &NamespaceName,
-        frame_no: u64,
-    ) -> BoxFuture<Result<Option<SegmentKey>>>;
-    /// The segment whose frames include `frame_no`, if any.
-    fn containing(
-        &self,
-        ns: &NamespaceName,
-        frame_no: u64,
+        req: FindSegmentReq,
     ) -> BoxFuture<Result<Option<SegmentKey>>>;
     /// The oldest segment's key (for messages naming the history's span).
     fn oldest(&self, ns: &NamespaceName) -> BoxFuture<Result<Option<SegmentKey>>>;
@@ -78,30 +72,13 @@ impl<S: Storage> Source for Store<S> {
         Box::pin(async move { s.durable_frame_no(&ns, None).await })
     }
 
-    fn ending_at_or_before(
+    fn find(
         &self,
         ns: &NamespaceName,
-        frame_no: u64,
+        req: FindSegmentReq,
     ) -> BoxFuture<Result<Option<SegmentKey>>> {
         let (s, ns) = (self.0.clone(), ns.clone());
         Box::pin(async move {
-            let req = FindSegmentReq::EndFrameNoLessThan(frame_no);
-            match s.find_segment(&ns, req, None).await {
-                Ok(key) => Ok(Some(key)),
-                Err(e) if e.is_not_found() => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-    }
-
-    fn containing(
-        &self,
-        ns: &NamespaceName,
-        frame_no: u64,
-    ) -> BoxFuture<Result<Option<SegmentKey>>> {
-        let (s, ns) = (self.0.clone(), ns.clone());
-        Box::pin(async move {
-            let req = FindSegmentReq::Containing(frame_no);
             match s.find_segment(&ns, req, None).await {
                 Ok(key) => Ok(Some(key)),
                 Err(e) if e.is_not_found() => Ok(None),

@@ -23,7 +23,7 @@ use super::runs::{Pending, Run, Runs};
 use super::source::Source;
 use crate::error::{Error, FormatError, Part, Result};
 use crate::format::{Commit, NamespaceName, PageIndex, SegmentKey};
-use crate::storage::{stamp, RestoreOptions};
+use crate::storage::{stamp, FindSegmentReq, RestoreOptions};
 
 /// Which moment a view shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,11 +366,8 @@ impl View {
         let mut found = Vec::new();
         while found.len() < INDEX_BATCH && chain.below > 0 {
             self.check_unbroken(chain.below)?;
-            match block(
-                self.ns
-                    .source
-                    .ending_at_or_before(&self.ns.name, chain.below),
-            )? {
+            let req = FindSegmentReq::EndFrameNoLessThan(chain.below);
+            match block(self.ns.source.find(&self.ns.name, req))? {
                 Some(key) => {
                     chain.below = key.start_frame_no.saturating_sub(1);
                     found.push(key);
@@ -407,7 +404,8 @@ impl View {
     /// versions of their pages). That is a `NotFound`, which resolves the view again
     /// from the catalog as it is now (see `DbFile::read`).
     fn check_unbroken(&self, below: u64) -> Result<()> {
-        let holder = block(self.ns.source.containing(&self.ns.name, below))?;
+        let req = FindSegmentReq::Containing(below);
+        let holder = block(self.ns.source.find(&self.ns.name, req))?;
         match holder {
             Some(key) if key.end_frame_no > below => Err(Error::NotFound(format!(
                 "segment {key} of {} was merged across frame {below} since the view at frame \
